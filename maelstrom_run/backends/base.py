@@ -1,0 +1,91 @@
+"""The backend contract: every backend (local, slurm, slurmrest, unicore, firecrest) implements it.
+
+Backends receive RunSpecs and job references, never Hydra state. ``render`` is a pure
+function of the spec and feeds both the dry run and the real submission.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..launch.spec import RunSpec
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """What the registry knows of a submitted job, handed back to its backend."""
+
+    run_id: str
+    job_id: str
+    run_dir: str
+
+
+@dataclass
+class JobStatus:
+    state: JobState
+    exit_code: int | None = None
+    message: str = ""
+    #: The worker's ``result.json`` when the backend could read it (MLflow run id, metrics, times).
+    result: dict[str, Any] | None = None
+
+
+@dataclass
+class Rendered:
+    """What a submission sends: the job script or description, and the files staged with it."""
+
+    text: str
+    files: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """One compute target, configured by a ``backend`` config group entry."""
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        self.conf = conf
+        self.name: str = conf.get("name") or conf.get("kind", "?")
+
+    @abstractmethod
+    def render(self, spec: RunSpec) -> Rendered:
+        """The exact job script / description that ``submit`` sends (the dry run)."""
+
+    @abstractmethod
+    def submit_many(self, specs: Sequence[RunSpec]) -> list[str]:
+        """Submit jobs (a sweep in one go where the target allows); returns one job id per spec."""
+
+    def submit(self, spec: RunSpec) -> str:
+        return self.submit_many([spec])[0]
+
+    @abstractmethod
+    def status(self, jobs: Sequence[JobRef]) -> dict[str, JobStatus]:
+        """States of many jobs in one query, keyed by run id."""
+
+    @abstractmethod
+    def logs(self, job: JobRef, stream: str = "stdout") -> str:
+        """The job's ``stdout`` or ``stderr`` so far."""
+
+    @abstractmethod
+    def cancel(self, jobs: Sequence[JobRef]) -> None:
+        """Cancel jobs; cancelling a finished job does nothing."""
+
+    @abstractmethod
+    def download(self, job: JobRef, dest: Path) -> Path:
+        """Copy the job's run directory to ``dest``; returns the local copy."""

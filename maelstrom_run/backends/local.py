@@ -1,0 +1,219 @@
+"""The local backend: jobs are ``python -m maelstrom_run.worker spec.yaml`` subprocesses.
+
+``submit_many`` starts one detached queue process that runs the jobs with at most
+``backend.max_parallel`` at once, so submission returns at once and the jobs survive
+the submitting command. Each job is identified by its run directory:
+
+- ``queue.json``  pid of the queue process that will start the job
+- ``job.json``    pid / process group of the running worker
+- ``result.json`` the worker's report (or the queue's, when the worker died)
+- ``cancelled``   marker written by cancel
+- ``stdout.log``, ``stderr.log``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..launch.files import read_result, write_atomic, write_result
+from ..launch.spec import SPEC_FILE, RunSpec
+from .base import Backend, JobRef, JobState, JobStatus, Rendered
+
+QUEUE, JOB, CANCELLED = "queue.json", "job.json", "cancelled"
+_GRACE_S = 5.0
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Process start time (clock ticks since boot), to tell a live pid from a reused one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _alive(handle: dict | None) -> bool:
+    if not handle:
+        return False
+    ticks = _start_ticks(handle["pid"])
+    if ticks is None or ticks != handle.get("ticks"):
+        return False
+    state = Path(f"/proc/{handle['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _handle(pid: int) -> dict:
+    return {"pid": pid, "ticks": _start_ticks(pid)}
+
+
+def worker_command(spec_path: Path) -> list[str]:
+    return [sys.executable, "-m", "maelstrom_run.worker", str(spec_path)]
+
+
+class LocalBackend(Backend):
+    def render(self, spec: RunSpec) -> Rendered:
+        run_dir = Path(spec.run_dir)
+        cmd = worker_command(run_dir / SPEC_FILE)
+        env = self.conf.get("environment", {}).get("variables", {}) or {}
+        prefix = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in sorted(env.items()))
+        text = (
+            f"cd {shlex.quote(spec.code_dir or str(run_dir))} && "
+            f"{prefix + ' ' if prefix else ''}{shlex.join(cmd)} "
+            f"> {shlex.quote(str(run_dir / 'stdout.log'))} 2> {shlex.quote(str(run_dir / 'stderr.log'))}"
+        )
+        return Rendered(text=text, files=[str(run_dir / SPEC_FILE)])
+
+    def submit_many(self, specs: Sequence[RunSpec]) -> list[str]:
+        run_dirs = []
+        for spec in specs:
+            run_dir = Path(spec.run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            spec.write(run_dir)
+            run_dirs.append(str(run_dir))
+        parallel = max(1, int(self.conf.get("max_parallel") or 1))
+        env = {
+            **os.environ,
+            **{k: str(v) for k, v in (self.conf.get("environment", {}).get("variables") or {}).items()},
+        }
+        queue = subprocess.Popen(
+            [sys.executable, "-m", "maelstrom_run.backends.local", str(parallel), *run_dirs],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            close_fds=True,
+        )
+        handle = json.dumps(_handle(queue.pid))
+        for run_dir in run_dirs:
+            write_atomic(Path(run_dir) / QUEUE, handle)
+        return [f"local:{queue.pid}:{i}" for i in range(len(run_dirs))]
+
+    def status(self, jobs: Sequence[JobRef]) -> dict[str, JobStatus]:
+        return {job.run_id: self._status(Path(job.run_dir)) for job in jobs}
+
+    def _status(self, run_dir: Path) -> JobStatus:
+        result = read_result(run_dir)
+        if result and JobState(result["state"]).terminal:
+            return JobStatus(
+                JobState(result["state"]), result.get("exit_code"), result.get("error") or "", result
+            )
+        job = _read_json(run_dir / JOB)
+        if job is not None:
+            if _alive(job):
+                return JobStatus(JobState.RUNNING, result=result)
+            if _alive(_read_json(run_dir / QUEUE)):
+                return JobStatus(JobState.RUNNING, message="finishing", result=result)
+            return JobStatus(
+                JobState.FAILED, message="the worker process died without reporting a result", result=result
+            )
+        if (run_dir / CANCELLED).exists():
+            return JobStatus(JobState.CANCELLED, message="cancelled before it started")
+        if _alive(_read_json(run_dir / QUEUE)):
+            return JobStatus(JobState.QUEUED)
+        return JobStatus(JobState.FAILED, message="the local queue process died before starting the job")
+
+    def logs(self, job: JobRef, stream: str = "stdout") -> str:
+        try:
+            return (Path(job.run_dir) / f"{stream}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def cancel(self, jobs: Sequence[JobRef]) -> None:
+        running = []
+        for job in jobs:
+            run_dir = Path(job.run_dir)
+            if self._status(run_dir).state.terminal:
+                continue
+            (run_dir / CANCELLED).touch()
+            handle = _read_json(run_dir / JOB)
+            if _alive(handle):
+                os.killpg(handle["pgid"], signal.SIGTERM)
+                running.append(handle)
+        deadline = time.monotonic() + _GRACE_S
+        for handle in running:
+            while _alive(handle) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(handle):
+                os.killpg(handle["pgid"], signal.SIGKILL)
+        for job in jobs:
+            run_dir = Path(job.run_dir)
+            if (run_dir / CANCELLED).exists() and not _alive(_read_json(run_dir / QUEUE)):
+                _finalise(run_dir, None)
+
+    def download(self, job: JobRef, dest: Path) -> Path:
+        target = Path(dest) / job.run_id
+        if Path(job.run_dir).resolve() != target.resolve():
+            shutil.copytree(job.run_dir, target, dirs_exist_ok=True)
+        return target
+
+
+def _finalise(run_dir: Path, returncode: int | None) -> None:
+    """Write the result of a job whose worker could not (killed, cancelled, crashed)."""
+    result = read_result(run_dir) or {}
+    if result.get("state") in ("succeeded", "failed", "cancelled"):
+        return
+    cancelled = (run_dir / CANCELLED).exists()
+    result.update(
+        state="cancelled" if cancelled else "failed",
+        exit_code=returncode,
+        ended=time.time(),
+        error="cancelled"
+        if cancelled
+        else f"the worker exited with code {returncode} without reporting a result",
+    )
+    write_result(run_dir, result)
+
+
+def _run_queue(parallel: int, run_dirs: list[str]) -> None:
+    """The detached queue process: run the jobs, at most ``parallel`` at once."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    pending = [Path(d) for d in run_dirs]
+    running: dict[Path, subprocess.Popen] = {}
+    while pending or running:
+        for run_dir, proc in list(running.items()):
+            code = proc.poll()
+            if code is not None:
+                del running[run_dir]
+                _finalise(run_dir, code)
+        while pending and len(running) < parallel:
+            run_dir = pending.pop(0)
+            if (run_dir / CANCELLED).exists():
+                _finalise(run_dir, None)
+                continue
+            spec = RunSpec.read(run_dir)
+            cwd = spec.code_dir if spec.code_dir and Path(spec.code_dir).is_dir() else run_dir
+            with open(run_dir / "stdout.log", "ab") as out, open(run_dir / "stderr.log", "ab") as err:
+                proc = subprocess.Popen(
+                    worker_command(run_dir / SPEC_FILE),
+                    cwd=cwd,
+                    stdout=out,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            write_atomic(run_dir / JOB, json.dumps({**_handle(proc.pid), "pgid": proc.pid}))
+            if (run_dir / CANCELLED).exists():  # cancelled while it was being started
+                os.killpg(proc.pid, signal.SIGTERM)
+            running[run_dir] = proc
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    _run_queue(int(sys.argv[1]), sys.argv[2:])

@@ -1,0 +1,116 @@
+"""``maelstrom-run``: compose configs with Hydra, validate, and run or submit.
+
+Examples::
+
+    maelstrom-run app=ap1                                  # train AP1 locally, tracked in MLflow
+    maelstrom-run app=ap2 backend=juwels loader.threads=96 --cfg job
+    maelstrom-run --multirun app=ap1 model.learning_rate=0.01,0.001 train.epochs=1
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from .config.errors import EXIT_FAILED, explain
+
+
+def print_dry_run(spec: Any) -> None:
+    from rich.console import Console
+    from rich.syntax import Syntax
+
+    from .backends import get_backend
+
+    rendered = get_backend(spec.backend).render(spec)
+    console = Console()
+    console.rule(f"[bold]dry run[/bold]: {spec.run_id} on {spec.backend.get('name')}")
+    console.print(Syntax(rendered.text, "bash", word_wrap=True))
+    console.print("[bold]files staged:[/bold]")
+    for name in rendered.files:
+        console.print(f"  {name}")
+    console.print(f"config hash {spec.config_hash}; nothing was submitted")
+
+
+def _summary(record: Any) -> None:
+    from rich.console import Console
+
+    from .launch.files import read_result
+
+    console = Console(stderr=True)
+    result = read_result(record.run_dir) or {}
+    colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(record.state, "cyan")
+    console.rule(f"[bold {colour}]{record.run_id} {record.state}[/]")
+    metrics = result.get("metrics") or {}
+    if metrics:
+        console.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    if record.message and record.state != "succeeded":
+        console.print(f"[{colour}]{record.message}[/]")
+    if record.mlflow_run_id:
+        console.print(f"MLflow run {record.mlflow_run_id} in {record.tracking_uri}")
+    console.print(f"run directory: {record.run_dir}")
+    console.print(
+        f"next: maelstrom runs info {record.run_id} | maelstrom runs logs {record.run_id} | "
+        f"maelstrom runs rerun {record.run_id}"
+    )
+
+
+def _exit_for(exc: BaseException) -> None:
+    """Exit with one clear line for a user error; return (so the caller re-raises) for a bug."""
+    known = explain(exc)
+    if known is not None:
+        code, message = known
+        print(f"maelstrom-run: error: {message}", file=sys.stderr)
+        sys.exit(code)
+
+
+def task(cfg: Any) -> Any:
+    """The Hydra task of a single (non-sweep) run."""
+    try:
+        return _run_single(cfg)
+    except Exception as exc:  # noqa: BLE001 - translated, or re-raised
+        _exit_for(exc)
+        raise
+
+
+def _run_single(cfg: Any) -> Any:
+    from hydra.core.hydra_config import HydraConfig
+
+    from .launch.spec import build
+    from .launch.submit import submit
+
+    hydra_cfg = HydraConfig.get()
+    spec = build(cfg, list(hydra_cfg.overrides.task))
+    if spec.config.get("dry_run"):
+        print_dry_run(spec)
+        return None
+    wait = bool(hydra_cfg.launcher.get("wait", True)) if "launcher" in hydra_cfg else True
+    (record,) = submit([spec], wait=wait, follow=True)
+    _summary(record)
+    if record.state in ("failed", "cancelled"):
+        sys.exit(EXIT_FAILED)
+    return record.run_id
+
+
+task.__maelstrom_app__ = True  # type: ignore[attr-defined]
+
+
+def run_main() -> None:
+    """Console entry point of ``maelstrom-run``."""
+    import hydra
+
+    # Let errors reach us so user errors become one clear line (Hydra would print a trace).
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    main = hydra.main(config_path="conf", config_name="config", version_base="1.3")(task)
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("maelstrom-run: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - translated, or re-raised
+        _exit_for(exc)
+        raise
+
+
+if __name__ == "__main__":
+    run_main()

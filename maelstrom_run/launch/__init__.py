@@ -1,0 +1,1 @@
+"""RunSpec, run registry, submission and re-runs."""

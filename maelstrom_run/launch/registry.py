@@ -1,0 +1,255 @@
+"""The run registry: one SQLite row per job, the single source of truth for ``maelstrom runs``.
+
+Only the submitting side opens it (never workers on compute nodes). WAL mode, short
+transactions, every update atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from ..config import ConfigError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    sweep_id TEXT,
+    sweep_index INTEGER,
+    app TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    backend_kind TEXT NOT NULL,
+    job_id TEXT,
+    state TEXT NOT NULL,
+    run_dir TEXT NOT NULL,
+    mlflow_run_id TEXT,
+    tracking_uri TEXT,
+    config_hash TEXT,
+    rerun_of TEXT,
+    message TEXT,
+    exit_code INTEGER,
+    created REAL NOT NULL,
+    submitted REAL,
+    started REAL,
+    ended REAL,
+    spec TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep_id, sweep_index);
+CREATE TABLE IF NOT EXISTS sweeps (
+    sweep_id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    backend TEXT NOT NULL,
+    mlflow_parent_run_id TEXT,
+    tracking_uri TEXT,
+    parent_closed INTEGER NOT NULL DEFAULT 0,
+    overrides TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    sweep_id: str | None
+    sweep_index: int | None
+    app: str
+    backend: str
+    backend_kind: str
+    job_id: str | None
+    state: str
+    run_dir: str
+    mlflow_run_id: str | None
+    tracking_uri: str | None
+    config_hash: str | None
+    rerun_of: str | None
+    message: str | None
+    exit_code: int | None
+    created: float
+    submitted: float | None
+    started: float | None
+    ended: float | None
+    #: The RunSpec as YAML (enough to re-run the job).
+    spec: str
+
+
+@dataclass
+class SweepRecord:
+    sweep_id: str
+    app: str
+    size: int
+    backend: str
+    mlflow_parent_run_id: str | None
+    tracking_uri: str | None
+    parent_closed: int
+    overrides: str
+    created: float
+
+
+_RUN_FIELDS = [f.name for f in fields(RunRecord)]
+
+
+class Registry:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = Path(path or paths.registry_path())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"run registry {self.path}: {exc}; set MAELSTROM_HOME to a writable directory"
+            ) from None
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            db.row_factory = sqlite3.Row
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    # -- writes -------------------------------------------------------------------------
+    def add_runs(self, specs: list[Any], state: str = "queued", message: str = "submitting") -> None:
+        """Record jobs before they are submitted (one transaction), so an interrupted submission leaves
+        rows without a job id that ``maelstrom runs resume``/``rerun --failed`` can find."""
+        now = time.time()
+        rows = [
+            (
+                s.run_id,
+                s.sweep_id,
+                s.sweep_index,
+                s.app,
+                s.backend.get("name", "local"),
+                s.backend.get("kind", "local"),
+                state,
+                s.run_dir,
+                s.tracking.get("uri"),
+                s.config_hash,
+                s.rerun_of,
+                message,
+                now,
+                s.to_yaml(),
+            )
+            for s in specs
+        ]
+        with self._connect() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO runs (run_id, sweep_id, sweep_index, app, backend, backend_kind, state,"
+                " run_dir, tracking_uri, config_hash, rerun_of, message, created, spec)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def add_sweep(
+        self,
+        sweep_id: str,
+        app: str,
+        size: int,
+        backend: str,
+        overrides: list[list[str]],
+        parent_run_id: str | None,
+        tracking_uri: str | None,
+    ) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO sweeps (sweep_id, app, size, backend, mlflow_parent_run_id,"
+                " tracking_uri, overrides, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sweep_id,
+                    app,
+                    size,
+                    backend,
+                    parent_run_id,
+                    tracking_uri,
+                    json.dumps(overrides),
+                    time.time(),
+                ),
+            )
+
+    def update(self, run_id: str, **values: Any) -> None:
+        unknown = set(values) - set(_RUN_FIELDS)
+        if unknown:
+            raise KeyError(f"unknown registry fields {sorted(unknown)}")
+        if not values:
+            return
+        cols = ", ".join(f"{k} = ?" for k in values)
+        with self._connect() as db:
+            db.execute(f"UPDATE runs SET {cols} WHERE run_id = ?", (*values.values(), run_id))
+
+    def close_parent(self, sweep_id: str) -> bool:
+        """Mark a sweep's parent run closed; True for the one caller that closed it."""
+        with self._connect() as db:
+            cur = db.execute(
+                "UPDATE sweeps SET parent_closed = 1 WHERE sweep_id = ? AND parent_closed = 0", (sweep_id,)
+            )
+            return cur.rowcount == 1
+
+    def reopen_parent(self, sweep_id: str) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE sweeps SET parent_closed = 0 WHERE sweep_id = ?", (sweep_id,))
+
+    # -- reads --------------------------------------------------------------------------
+    def get(self, run_id: str) -> RunRecord:
+        """A run by id or unique id prefix."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM runs WHERE run_id = ? OR run_id LIKE ? ORDER BY run_id",
+                (run_id, run_id.replace("%", "") + "%"),
+            ).fetchall()
+        exact = [r for r in rows if r["run_id"] == run_id]
+        rows = exact or rows
+        if not rows:
+            raise ConfigError(f"run {run_id!r} is not in the registry {self.path}; see `maelstrom runs list`")
+        if len(rows) > 1:
+            raise ConfigError(
+                f"run id prefix {run_id!r} is ambiguous: {', '.join(r['run_id'] for r in rows[:5])}"
+            )
+        return RunRecord(**dict(rows[0]))
+
+    def list(
+        self, sweep_id: str | None = None, limit: int | None = 50, states: list[str] | None = None
+    ) -> list[RunRecord]:
+        query, args = "SELECT * FROM runs", []
+        where = []
+        if sweep_id:
+            where.append("sweep_id = ?")
+            args.append(sweep_id)
+        if states:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args.extend(states)
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY sweep_index, created" if sweep_id else " ORDER BY created DESC"
+        if limit:
+            query += f" LIMIT {int(limit)}"
+        with self._connect() as db:
+            return [RunRecord(**dict(r)) for r in db.execute(query, args).fetchall()]
+
+    def sweep(self, sweep_id: str) -> SweepRecord:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM sweeps WHERE sweep_id = ? OR sweep_id LIKE ?", (sweep_id, sweep_id + "%")
+            ).fetchall()
+        if len(rows) != 1:
+            what = "is not in the registry" if not rows else "is ambiguous"
+            raise ConfigError(f"sweep {sweep_id!r} {what}; see `maelstrom runs list`")
+        return SweepRecord(**dict(rows[0]))

@@ -1,0 +1,186 @@
+"""RunSpec: the one object that crosses every boundary.
+
+Built once from a composed config on the submitting side, written as YAML into the
+run directory, read by the worker on the target. It is enough to re-run the job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import paths
+from ..config import ConfigError, validate
+from .files import write_atomic
+
+SPEC_FILE = "spec.yaml"
+_PACKAGES = (
+    "maelstrom-run",
+    "hydra-core",
+    "omegaconf",
+    "numpy",
+    "mlflow",
+    "tensorflow",
+    "tensorflow-cpu",
+    "torch",
+)
+
+
+def new_id(prefix: str) -> str:
+    """Sortable, short, unique: ``ap1-20261126-153012-3f9a1c``."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class RunSpec:
+    run_id: str
+    #: ``app`` runs a maelstrom-run application entry point; ``hydra`` runs a pickled
+    #: Hydra task function (any Hydra app using the maelstrom launcher).
+    kind: str
+    app: str
+    entry: str
+    #: The resolved config; secret references stay references.
+    config: dict[str, Any]
+    overrides: list[str]
+    run_dir: str
+    config_hash: str
+    #: Put on ``sys.path`` before importing the entry point (the user's code).
+    code_dir: str | None = None
+    git: dict[str, Any] | None = None
+    packages: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    sweep_id: str | None = None
+    sweep_index: int | None = None
+    sweep_size: int | None = None
+    #: MLflow run id of the sweep's parent run.
+    parent_run_id: str | None = None
+    rerun_of: str | None = None
+    #: For ``kind: hydra``: the pickled task (relative to run_dir).
+    payload: str | None = None
+    version: int = 1
+
+    @property
+    def backend(self) -> dict[str, Any]:
+        return self.config.get("backend") or {}
+
+    @property
+    def tracking(self) -> dict[str, Any]:
+        return self.config.get("tracking") or {}
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        return self.config.get("labels") or {}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True, width=120)
+
+    def write(self, directory: Path | None = None) -> Path:
+        path = Path(directory or self.run_dir) / SPEC_FILE
+        write_atomic(path, self.to_yaml())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def read(cls, path: Path) -> RunSpec:
+        path = Path(path)
+        if path.is_dir():
+            path = path / SPEC_FILE
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read run spec {path}: {exc.strerror}") from None
+        return cls.from_dict(data)
+
+    def derive(self, **changes: Any) -> RunSpec:
+        """A copy with new identity fields (same config, so the same config hash)."""
+        return dataclasses.replace(self, **changes)
+
+
+def resolve_config(cfg: Any) -> dict[str, Any]:
+    """Resolve a composed DictConfig into a plain container (without the ``hydra`` node)."""
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ..config.resolvers import register
+
+    register()
+    if "hydra" in cfg:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "config"
+        msg = str(exc).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}") from None
+    assert isinstance(container, dict)
+    return container
+
+
+def build(
+    cfg: Any,
+    overrides: list[str],
+    *,
+    run_id: str | None = None,
+    sweep_id: str | None = None,
+    sweep_index: int | None = None,
+    sweep_size: int | None = None,
+    code_dir: Path | None = None,
+) -> RunSpec:
+    """RunSpec of a maelstrom-run application from a composed config (validated here)."""
+    config = resolve_config(cfg)
+    validate(config)
+    app = config["app"]
+    run_id = run_id or new_id(app["name"])
+    workdir = config["backend"].get("workdir")
+    run_dir = Path(workdir).expanduser() / run_id if workdir else paths.runs_dir() / run_id
+    code = Path(code_dir or Path.cwd()).absolute()
+    from .gitinfo import capture
+
+    git = capture(code)
+    return RunSpec(
+        run_id=run_id,
+        kind="app",
+        app=app["name"],
+        entry=app["entry"],
+        config=config,
+        overrides=list(overrides),
+        run_dir=str(run_dir),
+        config_hash=config_hash(config),
+        code_dir=str(code),
+        git=git,
+        packages=package_versions(),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        sweep_id=sweep_id,
+        sweep_index=sweep_index,
+        sweep_size=sweep_size,
+    )

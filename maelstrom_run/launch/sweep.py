@@ -1,0 +1,256 @@
+"""The body of the maelstrom Hydra launcher: a sweep becomes one ``submit_many`` per backend.
+
+Two kinds of task function arrive here:
+
+- maelstrom-run's own (``__maelstrom_app__``): each job's config is composed and
+  validated into a RunSpec before anything is submitted; an MLflow parent run is
+  created for the sweep and every job becomes its child run.
+- any other Hydra app: each job's task function, config and Hydra context are
+  pickled into the job's run directory and run there by the worker with Hydra's
+  ``run_job``, which makes this a conforming Hydra launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from .registry import Registry, RunRecord
+from .spec import RunSpec, build, config_hash, new_id, package_versions
+
+
+class JobFailed(RuntimeError):
+    """A job of a sweep did not succeed (the error Hydra raises when its result is read)."""
+
+
+def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
+    from hydra.core.utils import setup_globals
+
+    setup_globals()
+    if getattr(launcher.task_function, "__maelstrom_app__", False):
+        return _launch_apps(launcher, job_overrides, initial_job_idx)
+    return _launch_hydra_tasks(launcher, job_overrides, initial_job_idx)
+
+
+def _sweep_id(launcher: Any, app: str) -> str:
+    # one id for all batches a sweeper hands to the same launcher
+    if getattr(launcher, "sweep_id", None) is None:
+        launcher.sweep_id = new_id(f"sweep-{app}")
+    return launcher.sweep_id
+
+
+def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
+    from ..tracking.mlflow_run import TrackingError, start_parent_run
+    from .submit import submit
+
+    configs = [launcher.config_loader.load_sweep_config(launcher.config, list(o)) for o in job_overrides]
+    app = configs[0].app.name
+    sweep_id = _sweep_id(launcher, app)
+    registry = Registry()
+    size = initial_job_idx + len(configs)
+    specs = []
+    for i, (cfg, overrides) in enumerate(zip(configs, job_overrides, strict=True)):
+        _set_job(cfg, sweep_id, initial_job_idx + i)
+        specs.append(
+            build(cfg, list(overrides), sweep_id=sweep_id, sweep_index=initial_job_idx + i, sweep_size=size)
+        )
+    dry_run = any(s.config.get("dry_run") for s in specs)
+    if dry_run:
+        from ..cli import print_dry_run
+
+        for spec in specs:
+            print_dry_run(spec)
+        return [
+            _job_return(cfg, o, spec.run_dir, {"dry_run": True, "run_id": spec.run_id})
+            for cfg, o, spec in zip(configs, job_overrides, specs, strict=True)
+        ]
+    parent = getattr(launcher, "parent_run", None)
+    if parent is None:
+        try:
+            parent = start_parent_run(specs[0], size)
+        except TrackingError as exc:
+            registry.add_sweep(
+                sweep_id,
+                app,
+                size,
+                specs[0].backend.get("name", ""),
+                [list(o) for o in job_overrides],
+                None,
+                None,
+            )
+            registry.add_runs(specs, state="failed", message=str(exc))
+            raise
+        launcher.parent_run = parent
+    for spec in specs:
+        spec.parent_run_id = parent[0]
+    registry.add_sweep(
+        sweep_id,
+        app,
+        size,
+        specs[0].backend.get("name", ""),
+        [list(o) for o in job_overrides],
+        parent[0],
+        parent[1],
+    )
+    records = submit(specs, wait=launcher.wait, registry=registry)
+    _print_sweep_summary(sweep_id, records, launcher.wait)
+    returns = []
+    for cfg, overrides, record in zip(configs, job_overrides, records, strict=True):
+        if not launcher.wait:
+            value: Any = {
+                "run_id": record.run_id,
+                "job_id": record.job_id,
+                "backend": record.backend,
+                "run_dir": record.run_dir,
+                "sweep_id": sweep_id,
+            }
+            returns.append(_job_return(cfg, overrides, record.run_dir, value))
+            continue
+        from .files import read_result
+
+        result = read_result(record.run_dir) or {}
+        if record.state == "succeeded":
+            returns.append(_job_return(cfg, overrides, record.run_dir, result.get("metrics") or {}))
+        else:
+            error = JobFailed(
+                f"run {record.run_id} {record.state}: {record.message or result.get('error') or ''}"
+                f" (see `maelstrom runs logs {record.run_id}`)"
+            )
+            returns.append(_job_return(cfg, overrides, record.run_dir, error, failed=True))
+    return returns
+
+
+def _set_job(cfg: Any, sweep_id: str, idx: int) -> None:
+    """Give a job's config its Hydra job id and number, and make it the current Hydra config."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.hydra.job.id = f"{sweep_id}_{idx}"
+        cfg.hydra.job.num = idx
+    HydraConfig.instance().set_config(cfg)
+
+
+def _job_return(
+    cfg: Any, overrides: Sequence[str], working_dir: str, value: Any, failed: bool = False
+) -> Any:
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf, open_dict
+
+    ret = JobReturn()
+    ret.overrides = list(overrides)
+    ret.hydra_cfg = cfg
+    task_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(task_cfg):
+        task_cfg.pop("hydra", None)
+    ret.cfg = task_cfg
+    ret.working_dir = working_dir
+    ret.task_name = cfg.hydra.job.name
+    ret.status = JobStatus.FAILED if failed else JobStatus.COMPLETED
+    ret.return_value = value
+    return ret
+
+
+def _print_sweep_summary(sweep_id: str, records: Sequence[RunRecord], waited: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    table = Table(title=f"sweep {sweep_id}", title_justify="left")
+    for column in ("#", "run id", "state", "job id", "message"):
+        table.add_column(column, no_wrap=column in ("run id", "state"), overflow="fold")
+    for r in records:
+        table.add_row(str(r.sweep_index), r.run_id, r.state, r.job_id or "-", (r.message or "")[:60])
+    console.print(table)
+    if waited:
+        console.print(
+            f"follow up: maelstrom runs list --sweep {sweep_id}   "
+            f"re-run failures: maelstrom runs rerun --sweep {sweep_id} --failed"
+        )
+    else:
+        console.print(f"submitted; follow it with: maelstrom runs list --sweep {sweep_id}")
+
+
+def _launch_hydra_tasks(
+    launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+) -> list[Any]:
+    import cloudpickle
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import configure_log
+    from omegaconf import OmegaConf
+
+    from .files import read_result
+    from .submit import submit
+
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    name = launcher.config.hydra.job.name
+    sweep_id = _sweep_id(launcher, name)
+    backend = {"name": "local", "kind": "local", "max_parallel": 2, **dict(launcher.backend or {})}
+    specs, configs = [], []
+    for i, overrides in enumerate(job_overrides):
+        idx = initial_job_idx + i
+        cfg = launcher.config_loader.load_sweep_config(launcher.config, list(overrides))
+        _set_job(cfg, sweep_id, idx)
+        run_id = f"{sweep_id}-{idx}"
+        run_dir = paths.runs_dir() / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "task_function": launcher.task_function,
+            "config": cfg,
+            "hydra_context": launcher.hydra_context,
+            "singleton_state": Singleton.get_state(),
+        }
+        (run_dir / "payload.pkl").write_bytes(cloudpickle.dumps(payload))
+        config = {"backend": backend, "tracking": {}, "hydra_job": OmegaConf.to_container(cfg, resolve=False)}
+        specs.append(
+            RunSpec(
+                run_id=run_id,
+                kind="hydra",
+                app=name,
+                entry=f"{launcher.task_function.__module__}:{launcher.task_function.__qualname__}",
+                config=config,
+                overrides=list(overrides),
+                run_dir=str(run_dir),
+                config_hash=config_hash(config),
+                code_dir=os.getcwd(),
+                packages=package_versions(),
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                sweep_id=sweep_id,
+                sweep_index=idx,
+                payload="payload.pkl",
+            )
+        )
+        configs.append(cfg)
+    registry = Registry()
+    size = initial_job_idx + len(specs)
+    registry.add_sweep(sweep_id, name, size, backend["name"], [list(o) for o in job_overrides], None, None)
+    records = submit(specs, wait=launcher.wait, registry=registry)
+    returns = []
+    for cfg, overrides, record in zip(configs, job_overrides, records, strict=True):
+        pickled = Path(record.run_dir) / "job_return.pkl"
+        if launcher.wait and pickled.exists():
+            returns.append(cloudpickle.loads(pickled.read_bytes()))
+            continue
+        if launcher.wait:
+            error = (read_result(record.run_dir) or {}).get("error") or record.message or record.state
+            ret = _job_return(
+                cfg,
+                overrides,
+                record.run_dir,
+                JobFailed(f"job {record.run_id} {record.state}: {error}; logs in {record.run_dir}"),
+                failed=True,
+            )
+        else:
+            ret = _job_return(
+                cfg,
+                overrides,
+                record.run_dir,
+                {"run_id": record.run_id, "job_id": record.job_id, "sweep_id": sweep_id},
+            )
+        returns.append(ret)
+    return returns

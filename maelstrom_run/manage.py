@@ -1,0 +1,306 @@
+"""``maelstrom``: manage runs recorded in the registry.
+
+    maelstrom runs list [--sweep ID] [--state STATE] [--limit N]
+    maelstrom runs status ID | --sweep ID
+    maelstrom runs info ID
+    maelstrom runs logs ID [--stderr] [--follow]
+    maelstrom runs cancel ID | --sweep ID
+    maelstrom runs download ID [DEST]
+    maelstrom runs rerun ID [--current-code] [--no-wait]
+    maelstrom runs rerun --sweep ID --failed [--current-code] [--no-wait]
+
+IDs may be abbreviated to a unique prefix. State lives in $MAELSTROM_HOME (default ~/.maelstrom).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config.errors import EXIT_FAILED, explain
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+_COLOURS = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "queued": "blue"}
+
+
+def _state(state: str) -> str:
+    return f"[{_COLOURS.get(state, 'white')}]{state}[/]"
+
+
+def _registry() -> Any:
+    from .launch.registry import Registry
+
+    return Registry()
+
+
+def _selected(registry: Any, args: argparse.Namespace) -> list[Any]:
+    if getattr(args, "sweep", None):
+        sweep = registry.sweep(args.sweep)
+        return registry.list(sweep_id=sweep.sweep_id, limit=None)
+    if not args.id:
+        from .config import ConfigError
+
+        raise ConfigError("give a run id, or --sweep SWEEP_ID; see `maelstrom runs list`")
+    return [registry.get(args.id)]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .launch.monitor import refresh
+
+    registry = _registry()
+    sweep_id = registry.sweep(args.sweep).sweep_id if args.sweep else None
+    records = refresh(
+        registry,
+        registry.list(sweep_id=sweep_id, limit=args.limit, states=[args.state] if args.state else None),
+    )
+    table = Table(title=f"runs in {registry.path}", title_justify="left")
+    for column in ("run id", "app", "backend", "state", "sweep", "created", "MLflow run"):
+        table.add_column(column, no_wrap=column in ("run id", "state"), overflow="fold")
+    for r in records:
+        sweep = f"{r.sweep_id}[{r.sweep_index}]" if r.sweep_id else "-"
+        table.add_row(
+            r.run_id,
+            r.app,
+            r.backend,
+            _state(r.state),
+            sweep,
+            _when(r.created),
+            (r.mlflow_run_id or "-")[:12],
+        )
+    console = _console()
+    console.print(table)
+    if not records:
+        console.print("no runs yet: start one with `maelstrom-run app=ap1`")
+    else:
+        console.print(f"{len(records)} run(s); details: maelstrom runs info RUN_ID")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .launch.monitor import refresh
+
+    registry = _registry()
+    records = refresh(registry, _selected(registry, args))
+    console = _console()
+    for r in records:
+        extra = f" ({r.message})" if r.message else ""
+        console.print(f"{r.run_id}  {_state(r.state)}{extra}")
+    if len(records) > 1:
+        counts = Counter(r.state for r in records)
+        console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .launch.files import read_result
+    from .launch.monitor import refresh
+
+    registry = _registry()
+    (r,) = refresh(registry, [registry.get(args.id)])
+    spec = yaml.safe_load(r.spec)
+    git = spec.get("git") or {}
+    result = read_result(r.run_dir) or {}
+    rows = [
+        ("run id", r.run_id),
+        ("state", _state(r.state)),
+        ("message", r.message or "-"),
+        ("app", f"{r.app} ({spec.get('entry')})"),
+        ("backend", f"{r.backend} ({r.backend_kind}), job {r.job_id}"),
+        ("sweep", f"{r.sweep_id} #{r.sweep_index}" if r.sweep_id else "-"),
+        ("re-run of", r.rerun_of or "-"),
+        ("overrides", " ".join(spec.get("overrides") or []) or "-"),
+        ("config hash", r.config_hash),
+        (
+            "git",
+            f"{git.get('commit') or '-'}{' + uncommitted diff' if git.get('dirty') else ''} in {git.get('root')}"
+            if git
+            else "-",
+        ),
+        ("created", _when(r.created)),
+        ("started", _when(r.started)),
+        ("ended", _when(r.ended)),
+        ("exit code", "-" if r.exit_code is None else str(r.exit_code)),
+        ("MLflow", f"run {r.mlflow_run_id} in {r.tracking_uri}" if r.mlflow_run_id else "-"),
+        (
+            "metrics",
+            ", ".join(f"{k}={v:.4g}" for k, v in sorted((result.get("metrics") or {}).items())) or "-",
+        ),
+        ("run dir", r.run_dir),
+    ]
+    console = _console()
+    for key, value in rows:
+        console.print(f"[bold]{key:>12}[/bold]  {value}", highlight=False)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .backends import JobRef
+    from .launch.monitor import TERMINAL, backend_of, refresh
+
+    registry = _registry()
+    record = registry.get(args.id)
+    if not record.job_id:
+        print(f"run {record.run_id} was never submitted: no logs", file=sys.stderr)
+        return EXIT_FAILED
+    backend = backend_of(record)
+    stream = "stderr" if args.stderr else "stdout"
+    ref = JobRef(record.run_id, record.job_id, record.run_dir)
+    offset = 0
+    while True:
+        text = backend.logs(ref, stream)
+        sys.stdout.write(text[offset:])
+        sys.stdout.flush()
+        offset = len(text)
+        if not args.follow:
+            return 0
+        (record,) = refresh(registry, [record])
+        if record.state in TERMINAL:
+            sys.stdout.write(backend.logs(ref, stream)[offset:])
+            return 0
+        time.sleep(0.5)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .launch.monitor import cancel
+
+    registry = _registry()
+    records = cancel(registry, _selected(registry, args))
+    for r in records:
+        _console().print(f"{r.run_id}  {_state(r.state)}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .backends import JobRef
+    from .launch.monitor import backend_of
+
+    registry = _registry()
+    record = registry.get(args.id)
+    target = backend_of(record).download(
+        JobRef(record.run_id, record.job_id or "", record.run_dir), Path(args.dest).absolute()
+    )
+    print(f"downloaded {record.run_id} to {target}")
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .launch.rerun import rerun_one, rerun_sweep
+    from .launch.submit import submit
+
+    registry = _registry()
+    if args.sweep:
+        if not args.failed:
+            raise ConfigError("rerun --sweep needs --failed (re-run the failed or missing jobs of the sweep)")
+        specs = rerun_sweep(registry, args.sweep, current_code=args.current_code)
+        if not specs:
+            print(f"sweep {args.sweep}: every job succeeded, nothing to re-run")
+            return 0
+    elif args.id:
+        specs = [rerun_one(registry, args.id, current_code=args.current_code)]
+    else:
+        raise ConfigError("give a run id, or --sweep SWEEP_ID --failed")
+    records = submit(
+        specs, wait=not args.no_wait, follow=len(specs) == 1 and not args.no_wait, registry=registry
+    )
+    console = _console(stderr=True)
+    for spec, record in zip(specs, records, strict=True):
+        console.print(
+            f"{record.run_id} (re-run of {spec.rerun_of}, config hash {spec.config_hash[:12]}) "
+            f"{_state(record.state)}"
+        )
+    console.print(
+        "next: maelstrom runs info RUN_ID   or   maelstrom runs list"
+        + (f" --sweep {specs[0].sweep_id}" if specs[0].sweep_id else "")
+    )
+    return 0 if args.no_wait or all(r.state == "succeeded" for r in records) else EXIT_FAILED
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="maelstrom", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    groups = root.add_subparsers(dest="group", required=True)
+    runs = groups.add_parser("runs", help="list, inspect, cancel and re-run runs")
+    sub = runs.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="runs in the registry (newest first)")
+    p.add_argument("--sweep", help="only the jobs of this sweep")
+    p.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled", "unknown"])
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_list)
+
+    for name, func, text in (
+        ("status", cmd_status, "current state of a run or sweep"),
+        ("cancel", cmd_cancel, "cancel a run or every unfinished job of a sweep"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("id", nargs="?")
+        p.add_argument("--sweep")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("info", help="everything recorded about a run")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("logs", help="a run's output")
+    p.add_argument("id")
+    p.add_argument("--stderr", action="store_true", help="show stderr instead of stdout")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("download", help="copy a run's directory here")
+    p.add_argument("id")
+    p.add_argument("dest", nargs="?", default=".")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("rerun", help="run again with the recorded code and config (same config hash)")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--sweep", help="re-run jobs of this sweep (with --failed)")
+    p.add_argument("--failed", action="store_true", help="only failed, cancelled or never-submitted jobs")
+    p.add_argument(
+        "--current-code", action="store_true", help="use today's working tree, not the recorded commit"
+    )
+    p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    p.set_defaults(func=cmd_rerun)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        print("maelstrom: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - user errors become one line; bugs keep their traceback
+        known = explain(exc)
+        if known is None:
+            raise
+        code, message = known
+        print(f"maelstrom: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

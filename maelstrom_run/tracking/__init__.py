@@ -1,0 +1,1 @@
+"""MLflow wiring, the phase timer and the run context handed to apps."""

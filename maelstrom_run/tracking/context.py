@@ -1,0 +1,37 @@
+"""What an application's entry point receives: ``def main(ctx: RunContext) -> dict[str, float]``.
+
+The entry point trains, reports through ``ctx`` and returns its final metrics (they
+become the job's result: the MLflow run's summary and what a Hydra sweep gets back).
+Raising marks the run failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .timer import PhaseTimer
+
+
+@dataclass
+class RunContext:
+    #: The resolved configuration of the run (an OmegaConf DictConfig, read-only).
+    cfg: Any
+    run_id: str
+    #: The run's own directory: logs, spec, result; apps put checkpoints here.
+    run_dir: Path
+    #: Where datasets and generated sample data are cached.
+    cache_dir: Path
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
+    #: ``log_metrics({"loss": 0.3}, step=epoch)``; also records the history for plots.
+    log_metrics: Callable[[dict[str, float], int | None], None] = lambda metrics, step=None: None
+    #: ``log_artifact(path, artifact_path=None)``.
+    log_artifact: Callable[..., None] = lambda path, artifact_path=None: None
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Log an epoch's metrics together with the phase timer's epoch summary."""
+        merged = dict(metrics)
+        merged.update(self.timer.epoch_metrics())
+        self.log_metrics(merged, epoch)

@@ -1,0 +1,222 @@
+"""What runs on the target: ``python -m maelstrom_run.worker RUN_DIR/spec.yaml``.
+
+For an application spec: start the MLflow run (child of the sweep's parent run),
+log the resolved config as flattened params, the spec as artefacts, tags, then call
+the app's entry point with a :class:`RunContext`. Success marks the run FINISHED;
+an exception marks it FAILED and the process exits non-zero. The outcome is also
+written to ``result.json`` in the run directory (the registry is never opened here).
+
+For a ``hydra`` spec (any Hydra app on the maelstrom launcher): run the pickled task
+function with Hydra's ``run_job`` and pickle the JobReturn beside the spec.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .launch.files import read_result, write_result
+from .launch.spec import RunSpec
+
+EXIT_APP_FAILED, EXIT_SETUP_FAILED = 1, 3
+
+
+def load_entry(entry: str, code_dir: str | None) -> Any:
+    module_name, _, func = entry.partition(":")
+    if not module_name or not func:
+        raise ValueError(f"app.entry: {entry!r} must look like 'package.module:function'")
+    if code_dir and code_dir not in sys.path:
+        sys.path.insert(0, code_dir)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"app.entry: cannot import {module_name!r} ({exc}); code dir {code_dir}") from None
+    if not hasattr(module, func):
+        raise ValueError(f"app.entry: module {module_name!r} has no function {func!r}")
+    return getattr(module, func)
+
+
+def _escape(value: Any) -> Any:
+    """Resolved values are final: keep ``${...}`` text (secret references) from being re-interpolated."""
+    if isinstance(value, dict):
+        return {k: _escape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape(v) for v in value]
+    if isinstance(value, str):
+        return value.replace("${", "\\${")
+    return value
+
+
+def run_app(spec: RunSpec) -> int:
+    from omegaconf import OmegaConf
+
+    from . import paths
+    from .tracking import mlflow_run
+    from .tracking.context import RunContext
+
+    run_dir = Path(spec.run_dir)
+    result: dict[str, Any] = {"run_id": spec.run_id, "state": "running", "started": time.time()}
+    write_result(run_dir, result)
+    try:
+        uri = mlflow_run.connect(spec.tracking)
+        import mlflow
+
+        experiment_id = mlflow_run.ensure_experiment(mlflow_run.experiment_name(spec), uri)
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            tags=mlflow_run.run_tags(spec),
+            run_name=spec.config.get("run_name") or spec.run_id,
+        )
+    except Exception as exc:  # noqa: BLE001 - any tracking failure fails the run cleanly
+        message = f"tracking: {exc}".splitlines()[0]
+        print(f"maelstrom-run: {message}", file=sys.stderr)
+        result.update(state="failed", exit_code=EXIT_SETUP_FAILED, error=message, ended=time.time())
+        write_result(run_dir, result)
+        return EXIT_SETUP_FAILED
+
+    result.update(mlflow_run_id=run.info.run_id, experiment_id=experiment_id, tracking_uri=uri)
+    write_result(run_dir, result)
+    history: dict[str, list[tuple[int, float]]] = {}
+
+    def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items()}
+        mlflow.log_metrics(clean, step=step)
+        for k, v in clean.items():
+            history.setdefault(k, []).append((step if step is not None else len(history.get(k, [])), v))
+
+    ctx = RunContext(
+        cfg=OmegaConf.create(_escape(spec.config), flags={"readonly": True}),
+        run_id=spec.run_id,
+        run_dir=run_dir,
+        cache_dir=paths.cache_dir(),
+        log_metrics=log_metrics,
+        log_artifact=mlflow.log_artifact,
+    )
+    try:
+        params = mlflow_run.flatten(spec.config)
+        items = list(params.items())
+        for i in range(0, len(items), 100):
+            mlflow.log_params(dict(items[i : i + 100]))
+        mlflow.log_text(spec.to_yaml(), "maelstrom/spec.yaml")
+        mlflow.log_text("\n".join(spec.overrides) + "\n", "maelstrom/overrides.txt")
+        if spec.git and spec.git.get("diff"):
+            mlflow.log_text(spec.git["diff"], "maelstrom/git.diff")
+        entry = load_entry(spec.entry, spec.code_dir)
+        metrics = entry(ctx) or {}
+        final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        mlflow.log_metrics({f"final.{k}": v for k, v in final.items()})
+        mlflow.log_metrics(ctx.timer.run_summary())
+        if spec.tracking.get("plots", True):
+            _log_plots(history, ctx.timer.samples())
+    except BaseException as exc:  # noqa: BLE001 - the app's failure is the run's failure
+        trace = traceback.format_exc()
+        print(trace, file=sys.stderr, flush=True)
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+        try:
+            mlflow.set_tag("maelstrom.error", message[:5000])
+            mlflow.log_text(trace, "maelstrom/error.txt")
+            mlflow.end_run(status)
+        finally:
+            cancelled = (run_dir / "cancelled").exists()
+            result.update(
+                state="cancelled" if cancelled else "failed",
+                exit_code=EXIT_APP_FAILED,
+                error=message,
+                ended=time.time(),
+            )
+            write_result(run_dir, result)
+        return EXIT_APP_FAILED
+    mlflow.end_run("FINISHED")
+    result.update(state="succeeded", exit_code=0, metrics=final, ended=time.time())
+    write_result(run_dir, result)
+    return 0
+
+
+def _log_plots(history: dict[str, list[tuple[int, float]]], samples: dict[str, list[float]]) -> None:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    from .tracking.mlflow_run import plot_history, plot_phases
+
+    if history:
+        fig = plot_history(history)
+        mlflow.log_figure(fig, "plots/training_curves.png")
+        plt.close(fig)
+    if samples:
+        fig = plot_phases(samples)
+        mlflow.log_figure(fig, "plots/phase_times.png")
+        plt.close(fig)
+
+
+def run_hydra(spec: RunSpec) -> int:
+    """Run one job of a Hydra sweep for any Hydra app (task function pickled by the launcher)."""
+    import pickle
+
+    import cloudpickle
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import JobStatus, run_job, setup_globals
+
+    run_dir = Path(spec.run_dir)
+    write_result(run_dir, {"run_id": spec.run_id, "state": "running", "started": time.time()})
+    with open(run_dir / spec.payload, "rb") as fh:
+        payload = cloudpickle.load(fh)
+    Singleton.set_state(payload["singleton_state"])
+    setup_globals()
+    if spec.code_dir and spec.code_dir not in sys.path:
+        sys.path.insert(0, spec.code_dir)
+    ret = run_job(
+        hydra_context=payload["hydra_context"],
+        task_function=payload["task_function"],
+        config=payload["config"],
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+    try:
+        data = cloudpickle.dumps(ret)
+    except Exception:  # noqa: BLE001 - an unpicklable return value is reported, not lost silently
+        ret.return_value = RuntimeError(
+            f"job return value of type {type(ret._return_value)} cannot be pickled"
+        )
+        ret.status = JobStatus.FAILED
+        data = pickle.dumps(ret)
+    (run_dir / "job_return.pkl").write_bytes(data)
+    ok = ret.status == JobStatus.COMPLETED
+    result = {
+        "run_id": spec.run_id,
+        "state": "succeeded" if ok else "failed",
+        "exit_code": 0 if ok else 1,
+        "started": (read_result(run_dir) or {}).get("started"),
+        "ended": time.time(),
+    }
+    if not ok:
+        result["error"] = f"{type(ret._return_value).__name__}: {ret._return_value}"
+    write_result(run_dir, result)
+    return 0 if ok else EXIT_APP_FAILED
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m maelstrom_run.worker RUN_DIR/spec.yaml", file=sys.stderr)
+        return 2
+    spec = RunSpec.read(Path(argv[0]))
+    # cancel (local process group, scancel) sends SIGTERM: unwind so the MLflow run is closed as KILLED
+    signal.signal(signal.SIGTERM, _terminate)
+    if (Path(spec.run_dir) / "cancelled").exists():
+        write_result(Path(spec.run_dir), {"run_id": spec.run_id, "state": "cancelled", "ended": time.time()})
+        return 0
+    return run_hydra(spec) if spec.kind == "hydra" else run_app(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
