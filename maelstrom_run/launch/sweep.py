@@ -124,6 +124,11 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     return returns
 
 
+def _describe(task_function: Any) -> str:
+    name = getattr(task_function, "__qualname__", type(task_function).__qualname__)
+    return f"{getattr(task_function, '__module__', '?')}:{name}"
+
+
 def _set_job(cfg: Any, sweep_id: str, idx: int) -> None:
     """Give a job's config its Hydra job id and number, and make it the current Hydra config."""
     from hydra.core.hydra_config import HydraConfig
@@ -206,13 +211,15 @@ def _launch_hydra_tasks(
             "singleton_state": Singleton.get_state(),
         }
         (run_dir / "payload.pkl").write_bytes(cloudpickle.dumps(payload))
-        config = {"backend": backend, "tracking": {}, "hydra_job": OmegaConf.to_container(cfg, resolve=False)}
+        job = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+        job.pop("hydra", None)
+        config = {"backend": backend, "tracking": {}, "hydra_job": job}
         specs.append(
             RunSpec(
                 run_id=run_id,
                 kind="hydra",
                 app=name,
-                entry=f"{launcher.task_function.__module__}:{launcher.task_function.__qualname__}",
+                entry=_describe(launcher.task_function),
                 config=config,
                 overrides=list(overrides),
                 run_dir=str(run_dir),
