@@ -99,6 +99,9 @@ def run_main() -> None:
     """Console entry point of ``maelstrom-run``."""
     import hydra
 
+    from .config.resolvers import register
+
+    register()
     # Let errors reach us so user errors become one clear line (Hydra would print a trace).
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     main = hydra.main(config_path="conf", config_name="config", version_base="1.3")(task)
