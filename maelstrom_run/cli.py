@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from .config.errors import EXIT_FAILED, explain
@@ -95,8 +96,62 @@ def _run_single(cfg: Any) -> Any:
 task.__maelstrom_app__ = True  # type: ignore[attr-defined]
 
 
+HELP = """\
+maelstrom-run: compose, validate and run (or submit) weather & climate ML jobs, tracked in MLflow.
+
+Usage:
+  maelstrom-run [GROUP=OPTION ...] [KEY=VALUE ...]          one run (waits for local runs)
+  maelstrom-run --multirun KEY=A,B [KEY=X,Y ...]            a sweep: one submission, one MLflow parent run
+  maelstrom-run ... --cfg job                               print the composed config and stop
+  maelstrom-run ... dry_run=true                            print what would be submitted and stop
+
+Config groups (choose one option with GROUP=OPTION):
+{groups}
+Examples:
+  maelstrom-run app=ap1                                     AP1 tiny tier, locally, MLflow in $MAELSTROM_HOME
+  maelstrom-run app=ap2 backend=juwels loader.threads=96 --cfg job
+  maelstrom-run --multirun app=ap1 model.learning_rate=0.01,0.001 train.epochs=1
+  maelstrom-run app=ap1 tracking.uri=http://127.0.0.1:5000  (or set MLFLOW_TRACKING_URI)
+
+Options:
+  hydra.launcher.wait=false   return as soon as a sweep is submitted
+  --config-dir DIR            add a config directory (also MAELSTROM_CONFIG_PATH=DIR1:DIR2, searched first)
+  --hydra-help                Hydra's own options
+
+State: runs, the run registry and the embedded MLflow store live in $MAELSTROM_HOME (default ~/.maelstrom).
+Manage runs with: maelstrom runs list | info | status | logs | cancel | download | rerun
+"""
+
+
+def config_dirs(argv: list[str]) -> list[Path]:
+    """Config directories in search order: --config-dir, $MAELSTROM_CONFIG_PATH, the shipped conf/."""
+    dirs = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(Path(argv[i + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.split("=", 1)[1]))
+    dirs += [Path(d) for d in os.environ.get("MAELSTROM_CONFIG_PATH", "").split(os.pathsep) if d]
+    return [*dirs, Path(__file__).parent / "conf"]
+
+
+def help_text(argv: list[str]) -> str:
+    """The ``--help`` page, listing config groups from the search path without composing anything."""
+    groups: dict[str, set[str]] = {}
+    for directory in config_dirs(argv):
+        for group in sorted(p for p in directory.expanduser().glob("*") if p.is_dir()):
+            options = {f.stem for f in group.glob("*.yaml")}
+            if options:
+                groups.setdefault(group.name, set()).update(options)
+    listing = "".join(f"  {g}: {', '.join(sorted(o))}\n" for g, o in sorted(groups.items()))
+    return HELP.format(groups=listing)
+
+
 def run_main() -> None:
     """Console entry point of ``maelstrom-run``."""
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        print(help_text(sys.argv[1:]), end="")
+        return
     import hydra
 
     from .config.resolvers import register
