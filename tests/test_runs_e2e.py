@@ -316,3 +316,34 @@ def test_remote_tracking_server(run_cli, cli_env, toy_project, maelstrom_home, m
     assert not (maelstrom_home / "mlflow.db").exists()
     spec = yaml.safe_load((Path(_registry_rows(maelstrom_home)[0]["run_dir"]) / "spec.yaml").read_text())
     assert spec["config"]["tracking"]["uri"] is None  # the environment chose the server, not the config
+
+
+def test_sweep_without_waiting_is_followed_with_maelstrom_runs(run_cli, cli_env, toy_project, maelstrom_home):
+    env = _env(cli_env, toy_project)
+    result = run_cli(
+        [
+            "--multirun",
+            "app=toy",
+            "model.learning_rate=0.01,0.02",
+            "train.epochs=1",
+            "hydra.launcher.wait=false",
+        ],
+        cwd=toy_project,
+        env=env,
+        check=True,
+    )
+    sweep_id = re.search(r"(sweep-toy-\d{8}-\d{6}-[0-9a-f]{6})", result.stderr).group(1)
+    assert "submitted; follow it with: maelstrom runs list --sweep" in result.stderr
+    deadline = time.monotonic() + 120
+    while True:
+        status = run_cli(["maelstrom", "runs", "status", "--sweep", sweep_id], env=env, check=True).stdout
+        if "succeeded: 2" in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    # the refresh that saw the last job finish closed the sweep's parent run
+    client = _client(maelstrom_home)
+    runs = client.search_runs([client.get_experiment_by_name("toy").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs.succeeded"] == 2
+    assert (maelstrom_home / "hydra").is_dir() and not (toy_project / "multirun").exists()
