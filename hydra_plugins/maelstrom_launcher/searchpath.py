@@ -10,10 +10,18 @@ from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 
+#: How the shipped conf/ appears as the main config source (file path or package).
+_SHIPPED = ("maelstrom_run/conf", "pkg://maelstrom_run.conf")
+
+
+#: How the shipped conf/ appears as the main config source (file path or package).
+_SHIPPED = ("maelstrom_run/conf", "pkg://maelstrom_run.conf")
+
+
 class MaelstromSearchPathPlugin(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         if not any(
-            e.provider == "main" and e.path and e.path.rstrip("/").endswith("maelstrom_run/conf")
+            e.provider == "main" and e.path and e.path.rstrip("/").endswith(_SHIPPED)
             for e in search_path.get_path()
         ):
             return

@@ -55,7 +55,7 @@ def _composition(exc: BaseException) -> str:
     if m := re.search(r"Could not override '([^']+)'\. No match in the defaults list", text):
         return unknown_group_message(m.group(1))
     if m := re.search(r"Could not override '([^']+)'\.\s*To append to your config use", text):
-        return unknown_key_message(m.group(1)) + f" (to add a new key use +{m.group(1)}=...)"
+        return unknown_key_message(m.group(1))
     if m := re.search(r"Could not load '([^']+)'", text):
         cause = exc.__cause__
         if cause is not None and (inner := explain(cause)):

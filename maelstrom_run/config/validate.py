@@ -132,6 +132,8 @@ def _check_discriminated(value: Any, group: str) -> None:
     if not isinstance(value, dict):
         raise ConfigError(f"{group}: expected a mapping (choose one with {group}=NAME), got {value!r}")
     kind = value.get(key, MISSING)
+    if kind == MISSING:
+        raise ConfigError(f"{group}.{key}: missing mandatory value; one of {', '.join([*schemas, CUSTOM])}")
     if kind == CUSTOM:
         return
     if kind not in schemas:

@@ -212,8 +212,7 @@ class Registry:
         """A run by id or unique id prefix."""
         with self._connect() as db:
             rows = db.execute(
-                "SELECT * FROM runs WHERE run_id = ? OR run_id LIKE ? ORDER BY run_id",
-                (run_id, run_id.replace("%", "") + "%"),
+                "SELECT * FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id", (len(run_id), run_id)
             ).fetchall()
         exact = [r for r in rows if r["run_id"] == run_id]
         rows = exact or rows
@@ -247,8 +246,9 @@ class Registry:
     def sweep(self, sweep_id: str) -> SweepRecord:
         with self._connect() as db:
             rows = db.execute(
-                "SELECT * FROM sweeps WHERE sweep_id = ? OR sweep_id LIKE ?", (sweep_id, sweep_id + "%")
+                "SELECT * FROM sweeps WHERE substr(sweep_id, 1, ?) = ?", (len(sweep_id), sweep_id)
             ).fetchall()
+        rows = [r for r in rows if r["sweep_id"] == sweep_id] or rows
         if len(rows) != 1:
             what = "is not in the registry" if not rows else "is ambiguous"
             raise ConfigError(f"sweep {sweep_id!r} {what}; see `maelstrom runs list`")

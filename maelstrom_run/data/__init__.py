@@ -1,0 +1,1 @@
+"""Datasets of the applications: generated sample data in the layout of the real ones."""
