@@ -9,7 +9,6 @@ from pathlib import Path
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-
 #: How the shipped conf/ appears as the main config source (file path or package).
 _SHIPPED = ("maelstrom_run/conf", "pkg://maelstrom_run.conf")
 
