@@ -68,34 +68,26 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
             _job_return(cfg, o, spec.run_dir, {"dry_run": True, "run_id": spec.run_id})
             for cfg, o, spec in zip(configs, job_overrides, specs, strict=True)
         ]
-    parent = getattr(launcher, "parent_run", None)
+    parent, error = getattr(launcher, "parent_run", None), None
     if parent is None:
         try:
             parent = start_parent_run(specs[0], size)
         except TrackingError as exc:
-            registry.add_sweep(
-                sweep_id,
-                app,
-                size,
-                specs[0].backend.get("name", ""),
-                [list(o) for o in job_overrides],
-                None,
-                None,
-            )
-            registry.add_runs(specs, state="failed", message=str(exc))
-            raise
-        launcher.parent_run = parent
-    for spec in specs:
-        spec.parent_run_id = parent[0]
+            error = exc
     registry.add_sweep(
         sweep_id,
         app,
         size,
         specs[0].backend.get("name", ""),
         [list(o) for o in job_overrides],
-        parent[0],
-        parent[1],
+        *(parent or (None, None)),
     )
+    if error is not None:  # recorded as failed, nothing submitted
+        registry.add_runs(specs, state="failed", message=str(error))
+        raise error
+    launcher.parent_run = parent
+    for spec in specs:
+        spec.parent_run_id = parent[0]
     records = submit(specs, wait=launcher.wait, registry=registry)
     _print_sweep_summary(sweep_id, records, launcher.wait)
     returns = []
