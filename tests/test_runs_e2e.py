@@ -347,3 +347,26 @@ def test_sweep_without_waiting_is_followed_with_maelstrom_runs(run_cli, cli_env,
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FINISHED" and parent.data.metrics["jobs.succeeded"] == 2
     assert (maelstrom_home / "hydra").is_dir() and not (toy_project / "multirun").exists()
+
+
+def test_sweep_with_dead_tracking_server_records_failed_jobs(run_cli, cli_env, toy_project, maelstrom_home):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = _env(cli_env, toy_project)
+    result = run_cli(
+        [
+            "--multirun",
+            "app=toy",
+            "train.epochs=1,2",
+            f"tracking.uri=http://127.0.0.1:{port}",
+            "tracking.timeout_s=2",
+        ],
+        cwd=toy_project,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("maelstrom-run: error: tracking server")
+    rows = _registry_rows(maelstrom_home)
+    assert len(rows) == 2 and {r["state"] for r in rows} == {"failed"} and not any(r["job_id"] for r in rows)
