@@ -1,0 +1,1 @@
+"""Reference applications; each exposes ``train.main(ctx: RunContext) -> dict[str, float]``."""
