@@ -13,6 +13,7 @@ function with Hydra's ``run_job`` and pickle the JobReturn beside the spec.
 from __future__ import annotations
 
 import importlib
+import logging
 import signal
 import sys
 import time
@@ -59,6 +60,7 @@ def run_app(spec: RunSpec) -> int:
     from .tracking import mlflow_run
     from .tracking.context import RunContext
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # store migrations etc. are not the job's output
     run_dir = Path(spec.run_dir)
     result: dict[str, Any] = {"run_id": spec.run_id, "state": "running", "started": time.time()}
     write_result(run_dir, result)

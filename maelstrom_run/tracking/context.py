@@ -31,7 +31,13 @@ class RunContext:
     log_artifact: Callable[..., None] = lambda path, artifact_path=None: None
 
     def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Log an epoch's metrics together with the phase timer's epoch summary."""
-        merged = dict(metrics)
-        merged.update(self.timer.epoch_metrics())
-        self.log_metrics(merged, epoch)
+        """Log an epoch's metrics together with the phase timer's epoch summary, and print one line
+        of progress (the job's output: shown live for local runs, in the log file on clusters)."""
+        phases = self.timer.epoch_metrics()
+        self.log_metrics({**metrics, **phases}, epoch)
+        epochs = self.cfg.train.epochs if self.cfg is not None and "train" in self.cfg else "?"
+        values = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        shares = " ".join(
+            f"{name.split('.')[1]} {value:.0%}" for name, value in phases.items() if name.endswith(".share")
+        )
+        print(f"epoch {epoch + 1}/{epochs}  {values}  [time: {shares}]", flush=True)

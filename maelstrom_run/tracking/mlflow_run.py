@@ -185,6 +185,7 @@ def plot_history(history: dict[str, list[tuple[int, float]]]) -> Any:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     families: dict[str, list[str]] = {}
     for name in history:
@@ -200,6 +201,7 @@ def plot_history(history: dict[str, list[tuple[int, float]]]) -> Any:
             steps, values = zip(*history[name], strict=True)
             ax.plot(steps, values, marker="o", label=name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(family)
         ax.grid(alpha=0.3)
         ax.legend()
