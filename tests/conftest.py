@@ -96,6 +96,16 @@ def program(name: str) -> str:
     return found
 
 
+@pytest.fixture(autouse=True)
+def _isolate_hydra(hydra_restore_singletons: None) -> None:
+    """Hydra keeps global state (version base, config store, plugins): restore it after every test,
+    and start every test without a version base (module-scoped fixtures may have set one)."""
+    from hydra.core.singleton import Singleton
+    from hydra.version import VersionBase
+
+    Singleton._instances.pop(VersionBase, None)
+
+
 @pytest.fixture
 def maelstrom_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh ``MAELSTROM_HOME`` for this test; tracking and user config paths unset."""
