@@ -71,7 +71,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     )
     table = Table(title=f"runs in {registry.path}", title_justify="left")
     for column in ("run id", "app", "backend", "state", "sweep", "created", "MLflow run"):
-        table.add_column(column, no_wrap=column in ("run id", "state"), overflow="fold")
+        table.add_column(column, no_wrap=column in ("run id", "state", "created"), overflow="fold")
     for r in records:
         sweep = f"{r.sweep_id}[{r.sweep_index}]" if r.sweep_id else "-"
         table.add_row(
@@ -80,8 +80,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             r.backend,
             _state(r.state),
             sweep,
-            _when(r.created),
-            (r.mlflow_run_id or "-")[:12],
+            _when(r.created)[5:16],
+            (r.mlflow_run_id or "-")[:8],
         )
     console = _console()
     console.print(table)
