@@ -59,6 +59,7 @@ def _selected(registry: Any, args: argparse.Namespace) -> list[Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from rich import box
     from rich.table import Table
 
     from .launch.monitor import refresh
@@ -69,7 +70,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         registry,
         registry.list(sweep_id=sweep_id, limit=args.limit, states=[args.state] if args.state else None),
     )
-    table = Table(title=f"runs in {registry.path}", title_justify="left")
+    table = Table(title=f"runs in {registry.path}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("run id", "app", "backend", "state", "sweep", "created", "MLflow run"):
         table.add_column(column, no_wrap=column in ("run id", "state", "created"), overflow="fold")
     for r in records:
