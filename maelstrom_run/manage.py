@@ -71,8 +71,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         registry.list(sweep_id=sweep_id, limit=args.limit, states=[args.state] if args.state else None),
     )
     table = Table(title=f"runs in {registry.path}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("run id", "app", "backend", "state", "sweep", "created", "MLflow run"):
-        table.add_column(column, no_wrap=column in ("run id", "state", "created"), overflow="fold")
+    for column in ("run id", "app", "backend", "state", "sweep", "created", "MLflow"):
+        table.add_column(
+            column, no_wrap=column != "sweep", overflow="fold" if column == "sweep" else "ellipsis"
+        )
     for r in records:
         sweep = f"{r.sweep_id}[{r.sweep_index}]" if r.sweep_id else "-"
         table.add_row(
