@@ -18,13 +18,13 @@ from .config.errors import EXIT_FAILED, explain
 
 
 def print_dry_run(spec: Any) -> None:
-    from rich.console import Console
     from rich.syntax import Syntax
 
     from .backends import get_backend
+    from .console import console as make_console
 
     rendered = get_backend(spec.backend).render(spec)
-    console = Console()
+    console = make_console()
     console.rule(f"[bold]dry run[/bold]: {spec.run_id} on {spec.backend.get('name')}")
     console.print(Syntax(rendered.text, "bash", word_wrap=True))
     console.print("[bold]files staged:[/bold]")
@@ -34,11 +34,10 @@ def print_dry_run(spec: Any) -> None:
 
 
 def _summary(record: Any) -> None:
-    from rich.console import Console
-
+    from .console import console as make_console
     from .launch.files import read_result
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     result = read_result(record.run_dir) or {}
     colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(record.state, "cyan")
     console.rule(f"[bold {colour}]{record.run_id} {record.state}[/]")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,12 +25,9 @@ from .config.errors import EXIT_FAILED, explain
 
 
 def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
+    from .console import console
 
-    console = Console(stderr=stderr)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = 160  # piped into a file or pager: keep rows whole
-    return console
+    return console(stderr)
 
 
 def _when(ts: float | None) -> str:

@@ -83,10 +83,11 @@ def wait(
 
     Ctrl-C cancels the jobs that are still queued or running, then re-raises.
     """
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True)
+    from ..console import console as make_console
+
+    console = make_console(stderr=True)
     records = [registry.get(r) for r in run_ids]
     offsets: dict[tuple[str, str], int] = defaultdict(int)
     progress = None

@@ -153,10 +153,11 @@ def _job_return(
 
 
 def _print_sweep_summary(sweep_id: str, records: Sequence[RunRecord], waited: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)
+    from ..console import console as make_console
+
+    console = make_console(stderr=True)
     table = Table(title=f"sweep {sweep_id}", title_justify="left")
     for column in ("#", "run id", "state", "job id", "message"):
         table.add_column(column, no_wrap=column in ("run id", "state"), overflow="fold")
