@@ -555,3 +555,12 @@ def test_dry_run_imports_no_frameworks(cli_env: dict[str, str], tmp_path: Path) 
     assert "nothing was submitted" in result.stdout
     line = next(x for x in result.stdout.splitlines() if x.startswith("IMPORTS "))
     assert json.loads(line[len("IMPORTS ") :]) == []
+
+
+def test_an_apps_own_sections_are_allowed_when_listed(config: dict[str, Any]) -> None:
+    config["augment"] = {"flips": True, "anything": [1, 2]}
+    assert "augment: unknown key" in error_of(config) and "app.sections" in error_of(config)
+    config["app"]["sections"] = ["augment"]
+    validate(config)
+    config["augmnt"] = {}
+    assert error_of(config).startswith("augmnt: unknown key")

@@ -16,7 +16,7 @@ import yaml
 from hydra import compose, initialize_config_module
 
 from maelstrom_run.config import ConfigError, secrets
-from maelstrom_run.launch.gitinfo import capture, materialise
+from maelstrom_run.launch.gitinfo import MAX_UNTRACKED_BYTES, capture, materialise
 from maelstrom_run.launch.spec import SPEC_FILE, RunSpec, build, resolve_config
 
 SECRET_USER = "alice-S3CRET-user"
@@ -366,3 +366,17 @@ def test_git_capture_needs_no_git_identity(toy_project: Path, tmp_path: Path) ->
         check=True,
     )
     assert out.stdout.split() == ["True", "True"]
+
+
+def test_capture_leaves_large_untracked_files_out(toy_project: Path) -> None:
+    (toy_project / "notes.py").write_text("SMALL = True\n")
+    (toy_project / "forecast.nc").write_bytes(b"\0" * (MAX_UNTRACKED_BYTES + 1))
+    info = capture(toy_project)
+    assert info is not None and "+SMALL = True" in info["diff"]
+    assert "forecast.nc" not in info["diff"]
+    assert info["untracked_not_recorded"] == ["forecast.nc"]
+    # nothing of the large file entered the repository's object store
+    objects = subprocess.run(
+        ["git", "count-objects", "-v"], cwd=toy_project, capture_output=True, text=True
+    ).stdout
+    assert int(dict(line.split(": ") for line in objects.splitlines())["size"]) < MAX_UNTRACKED_BYTES // 1024

@@ -23,6 +23,8 @@ class AppConf:
     entry: str = MISSING
     framework: Literal["tensorflow", "pytorch", "any"] = "any"
     description: str = ""
+    #: Top-level config sections of the app's own (e.g. ``augment``), passed to it unchecked.
+    sections: list[str] = field(default_factory=list)
 
 
 @dataclass

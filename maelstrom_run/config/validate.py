@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any, Literal, Union
 
 from .schema import DISCRIMINATED, MISSING, RootConf
@@ -105,14 +106,17 @@ def _check(value: Any, tp: Any, path: str) -> None:
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
 
 
-def _check_dataclass(value: Any, cls: type, path: str) -> None:
+def _check_dataclass(value: Any, cls: type, path: str, own: Iterable[str] = ()) -> None:
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: expected a mapping, got {value!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in value:
-        if key not in fields:
-            raise ConfigError(f"{_join(path, key)}: unknown key{_closest(str(key), fields)}")
+        if key not in fields and key not in own:
+            hint = _closest(str(key), fields)
+            if cls is RootConf and "did you mean" not in hint:
+                hint += " (an app's own top-level section must be listed in app.sections)"
+            raise ConfigError(f"{_join(path, key)}: unknown key{hint}")
     for name, f in fields.items():
         sub = _join(path, name)
         if name not in value:
@@ -149,7 +153,9 @@ def _join(path: str, key: Any) -> str:
 
 def validate(config: dict[str, Any]) -> None:
     """Raise :class:`ConfigError` for the first problem found in a resolved config container."""
-    _check_dataclass(config, RootConf, "")
+    app = config.get("app")
+    own = app.get("sections") if isinstance(app, dict) else None
+    _check_dataclass(config, RootConf, "", own if isinstance(own, list) else ())
 
 
 def valid_keys(path: str) -> list[str]:

@@ -12,6 +12,8 @@ from ..config import ConfigError
 
 #: Diffs larger than this are not recorded (a warning says so in the spec).
 MAX_DIFF_BYTES = 5_000_000
+#: Untracked files larger than this (data, checkpoints) are left out of the recorded diff.
+MAX_UNTRACKED_BYTES = 1_000_000
 
 
 def _git(args: list[str], cwd: Path, env: dict[str, str] | None = None, input: str | None = None) -> str:
@@ -35,15 +37,36 @@ def capture(path: Path) -> dict[str, Any] | None:
         branch = _git(["rev-parse", "--abbrev-ref", "HEAD"], root).strip()
     except subprocess.CalledProcessError:
         branch = None
-    diff = ""
+    diff, skipped = "", []
     if commit:
         # A throw-away index so untracked files are in the diff without touching the user's index.
         with tempfile.TemporaryDirectory() as tmp:
             env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
             _git(["read-tree", "HEAD"], root, env)
-            _git(["add", "-A"], root, env)
+            _git(["add", "-u"], root, env)
+            untracked = [
+                f
+                for f in _git(["ls-files", "-z", "--others", "--exclude-standard"], root, env).split("\0")
+                if f
+            ]
+            # data files and checkpoints lying untracked in a repository are not code: leave them out
+            small = [
+                f
+                for f in untracked
+                if (root / f).is_file() and (root / f).stat().st_size <= MAX_UNTRACKED_BYTES
+            ]
+            skipped = sorted(set(untracked) - set(small))
+            if small:
+                _git(
+                    ["add", "--pathspec-from-file=-", "--pathspec-file-nul"],
+                    root,
+                    env,
+                    input="\0".join(small),
+                )
             diff = _git(["diff", "--cached", "--binary", "HEAD"], root, env)
     info: dict[str, Any] = {"root": str(root), "commit": commit, "branch": branch, "dirty": bool(diff)}
+    if skipped:
+        info["untracked_not_recorded"] = skipped
     if len(diff.encode()) > MAX_DIFF_BYTES:
         info["diff"] = None
         info["warning"] = f"uncommitted diff larger than {MAX_DIFF_BYTES} bytes was not recorded"
