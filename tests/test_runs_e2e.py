@@ -370,3 +370,33 @@ def test_sweep_with_dead_tracking_server_records_failed_jobs(run_cli, cli_env, t
     assert result.stderr.strip().splitlines()[-1].startswith("maelstrom-run: error: tracking server")
     rows = _registry_rows(maelstrom_home)
     assert len(rows) == 2 and {r["state"] for r in rows} == {"failed"} and not any(r["job_id"] for r in rows)
+
+
+def test_ctrl_c_cancels_the_local_job(cli_env, toy_project, maelstrom_home):
+    import signal
+
+    env = _env(cli_env, toy_project)
+    (toy_project / "slow.py").write_text(
+        "import time\n\ndef main(ctx):\n    print('started', flush=True)\n    time.sleep(120)\n    return {}\n"
+    )
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "maelstrom-run"), "app=toy", "app.entry=slow:main"],
+        cwd=toy_project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "cancelling the unfinished jobs" in stderr
+    (row,) = _registry_rows(maelstrom_home)
+    assert row["state"] == "cancelled"
+    client = _client(maelstrom_home)
+    (run,) = client.search_runs([client.get_experiment_by_name("toy").experiment_id])
+    assert run.info.status == "KILLED"
