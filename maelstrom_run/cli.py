@@ -17,22 +17,6 @@ from typing import Any
 from .config.errors import EXIT_FAILED, explain
 
 
-def print_dry_run(spec: Any) -> None:
-    from rich.syntax import Syntax
-
-    from .backends import get_backend
-    from .console import console as make_console
-
-    rendered = get_backend(spec.backend).render(spec)
-    console = make_console()
-    console.rule(f"[bold]dry run[/bold]: {spec.run_id} on {spec.backend.get('name')}")
-    console.print(Syntax(rendered.text, "bash", word_wrap=True))
-    console.print("[bold]files staged:[/bold]")
-    for name in rendered.files:
-        console.print(f"  {name}")
-    console.print(f"config hash {spec.config_hash}; nothing was submitted")
-
-
 def _summary(record: Any) -> None:
     from .console import console as make_console
     from .launch.files import read_result
@@ -77,7 +61,7 @@ def _run_single(cfg: Any) -> Any:
     from hydra.core.hydra_config import HydraConfig
 
     from .launch.spec import build
-    from .launch.submit import submit
+    from .launch.submit import print_dry_run, submit
 
     hydra_cfg = HydraConfig.get()
     spec = build(cfg, list(hydra_cfg.overrides.task))

@@ -478,6 +478,19 @@ def test_dry_run_leaves_no_registry_row(run_cli, cli_env: dict[str, str], tmp_pa
     assert Registry().list(limit=None) == []
 
 
+def test_dry_run_of_a_sweep_shows_every_job(run_cli, cli_env: dict[str, str], tmp_path: Path) -> None:
+    from maelstrom_run.launch.registry import Registry
+
+    result = run_cli(
+        ["--multirun", "app=ap1", "model.learning_rate=0.01,0.001", "dry_run=true"],
+        tmp_path,
+        cli_env,
+        check=True,
+    )
+    assert result.stdout.count("nothing was submitted") == 2
+    assert Registry().list(limit=None) == []
+
+
 # -- help and start-up cost ---------------------------------------------------------------
 
 

@@ -155,8 +155,13 @@ def build(
     sweep_index: int | None = None,
     sweep_size: int | None = None,
     code_dir: Path | None = None,
+    git: dict[str, Any] | None | object = ...,
 ) -> RunSpec:
-    """RunSpec of a maelstrom-run application from a composed config (validated here)."""
+    """RunSpec of a maelstrom-run application from a composed config (validated here).
+
+    The user's code is recorded from ``code_dir`` (default: the current directory) unless ``git``
+    (a :func:`~maelstrom_run.launch.gitinfo.capture` result, or None) is given.
+    """
     config = resolve_config(cfg)
     validate(config)
     app = config["app"]
@@ -164,9 +169,10 @@ def build(
     workdir = config["backend"].get("workdir")
     run_dir = Path(workdir).expanduser() / run_id if workdir else paths.runs_dir() / run_id
     code = Path(code_dir or Path.cwd()).absolute()
-    from .gitinfo import capture
+    if git is ...:  # not captured by the caller (a sweep captures once for all its jobs)
+        from .gitinfo import capture
 
-    git = capture(code)
+        git = capture(code)
     return RunSpec(
         run_id=run_id,
         kind="app",

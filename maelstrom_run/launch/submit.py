@@ -47,3 +47,19 @@ def submit(
 def _mark_failed(registry: Registry, specs: Sequence[RunSpec], message: str) -> None:
     for spec in specs:
         registry.update(spec.run_id, state="failed", message=message.splitlines()[0], ended=time.time())
+
+
+def print_dry_run(spec: RunSpec) -> None:
+    """Show exactly what ``submit`` would send (the backend's render) and submit nothing."""
+    from rich.syntax import Syntax
+
+    from ..console import console as make_console
+
+    rendered = get_backend(spec.backend).render(spec)
+    console = make_console()
+    console.rule(f"[bold]dry run[/bold]: {spec.run_id} on {spec.backend.get('name')}")
+    console.print(Syntax(rendered.text, "bash", word_wrap=True))
+    console.print("[bold]files staged:[/bold]")
+    for name in rendered.files:
+        console.print(f"  {name}")
+    console.print(f"config hash {spec.config_hash}; nothing was submitted")

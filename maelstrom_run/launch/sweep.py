@@ -45,23 +45,23 @@ def _sweep_id(launcher: Any, app: str) -> str:
 
 def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
     from ..tracking.mlflow_run import TrackingError, start_parent_run
-    from .submit import submit
+    from .gitinfo import capture
+    from .submit import print_dry_run, submit
 
     configs = [launcher.config_loader.load_sweep_config(launcher.config, list(o)) for o in job_overrides]
     app = configs[0].app.name
     sweep_id = _sweep_id(launcher, app)
     registry = Registry()
     size = initial_job_idx + len(configs)
+    git = capture(Path.cwd())  # every job of the sweep runs the same code
     specs = []
     for i, (cfg, overrides) in enumerate(zip(configs, job_overrides, strict=True)):
         _set_job(cfg, sweep_id, initial_job_idx + i)
+        index = initial_job_idx + i
         specs.append(
-            build(cfg, list(overrides), sweep_id=sweep_id, sweep_index=initial_job_idx + i, sweep_size=size)
+            build(cfg, list(overrides), sweep_id=sweep_id, sweep_index=index, sweep_size=size, git=git)
         )
-    dry_run = any(s.config.get("dry_run") for s in specs)
-    if dry_run:
-        from ..cli import print_dry_run
-
+    if any(s.config.get("dry_run") for s in specs):
         for spec in specs:
             print_dry_run(spec)
         return [
