@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .launch.files import read_result, write_result
+from .launch.files import CANCELLED, read_result, write_result
 from .launch.spec import RunSpec
 
 EXIT_APP_FAILED, EXIT_SETUP_FAILED = 1, 3
@@ -125,7 +125,7 @@ def run_app(spec: RunSpec) -> int:
             mlflow.log_text(trace, "maelstrom/error.txt")
             mlflow.end_run(status)
         finally:
-            cancelled = (run_dir / "cancelled").exists()
+            cancelled = (run_dir / CANCELLED).exists()
             result.update(
                 state="cancelled" if cancelled else "failed",
                 exit_code=EXIT_APP_FAILED,
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = RunSpec.read(Path(argv[0]))
     # cancel (local process group, scancel) sends SIGTERM: unwind so the MLflow run is closed as KILLED
     signal.signal(signal.SIGTERM, _terminate)
-    if (Path(spec.run_dir) / "cancelled").exists():
+    if (Path(spec.run_dir) / CANCELLED).exists():
         write_result(Path(spec.run_dir), {"run_id": spec.run_id, "state": "cancelled", "ended": time.time()})
         return 0
     return run_hydra(spec) if spec.kind == "hydra" else run_app(spec)

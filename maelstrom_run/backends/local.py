@@ -24,11 +24,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..launch.files import read_result, write_atomic, write_result
+from ..launch.files import CANCELLED, read_result, write_atomic, write_result
 from ..launch.spec import SPEC_FILE, RunSpec
 from .base import Backend, JobRef, JobState, JobStatus, Rendered
 
-QUEUE, JOB, CANCELLED = "queue.json", "job.json", "cancelled"
+QUEUE, JOB = "queue.json", "job.json"
 _GRACE_S = 5.0
 
 
@@ -167,7 +167,7 @@ class LocalBackend(Backend):
 def _finalise(run_dir: Path, returncode: int | None) -> None:
     """Write the result of a job whose worker could not (killed, cancelled, crashed)."""
     result = read_result(run_dir) or {}
-    if result.get("state") in ("succeeded", "failed", "cancelled"):
+    if result.get("state") and JobState(result["state"]).terminal:
         return
     cancelled = (run_dir / CANCELLED).exists()
     result.update(

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 RESULT = "result.json"
+#: Marker a cancel leaves in the run directory; the worker checks it when it starts and when it fails.
+CANCELLED = "cancelled"
 
 
 def write_atomic(path: Path, text: str) -> None:
