@@ -206,19 +206,24 @@ def test_rerun_uses_the_recorded_code_and_config(run_cli, cli_env, toy_project, 
     assert json.loads((Path(latest["run_dir"]) / "result.json").read_text())["metrics"]["version"] == 2.0
 
 
-def test_cancel_a_running_local_job(run_cli, cli_env, toy_project, maelstrom_home):
-    env = _env(cli_env, toy_project)
-    (toy_project / "slow.py").write_text(
+def _start_slow_run(env: dict, project: Path) -> subprocess.Popen:
+    """``maelstrom-run`` of an app that prints ``started`` and sleeps two minutes, in the background."""
+    (project / "slow.py").write_text(
         "import time\n\ndef main(ctx):\n    print('started', flush=True)\n    time.sleep(120)\n    return {}\n"
     )
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [str(Path(sys.executable).parent / "maelstrom-run"), "app=toy", "app.entry=slow:main"],
-        cwd=toy_project,
+        cwd=project,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_cancel_a_running_local_job(run_cli, cli_env, toy_project, maelstrom_home):
+    env = _env(cli_env, toy_project)
+    proc = _start_slow_run(env, toy_project)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -376,17 +381,7 @@ def test_ctrl_c_cancels_the_local_job(cli_env, toy_project, maelstrom_home):
     import signal
 
     env = _env(cli_env, toy_project)
-    (toy_project / "slow.py").write_text(
-        "import time\n\ndef main(ctx):\n    print('started', flush=True)\n    time.sleep(120)\n    return {}\n"
-    )
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "maelstrom-run"), "app=toy", "app.entry=slow:main"],
-        cwd=toy_project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_slow_run(env, toy_project)
     try:
         assert proc.stdout.readline().strip() == "started"
         proc.send_signal(signal.SIGINT)
