@@ -89,7 +89,7 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     for spec in specs:
         spec.parent_run_id = parent[0]
     records = submit(specs, wait=launcher.wait, registry=registry)
-    _print_sweep_summary(sweep_id, records, launcher.wait)
+    _print_sweep_summary(sweep_id, records, job_overrides, launcher.wait)
     returns = []
     for cfg, overrides, record in zip(configs, job_overrides, records, strict=True):
         if not launcher.wait:
@@ -152,17 +152,24 @@ def _job_return(
     return ret
 
 
-def _print_sweep_summary(sweep_id: str, records: Sequence[RunRecord], waited: bool) -> None:
+def _print_sweep_summary(
+    sweep_id: str, records: Sequence[RunRecord], overrides: Sequence[Sequence[str]], waited: bool
+) -> None:
     from rich.table import Table
 
     from ..console import console as make_console
+    from .files import read_result
 
     console = make_console(stderr=True)
     table = Table(title=f"sweep {sweep_id}", title_justify="left")
-    for column in ("#", "run id", "state", "job id", "message"):
+    for column in ("#", "run id", "overrides", "state", "metrics / message"):
         table.add_column(column, no_wrap=column in ("run id", "state"), overflow="fold")
-    for r in records:
-        table.add_row(str(r.sweep_index), r.run_id, r.state, r.job_id or "-", (r.message or "")[:60])
+    for record, job in zip(records, overrides, strict=True):
+        metrics = (read_result(record.run_dir) or {}).get("metrics") or {} if waited else {}
+        detail = (
+            "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())[:4]) or (record.message or "")[:60]
+        )
+        table.add_row(str(record.sweep_index), record.run_id, " ".join(job), record.state, detail)
     console.print(table)
     if waited:
         console.print(
