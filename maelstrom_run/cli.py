@@ -17,28 +17,6 @@ from typing import Any
 from .config.errors import EXIT_FAILED, explain
 
 
-def _summary(record: Any) -> None:
-    from .console import console as make_console
-    from .launch.files import read_result
-
-    console = make_console(stderr=True)
-    result = read_result(record.run_dir) or {}
-    colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(record.state, "cyan")
-    console.rule(f"[bold {colour}]{record.run_id} {record.state}[/]")
-    metrics = result.get("metrics") or {}
-    if metrics:
-        console.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
-    if record.message and record.state != "succeeded":
-        console.print(f"[{colour}]{record.message}[/]")
-    if record.mlflow_run_id:
-        console.print(f"MLflow run {record.mlflow_run_id} in {record.tracking_uri}")
-    console.print(f"run directory: {record.run_dir}")
-    console.print(
-        f"next: maelstrom runs info {record.run_id} | maelstrom runs logs {record.run_id} | "
-        f"maelstrom runs rerun {record.run_id}"
-    )
-
-
 def _exit_for(exc: BaseException) -> None:
     """Exit with one clear line for a user error; return (so the caller re-raises) for a bug."""
     known = explain(exc)
@@ -60,6 +38,7 @@ def task(cfg: Any) -> Any:
 def _run_single(cfg: Any) -> Any:
     from hydra.core.hydra_config import HydraConfig
 
+    from .console import print_run_summary
     from .launch.spec import build
     from .launch.submit import print_dry_run, submit
 
@@ -70,7 +49,7 @@ def _run_single(cfg: Any) -> Any:
         return None
     wait = bool(hydra_cfg.launcher.get("wait", True)) if "launcher" in hydra_cfg else True
     (record,) = submit([spec], wait=wait, follow=True)
-    _summary(record)
+    print_run_summary(record)
     if record.state in ("failed", "cancelled"):
         sys.exit(EXIT_FAILED)
     return record.run_id

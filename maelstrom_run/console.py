@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 
-def console(stderr: bool = False) -> Any:
+def make_console(stderr: bool = False) -> Any:
     """A rich console; when piped (not a terminal) lines are kept whole instead of wrapped at 80 columns."""
     from rich.console import Console
 
@@ -14,3 +14,25 @@ def console(stderr: bool = False) -> Any:
     if not out.is_terminal and "COLUMNS" not in os.environ:
         out.width = 160
     return out
+
+
+def print_run_summary(record: Any) -> None:
+    """How a run ended: state, metrics, MLflow run, run directory, and what to run next."""
+    from .launch.files import read_result
+
+    console = make_console(stderr=True)
+    result = read_result(record.run_dir) or {}
+    colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(record.state, "cyan")
+    console.rule(f"[bold {colour}]{record.run_id} {record.state}[/]")
+    metrics = result.get("metrics") or {}
+    if metrics:
+        console.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    if record.message and record.state != "succeeded":
+        console.print(f"[{colour}]{record.message}[/]")
+    if record.mlflow_run_id:
+        console.print(f"MLflow run {record.mlflow_run_id} in {record.tracking_uri}")
+    console.print(f"run directory: {record.run_dir}")
+    console.print(
+        f"next: maelstrom runs info {record.run_id} | maelstrom runs logs {record.run_id} | "
+        f"maelstrom runs rerun {record.run_id}"
+    )

@@ -25,9 +25,9 @@ from .config.errors import EXIT_FAILED, explain
 
 
 def _console(stderr: bool = False) -> Any:
-    from .console import console
+    from .console import make_console
 
-    return console(stderr)
+    return make_console(stderr)
 
 
 def _when(ts: float | None) -> str:
@@ -226,6 +226,10 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     records = submit(
         specs, wait=not args.no_wait, follow=len(specs) == 1 and not args.no_wait, registry=registry
     )
+    if len(records) == 1 and not args.no_wait:
+        from .console import print_run_summary
+
+        print_run_summary(records[0])
     console = _console(stderr=True)
     for spec, record in zip(specs, records, strict=True):
         console.print(

@@ -85,7 +85,7 @@ def wait(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..console import console as make_console
+    from ..console import make_console
 
     console = make_console(stderr=True)
     records = [registry.get(r) for r in run_ids]

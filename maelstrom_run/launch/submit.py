@@ -53,7 +53,7 @@ def print_dry_run(spec: RunSpec) -> None:
     """Show exactly what ``submit`` would send (the backend's render) and submit nothing."""
     from rich.syntax import Syntax
 
-    from ..console import console as make_console
+    from ..console import make_console
 
     rendered = get_backend(spec.backend).render(spec)
     console = make_console()

@@ -157,7 +157,7 @@ def _print_sweep_summary(
 ) -> None:
     from rich.table import Table
 
-    from ..console import console as make_console
+    from ..console import make_console
     from .files import read_result
 
     console = make_console(stderr=True)
