@@ -136,25 +136,20 @@ class LocalBackend(Backend):
             return ""
 
     def cancel(self, jobs: Sequence[JobRef]) -> None:
-        running = []
-        for job in jobs:
-            run_dir = Path(job.run_dir)
-            if self._status(run_dir).state.terminal:
-                continue
+        run_dirs = [Path(job.run_dir) for job in jobs if not self._status(Path(job.run_dir)).state.terminal]
+        for run_dir in run_dirs:  # mark all first, so the queue starts none of them while we kill
             (run_dir / CANCELLED).touch()
-            handle = _read_json(run_dir / JOB)
-            if _alive(handle):
-                os.killpg(handle["pgid"], signal.SIGTERM)
-                running.append(handle)
+        running = [h for h in (_read_json(d / JOB) for d in run_dirs) if _alive(h)]
+        for handle in running:
+            os.killpg(handle["pgid"], signal.SIGTERM)
         deadline = time.monotonic() + _GRACE_S
         for handle in running:
             while _alive(handle) and time.monotonic() < deadline:
                 time.sleep(0.05)
             if _alive(handle):
                 os.killpg(handle["pgid"], signal.SIGKILL)
-        for job in jobs:
-            run_dir = Path(job.run_dir)
-            if (run_dir / CANCELLED).exists() and not _alive(_read_json(run_dir / QUEUE)):
+        for run_dir in run_dirs:
+            if not _alive(_read_json(run_dir / QUEUE)):  # no queue process left to record the outcome
                 _finalise(run_dir, None)
 
     def download(self, job: JobRef, dest: Path) -> Path:
