@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config.errors import EXIT_FAILED, explain
+from .paths import user_config_dirs
 
 
 def _exit_for(exc: BaseException) -> None:
@@ -93,8 +94,7 @@ def config_dirs(argv: list[str]) -> list[Path]:
             dirs.append(Path(argv[i + 1]))
         elif arg.startswith("--config-dir="):
             dirs.append(Path(arg.split("=", 1)[1]))
-    dirs += [Path(d) for d in os.environ.get("MAELSTROM_CONFIG_PATH", "").split(os.pathsep) if d]
-    return [*dirs, Path(__file__).parent / "conf"]
+    return [*dirs, *user_config_dirs(), Path(__file__).parent / "conf"]
 
 
 def help_text(argv: list[str]) -> str:

@@ -38,6 +38,15 @@ def worktrees_dir() -> Path:
     return home() / "worktrees"
 
 
+def user_config_dirs() -> list[Path]:
+    """Directories of ``$MAELSTROM_CONFIG_PATH``, searched before the shipped ``conf/``."""
+    return [
+        Path(d).expanduser().absolute()
+        for d in os.environ.get("MAELSTROM_CONFIG_PATH", "").split(os.pathsep)
+        if d
+    ]
+
+
 def default_tracking_uri() -> str:
     """The embedded MLflow store: a SQLite file with artefacts beside it."""
     return f"sqlite:///{home() / 'mlflow.db'}"

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
+
+from ..launch.files import write_atomic
 
 #: Version of the generators; part of the cache key, bump it when the generated data change.
 VERSION = 1
@@ -342,15 +345,14 @@ def generate_ap2(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 2])
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(["text", "raining"])
-        for _ in range(samples):
-            raining = bool(rng.random() < 0.5)
-            text = _tweet(rng, raining)
-            writer.writerow([text, int(raining != (rng.random() < label_noise))])
-    os.replace(tmp, path)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["text", "raining"])
+    for _ in range(samples):
+        raining = bool(rng.random() < 0.5)
+        text = _tweet(rng, raining)
+        writer.writerow([text, int(raining != (rng.random() < label_noise))])
+    write_atomic(path, buffer.getvalue())
     return path
 
 

@@ -17,8 +17,14 @@ from .registry import Registry, RunRecord
 TERMINAL = {s.value for s in JobState if s.terminal}
 
 
+_BACKENDS: dict[str, Any] = {}
+
+
 def backend_of(record: RunRecord) -> Any:
-    return get_backend(yaml.safe_load(record.spec)["config"]["backend"])
+    """The backend a run was submitted to; a run's spec never changes, so it is parsed once per process."""
+    if record.run_id not in _BACKENDS:
+        _BACKENDS[record.run_id] = get_backend(yaml.safe_load(record.spec)["config"]["backend"])
+    return _BACKENDS[record.run_id]
 
 
 def refresh(registry: Registry, records: Sequence[RunRecord]) -> list[RunRecord]:

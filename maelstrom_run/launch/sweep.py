@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
+from .files import read_result
 from .registry import Registry, RunRecord
 from .spec import RunSpec, build, config_hash, new_id, package_versions
 
@@ -55,9 +56,8 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     size = initial_job_idx + len(configs)
     git = capture(Path.cwd())  # every job of the sweep runs the same code
     specs = []
-    for i, (cfg, overrides) in enumerate(zip(configs, job_overrides, strict=True)):
-        _set_job(cfg, sweep_id, initial_job_idx + i)
-        index = initial_job_idx + i
+    for index, (cfg, overrides) in enumerate(zip(configs, job_overrides, strict=True), start=initial_job_idx):
+        _set_job(cfg, sweep_id, index)
         specs.append(
             build(cfg, list(overrides), sweep_id=sweep_id, sweep_index=index, sweep_size=size, git=git)
         )
@@ -89,9 +89,10 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     for spec in specs:
         spec.parent_run_id = parent[0]
     records = submit(specs, wait=launcher.wait, registry=registry)
-    _print_sweep_summary(sweep_id, records, job_overrides, launcher.wait)
+    results = [(read_result(r.run_dir) or {}) if launcher.wait else {} for r in records]
+    _print_sweep_summary(sweep_id, records, job_overrides, results, launcher.wait)
     returns = []
-    for cfg, overrides, record in zip(configs, job_overrides, records, strict=True):
+    for cfg, overrides, record, result in zip(configs, job_overrides, records, results, strict=True):
         if not launcher.wait:
             value: Any = {
                 "run_id": record.run_id,
@@ -102,9 +103,6 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
             }
             returns.append(_job_return(cfg, overrides, record.run_dir, value))
             continue
-        from .files import read_result
-
-        result = read_result(record.run_dir) or {}
         if record.state == "succeeded":
             returns.append(_job_return(cfg, overrides, record.run_dir, result.get("metrics") or {}))
         else:
@@ -153,19 +151,22 @@ def _job_return(
 
 
 def _print_sweep_summary(
-    sweep_id: str, records: Sequence[RunRecord], overrides: Sequence[Sequence[str]], waited: bool
+    sweep_id: str,
+    records: Sequence[RunRecord],
+    overrides: Sequence[Sequence[str]],
+    results: Sequence[dict[str, Any]],
+    waited: bool,
 ) -> None:
     from rich.table import Table
 
     from ..console import make_console
-    from .files import read_result
 
     console = make_console(stderr=True)
     table = Table(title=f"sweep {sweep_id}", title_justify="left")
     for column in ("#", "run id", "overrides", "state", "metrics / message"):
         table.add_column(column, no_wrap=column in ("run id", "state"), overflow="fold")
-    for record, job in zip(records, overrides, strict=True):
-        metrics = (read_result(record.run_dir) or {}).get("metrics") or {} if waited else {}
+    for record, job, result in zip(records, overrides, results, strict=True):
+        metrics = result.get("metrics") or {}
         detail = (
             "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())[:4]) or (record.message or "")[:60]
         )
@@ -188,7 +189,6 @@ def _launch_hydra_tasks(
     from hydra.core.utils import configure_log
     from omegaconf import OmegaConf
 
-    from .files import read_result
     from .submit import submit
 
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
