@@ -200,8 +200,8 @@ def test_resolve_missing_file(tmp_path: Path) -> None:
 
 
 def test_resolve_unknown_kind_and_plain_values() -> None:
-    with pytest.raises(ConfigError, match=r"unknown kind 'vault'; use one of env, file"):
-        secrets.resolve("${secret:'vault:kv/data/x#key'}")
+    with pytest.raises(ConfigError, match=r"unknown kind 'ldap'; use one of env, file, vault"):
+        secrets.resolve("${secret:'ldap:cn=x#key'}")
     assert secrets.resolve("plain") == "plain"
     assert not secrets.is_reference("plain")
 

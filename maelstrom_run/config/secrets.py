@@ -1,4 +1,6 @@
-"""Secret references: ``${secret:env:NAME}``, ``${secret:file:/path}``.
+"""Secret references: ``${secret:env:NAME}``, ``${secret:file:/path}``,
+``${secret:'vault:MOUNT/PATH#KEY'}`` (Vault KV v2, see :mod:`.vault`; quoted, as ``#`` is not
+allowed unquoted in an interpolation).
 
 At composition time the ``secret`` resolver returns the reference itself, so every
 file written (RunSpec, job scripts, MLflow params) holds the reference, never the
@@ -17,7 +19,7 @@ from .validate import ConfigError
 
 _REF = re.compile(r"^\$\{secret:(?:'(?P<quoted>[^']*)'|(?P<plain>[^}]*))\}$")
 _PLAIN_OK = re.compile(r"^[A-Za-z0-9_./:-]*$")
-KINDS = ("env", "file")
+KINDS = ("env", "file", "vault")
 
 
 def reference(*parts: Any) -> str:
@@ -35,6 +37,9 @@ def resolve(value: str) -> str:
     match = _REF.match(value) if isinstance(value, str) else None
     if match is None:
         return value
+    passed = os.environ.get(env_name(value))
+    if passed is not None:  # resolved at submission and handed to the job in its environment
+        return passed
     body = match.group("quoted") if match.group("quoted") is not None else match.group("plain")
     kind, _, what = body.partition(":")
     if kind == "env":
@@ -47,9 +52,65 @@ def resolve(value: str) -> str:
             return path.read_text().strip()
         except OSError as exc:
             raise ConfigError(f"secret {value}: cannot read {path} ({exc.strerror})") from None
+    if kind == "vault":
+        from . import vault
+
+        return vault.read(value, what)
     raise ConfigError(f"secret {value}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
 
 
 def resolve_mapping(mapping: dict[str, Any]) -> dict[str, str]:
     """Resolve every reference in a flat mapping (e.g. ``backend.credentials``)."""
     return {k: resolve(v) for k, v in mapping.items() if v is not None}
+
+
+#: Prefix of the environment variables that carry resolved secrets into a job.
+ENV_PREFIX = "MAELSTROM_SECRET_"
+
+
+def env_name(ref: str) -> str:
+    """The job environment variable that carries the value of ``ref`` (named by a digest, not the value)."""
+    import hashlib
+
+    return ENV_PREFIX + hashlib.sha256(ref.encode()).hexdigest()[:16].upper()
+
+
+def references(node: Any) -> set[str]:
+    """Every secret reference in a config container."""
+    if isinstance(node, dict):
+        return set().union(*(references(v) for v in node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(references(v) for v in node)) if node else set()
+    return {node} if is_reference(node) else set()
+
+
+def job_environment(configs: list[dict[str, Any]]) -> dict[str, str]:
+    """Environment that hands a job the secrets its config refers to, resolved now, in memory.
+
+    ``backend.environment.variables`` that are references arrive under their own name; every
+    other reference (tracking credentials, app settings) under :func:`env_name`. References to
+    files are left to the job (the file may exist only on the cluster), as are environment
+    references not set here; ``backend.credentials`` stay with the submitting side.
+    """
+    out: dict[str, str] = {}
+    for config in configs:
+        backend = config.get("backend") or {}
+        variables = (backend.get("environment") or {}).get("variables") or {}
+        rest = {k: v for k, v in config.items() if k != "backend"}
+        rest["backend"] = {k: v for k, v in backend.items() if k != "credentials"}
+        for ref in sorted(references(rest)):
+            kind = _kind(ref)
+            if kind == "file" or (kind == "env" and ref[len("${secret:env:") : -1] not in os.environ):
+                continue
+            out[env_name(ref)] = resolve(ref)
+        for name, value in variables.items():
+            if is_reference(value) and env_name(value) in out:
+                out[name] = out[env_name(value)]
+    return out
+
+
+def _kind(ref: str) -> str:
+    match = _REF.match(ref)
+    assert match is not None
+    body = match.group("quoted") if match.group("quoted") is not None else match.group("plain")
+    return body.partition(":")[0]
