@@ -135,8 +135,9 @@ def run_tags(spec: Any) -> dict[str, str]:
         tags["mlflow.parentRunId"] = spec.parent_run_id
     if spec.rerun_of:
         tags["maelstrom.rerun_of"] = spec.rerun_of
-    for category, value in spec.labels.items():
-        tags[f"label.{category}"] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    from ..labels.taxonomy import tags as label_tags
+
+    tags.update(label_tags(spec.labels))
     tags.update({str(k): str(v) for k, v in (spec.config.get("tags") or {}).items()})
     return tags
 

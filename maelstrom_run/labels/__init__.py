@@ -1,0 +1,1 @@
+"""Labels: a taxonomy of scopes and categories, validation, search and recommendation."""
