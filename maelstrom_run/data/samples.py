@@ -360,3 +360,390 @@ def ensure_ap2(cache_dir: str | os.PathLike[str], samples: int, seed: int = 0) -
     """The sample CSV of ``samples`` tweets, generated if missing."""
     path = Path(cache_dir) / "samples" / "ap2" / f"tweets-{samples}-seed{seed}-v{VERSION}.csv"
     return path if path.exists() else generate_ap2(path, samples, seed)
+
+
+# -- AP3, AP5, AP6 -----------------------------------------------------------------------------
+
+
+def _write_netcdf(
+    path: Path,
+    dims: Mapping[str, int],
+    variables: Mapping[str, tuple[tuple[str, ...], np.ndarray, Mapping[str, object]]],
+    attrs: Mapping[str, object],
+) -> Path:
+    """One NetCDF4 file (uncompressed, contiguous), written under a temporary name then renamed."""
+    import netCDF4
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
+            nc.setncatts({"Conventions": "CF-1.8", "source": __name__, **attrs})
+            for name, size in dims.items():
+                nc.createDimension(name, size)
+            for name, (var_dims, data, var_attrs) in variables.items():
+                data = np.asarray(data)
+                var = nc.createVariable(
+                    name, data.dtype, var_dims, contiguous=bool(var_dims), fill_value=False
+                )
+                var.setncatts(dict(var_attrs))
+                var[...] = data
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _f4(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
+#: Column variables of the radiation inputs (ecRad names) on full levels.
+AP3_LEVEL_VARIABLES = (
+    "q",
+    "o3_mmr",
+    "co2_vmr",
+    "n2o_vmr",
+    "ch4_vmr",
+    "o2_vmr",
+    "cfc11_vmr",
+    "cfc12_vmr",
+    "hcfc22_vmr",
+    "ccl4_vmr",
+    "cloud_fraction",
+    "q_liquid",
+    "q_ice",
+    "re_liquid",
+    "re_ice",
+)
+_AP3_GASES = {
+    "co2_vmr": 4.1e-4,
+    "n2o_vmr": 3.3e-7,
+    "ch4_vmr": 1.9e-6,
+    "o2_vmr": 0.2095,
+    "cfc11_vmr": 2.3e-10,
+    "cfc12_vmr": 5.0e-10,
+    "hcfc22_vmr": 2.5e-10,
+    "ccl4_vmr": 8.0e-11,
+}
+_SIGMA = 5.670374e-8
+
+
+def _ap3_names(files: int) -> list[tuple[int, int]]:
+    """``(timestep, patch)`` of the first ``files`` files: even patches, then the next timestep."""
+    return [(125 * (i // 8), 2 * (i % 8)) for i in range(files)]
+
+
+def generate_ap3(
+    directory: str | os.PathLike[str],
+    files: int,
+    columns: int,
+    levels: int = 137,
+    seed: int = 0,
+    *,
+    outputs: str = "triplecloud_outputs",
+    overwrite: bool = True,
+) -> list[Path]:
+    """Radiation (climetlab-maelstrom-radiation) pairs ``rad4NN_inputs_<date>00_<timestep>c<patch>.nc``
+    and ``<outputs>_...``: ecRad column inputs and the fluxes of a simple two-stream scheme.
+
+    Inputs: ``q`` .. ``re_ice`` (column, level), ``aerosol_mmr`` (column, aerosol_type, level),
+    ``temperature_hl``/``pressure_hl`` (column, half_level), ``overlap_param`` (column, mid_level),
+    ``skin_temperature``, ``cos_solar_zenith_angle`` (column), ``sw_albedo``/``sw_albedo_direct``
+    (column, sw_albedo_band), ``lw_emissivity`` (column, lw_emissivity_band), ``solar_irradiance``
+    (scalar), ``lat``/``lon`` (column). Outputs: ``flux_{dn,up}_{sw,lw}`` (column, half_level).
+    """
+    directory = Path(directory)
+    paths = []
+    for i, (timestep, patch) in enumerate(_ap3_names(files)):
+        tag = f"2020010100_{timestep}c{patch}.nc"
+        inputs, outs = directory / f"rad4NN_inputs_{tag}", directory / f"{outputs}_{tag}"
+        paths += [inputs, outs]
+        if not overwrite and inputs.exists() and outs.exists():
+            continue
+        rng = np.random.default_rng([seed, 3, i])
+        n, nl = columns, levels
+        lat = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+        lon = rng.uniform(0, 360, n)
+        hour = timestep / 3600 * 24 % 24  # timesteps of the model in the real data; here just a phase
+        mu = np.sin(np.radians(lat)) * 0.4 + np.cos(np.radians(lat)) * np.cos(
+            np.radians(15 * hour + lon - 180)
+        )
+        mu = np.clip(mu, 0, 1)
+        ps = 101325 + 1500 * rng.standard_normal(n)
+        eta = np.linspace(0, 1, nl + 1)
+        p_hl = 1.0 + (ps[:, None] - 1.0) * eta[None, :] ** 3
+        t_surface = 288 - 40 * (np.abs(lat) / 90) ** 2 + 3 * rng.standard_normal(n)
+        t_hl = np.maximum(t_surface[:, None] * (p_hl / ps[:, None]) ** 0.19, 200.0)
+        p_full = 0.5 * (p_hl[:, 1:] + p_hl[:, :-1])
+        sigma = p_full / ps[:, None]
+        cloudy = (sigma > 0.3) & (sigma < 0.95)
+        cloud = np.clip(rng.uniform(-0.6, 1, (n, 1)) + 0.3 * rng.standard_normal((n, nl)), 0, 1) * cloudy
+        warm = np.interp(p_full, [3e4, 7e4], [0.0, 1.0])
+        level = {
+            "q": 0.015 * sigma**3 * rng.uniform(0.3, 1, (n, 1)),
+            "o3_mmr": 1.2e-5 * np.exp(-((np.log(p_full) - np.log(1000)) ** 2) / 2),
+            **{k: np.full((n, nl), v) for k, v in _AP3_GASES.items()},
+            "cloud_fraction": cloud,
+            "q_liquid": 2e-4 * cloud * warm,
+            "q_ice": 5e-5 * cloud * (1 - warm),
+            "re_liquid": np.full((n, nl), 1e-5),
+            "re_ice": np.full((n, nl), 6e-5),
+        }
+        albedo = np.clip(
+            0.15 + 0.6 * (np.abs(lat[:, None]) > 65) + 0.05 * rng.standard_normal((n, 1)), 0.05, 0.9
+        )
+        dp = np.diff(p_hl, axis=1)
+        # optical depth of each layer: clouds by their water path, plus a little from the gases
+        tau = 1.5e3 * (level["q_liquid"] + 0.5 * level["q_ice"]) * dp / 9.81 + 2e-6 * dp
+        cum = np.concatenate([np.zeros((n, 1)), np.cumsum(tau, axis=1)], axis=1)
+        s0 = 1361.0
+        dn_sw = s0 * mu[:, None] * np.exp(-cum / np.maximum(mu[:, None], 0.05) * 0.5)
+        up_sw = albedo * dn_sw[:, -1:] * np.exp(-(cum[:, -1:] - cum) * 0.5)
+        emit = _SIGMA * t_hl**4
+        dn_lw = emit * (1 - np.exp(-(cum + 2e-6 * p_hl)))
+        up_lw = emit[:, -1:] * np.exp(-(cum[:, -1:] - cum) * 0.3) + 0.3 * emit * (1 - np.exp(-tau.mean()))
+        dims = {
+            "column": n,
+            "level": nl,
+            "half_level": nl + 1,
+            "mid_level": nl - 1,
+            "sw_albedo_band": 6,
+            "lw_emissivity_band": 2,
+            "aerosol_type": 12,
+        }
+        col, lev = ("column",), ("column", "level")
+        variables: dict[str, tuple[tuple[str, ...], np.ndarray, Mapping[str, object]]] = {
+            "lat": (col, _f4(lat), {"units": "degrees_north"}),
+            "lon": (col, _f4(lon), {"units": "degrees_east"}),
+            "solar_irradiance": ((), np.float32(s0), {"units": "W m-2"}),
+            "skin_temperature": (col, _f4(t_surface + 2), {"units": "K"}),
+            "cos_solar_zenith_angle": (col, _f4(mu), {"units": "1"}),
+            "sw_albedo": (("column", "sw_albedo_band"), _f4(np.repeat(albedo, 6, axis=1)), {"units": "1"}),
+            "sw_albedo_direct": (
+                ("column", "sw_albedo_band"),
+                _f4(np.repeat(albedo, 6, axis=1)),
+                {"units": "1"},
+            ),
+            "lw_emissivity": (("column", "lw_emissivity_band"), _f4(np.full((n, 2), 0.98)), {"units": "1"}),
+            **{k: (lev, _f4(level[k]), {}) for k in AP3_LEVEL_VARIABLES},
+            "aerosol_mmr": (
+                ("column", "aerosol_type", "level"),
+                _f4(1e-9 * sigma[:, None, :] * rng.uniform(0.5, 2, (n, 12, 1))),
+                {"units": "kg kg-1"},
+            ),
+            "temperature_hl": (("column", "half_level"), _f4(t_hl), {"units": "K"}),
+            "pressure_hl": (("column", "half_level"), _f4(p_hl), {"units": "Pa"}),
+            "overlap_param": (("column", "mid_level"), _f4(np.full((n, nl - 1), 0.7)), {"units": "1"}),
+        }
+        attrs = {"title": "MAELSTROM AP3 sample data (radiation inputs)"}
+        _write_netcdf(inputs, dims, variables, attrs)
+        half = ("column", "half_level")
+        fluxes = {
+            "flux_dn_sw": (half, _f4(dn_sw), {"units": "W m-2"}),
+            "flux_up_sw": (half, _f4(up_sw), {"units": "W m-2"}),
+            "flux_dn_lw": (half, _f4(dn_lw), {"units": "W m-2"}),
+            "flux_up_lw": (half, _f4(up_lw), {"units": "W m-2"}),
+            "pressure_hl": (half, _f4(p_hl), {"units": "Pa"}),
+        }
+        out_dims = {"column": n, "half_level": nl + 1}
+        _write_netcdf(outs, out_dims, fluxes, {"title": f"MAELSTROM AP3 sample data ({outputs})"})
+    return paths
+
+
+def ensure_ap3(cache_dir: str | os.PathLike[str], sizes: Mapping[str, int], seed: int = 0) -> list[Path]:
+    files, columns, levels = int(sizes["files"]), int(sizes["columns"]), int(sizes.get("levels", 137))
+    name = f"{files}files-{columns}col-{levels}lev-seed{seed}-v{VERSION}"
+    return generate_ap3(
+        Path(cache_dir) / "samples" / "ap3" / name, files, columns, levels, seed, overwrite=False
+    )
+
+
+#: First month of the AP5 tier-1 data; only April to September are in it.
+AP5_START = dt.date(2016, 4, 1)
+_G = 9.80665
+
+
+def _ap5_months(months: int) -> list[dt.date]:
+    found, year, month = [], AP5_START.year, AP5_START.month
+    while len(found) < months:
+        found.append(dt.date(year, month, 1))
+        year, month = (year + 1, 4) if month == 9 else (year, month + 1)
+    return found
+
+
+def generate_ap5(
+    directory: str | os.PathLike[str],
+    months: int,
+    times: int,
+    lat: int,
+    lon: int,
+    seed: int = 0,
+    *,
+    overwrite: bool = True,
+) -> list[Path]:
+    """Downscaling (climetlab-maelstrom-downscaling, tier 1): ``downscaling_tier1_YYYY-MM.nc`` with
+    ``t2m_in``, ``z_in`` (coarse IFS, remapped to the fine grid), ``t2m_tar``, ``z_tar`` (time, lat, lon),
+    float32, 0.1 degree over central Europe, at 00 and 12 UTC."""
+    directory = Path(directory)
+    rng0 = np.random.default_rng([seed, 5, 0])
+    lats = 44.0 + 0.1 * np.arange(lat)
+    lons = 3.0 + 0.1 * np.arange(lon)
+    hills = np.maximum(400 + 700 * _smooth(rng0, lat, lon, 12) + 250 * _smooth(rng0, lat, lon, 3), 0.0)
+    z_tar = hills * _G
+    z_in = _box(z_tar, 9)  # what a coarser model sees
+    paths = []
+    for m, month in enumerate(_ap5_months(months)):
+        path = directory / f"downscaling_tier1_{month:%Y-%m}.nc"
+        paths.append(path)
+        if not overwrite and path.exists():
+            continue
+        rng = np.random.default_rng([seed, 5, m + 1])
+        start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
+        hours = np.arange(times) * 12.0
+        t2m_tar = np.empty((times, lat, lon))
+        t2m_in = np.empty((times, lat, lon))
+        season = 10 * np.sin(np.pi * (month.month - 3) / 7)
+        for i, h in enumerate(hours):
+            weather = 4 * _smooth(rng, lat, lon, 40) + 1.5 * _smooth(rng, lat, lon, 6)
+            day_night = 4 if (h % 24) == 12 else -3
+            base = 278 + season + day_night - 0.6 * (lats[:, None] - 50) + weather
+            t2m_tar[i] = base - 0.0065 * hills
+            t2m_in[i] = _box(base, 9) - 0.0065 * z_in / _G
+        time_attrs = {"units": f"hours since {start:%Y-%m-%d %H:%M:%S}", "calendar": "standard"}
+        grid = {"lat": lat, "lon": lon}
+        field3 = ("time", "lat", "lon")
+        variables: dict[str, tuple[tuple[str, ...], np.ndarray, Mapping[str, object]]] = {
+            "time": (("time",), hours, time_attrs),
+            "lat": (("lat",), lats, {"units": "degrees_north", "standard_name": "latitude"}),
+            "lon": (("lon",), lons, {"units": "degrees_east", "standard_name": "longitude"}),
+            "t2m_in": (field3, _f4(t2m_in), {"units": "K", "long_name": "2m temperature (input)"}),
+            "z_in": (field3, _f4(np.broadcast_to(z_in, (times, lat, lon))), {"units": "m**2 s**-2"}),
+            "t2m_tar": (field3, _f4(t2m_tar), {"units": "K", "long_name": "2m temperature (target)"}),
+            "z_tar": (field3, _f4(np.broadcast_to(z_tar, (times, lat, lon))), {"units": "m**2 s**-2"}),
+        }
+        _write_netcdf(path, {"time": times, **grid}, variables, {"title": "MAELSTROM AP5 sample data"})
+    return paths
+
+
+def ensure_ap5(cache_dir: str | os.PathLike[str], sizes: Mapping[str, int], seed: int = 0) -> list[Path]:
+    months, times, lat, lon = (int(sizes[k]) for k in ("months", "times", "lat", "lon"))
+    name = f"{months}m-{times}t-{lat}x{lon}-seed{seed}-v{VERSION}"
+    return generate_ap5(
+        Path(cache_dir) / "samples" / "ap5" / name, months, times, lat, lon, seed, overwrite=False
+    )
+
+
+#: First day of the AP6 weather data (IFS runs at 00 and 12 UTC, 48 hourly steps each).
+AP6_START = dt.date(2017, 1, 1)
+
+
+def generate_ap6(
+    directory: str | os.PathLike[str],
+    days: int,
+    turbines: int,
+    levels: int,
+    lat: int,
+    lon: int,
+    seed: int = 0,
+    *,
+    overwrite: bool = True,
+) -> list[Path]:
+    """Power production (climetlab-maelstrom-power-production): ``ml_YYYYMMDD_HH.nc`` (``t``, ``q``,
+    ``u``, ``v`` on (time, level, latitude, longitude)), ``sfc_YYYYMMDD_HH.nc`` (``sp``) per IFS run,
+    and ``production_data/wind_turbine_N.nc`` (``production``, ``wind_speed`` every 10 minutes)."""
+    directory = Path(directory)
+    rng0 = np.random.default_rng([seed, 6, 0])
+    lats = 55.0 - 0.1 * np.arange(lat)
+    lons = 6.0 + 0.1 * np.arange(lon)
+    model_levels = np.arange(138 - levels, 138)
+    sites = [(int(rng0.integers(lat)), int(rng0.integers(lon))) for _ in range(turbines)]
+    hours_total = days * 24
+    # one wind history, so consecutive runs and the turbines agree
+    u_hist = np.stack([8 * _smooth(rng0, lat, lon, 30) + 3 for _ in range(hours_total // 6 + 10)])
+    v_hist = np.stack([8 * _smooth(rng0, lat, lon, 30) for _ in range(hours_total // 6 + 10)])
+
+    def wind(hour: float) -> tuple[np.ndarray, np.ndarray]:
+        k, w = int(hour // 6), (hour % 6) / 6
+        return (1 - w) * u_hist[k] + w * u_hist[k + 1], (1 - w) * v_hist[k] + w * v_hist[k + 1]
+
+    grid = ("latitude", "longitude")
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray, Mapping[str, object]]] = {
+        "latitude": (("latitude",), lats, {"units": "degrees_north"}),
+        "longitude": (("longitude",), lons, {"units": "degrees_east"}),
+    }
+    paths = []
+    for day in range(days):
+        date = AP6_START + dt.timedelta(days=day)
+        for run in (0, 12):
+            ml = directory / f"ml_{date:%Y%m%d}_{run:02d}.nc"
+            sfc = directory / f"sfc_{date:%Y%m%d}_{run:02d}.nc"
+            paths += [ml, sfc]
+            if not overwrite and ml.exists() and sfc.exists():
+                continue
+            rng = np.random.default_rng([seed, 6, 1, day, run])
+            start = dt.datetime(date.year, date.month, date.day, run, tzinfo=dt.UTC)
+            steps = np.arange(48.0)
+            base_hour = day * 24 + run
+            shape = (48, levels, lat, lon)
+            scale = np.log(np.maximum(138 - model_levels, 1))[None, :, None, None]
+            u = np.empty(shape)
+            v = np.empty(shape)
+            for i, h in enumerate(steps):
+                uh, vh = wind(min(base_hour + h, hours_total + 40))
+                u[i] = uh[None] * (1 + 0.15 * scale[0]) + 0.5 * rng.standard_normal((levels, lat, lon))
+                v[i] = vh[None] * (1 + 0.15 * scale[0])
+            t = 275 + 0.5 * scale + rng.standard_normal(shape)
+            q = 0.005 * np.exp(-0.1 * scale) * np.ones(shape)
+            field = ("time", "level", *grid)
+            time = (("time",), steps, {"units": f"hours since {start:%Y-%m-%d %H:%M:%S}"})
+            variables = {
+                "time": time,
+                "level": (("level",), model_levels.astype(np.int32), {"long_name": "model_level_number"}),
+                **coords,
+                "t": (field, _f4(t), {"units": "K"}),
+                "q": (field, _f4(q), {"units": "kg kg**-1"}),
+                "u": (field, _f4(u), {"units": "m s**-1"}),
+                "v": (field, _f4(v), {"units": "m s**-1"}),
+            }
+            dims = {"time": 48, "level": levels, "latitude": lat, "longitude": lon}
+            _write_netcdf(ml, dims, variables, {"title": "MAELSTROM AP6 sample data (model levels)"})
+            sp = 101000 + 800 * _smooth(rng, lat, lon, 40)[None] + np.zeros((48, 1, 1))
+            surface = {"time": time, **coords, "sp": (("time", *grid), _f4(sp), {"units": "Pa"})}
+            _write_netcdf(
+                sfc, {"time": 48, "latitude": lat, "longitude": lon}, surface, {"title": "AP6 surface"}
+            )
+    for n, (iy, ix) in enumerate(sites, start=1):
+        path = directory / "production_data" / f"wind_turbine_{n}.nc"
+        paths.append(path)
+        if not overwrite and path.exists():
+            continue
+        rng = np.random.default_rng([seed, 6, 2, n])
+        minutes = np.arange(hours_total * 6) * 10.0
+        speed = np.array([np.hypot(*(a[iy, ix] for a in wind(m / 60))) for m in minutes])
+        speed = np.maximum(speed * 1.1 + 0.6 * rng.standard_normal(len(minutes)), 0)
+        # a 3 MW power curve: cut in 3 m/s, rated 12 m/s, cut out 25 m/s
+        production = np.where(
+            speed < 3,
+            0.0,
+            np.where(speed < 12, 3000 * ((speed - 3) / 9) ** 3, np.where(speed < 25, 3000.0, 0.0)),
+        )
+        start = dt.datetime(AP6_START.year, AP6_START.month, AP6_START.day, tzinfo=dt.UTC)
+        variables = {
+            "time": (("time",), minutes, {"units": f"minutes since {start:%Y-%m-%d %H:%M:%S}"}),
+            "latitude": (("latitude",), lats[iy : iy + 1], {"units": "degrees_north"}),
+            "longitude": (("longitude",), lons[ix : ix + 1], {"units": "degrees_east"}),
+            "production": (("time",), _f4(production), {"units": "kW"}),
+            "wind_speed": (("time",), _f4(speed), {"units": "m s**-1"}),
+        }
+        dims = {"time": len(minutes), "latitude": 1, "longitude": 1}
+        _write_netcdf(path, dims, variables, {"title": f"MAELSTROM AP6 sample data (wind turbine {n})"})
+    return paths
+
+
+def ensure_ap6(cache_dir: str | os.PathLike[str], sizes: Mapping[str, int], seed: int = 0) -> list[Path]:
+    days, turbines, levels, lat, lon = (int(sizes[k]) for k in ("days", "turbines", "levels", "lat", "lon"))
+    name = f"{days}d-{turbines}wt-{levels}lev-{lat}x{lon}-seed{seed}-v{VERSION}"
+    directory = Path(cache_dir) / "samples" / "ap6" / name
+    return generate_ap6(directory, days, turbines, levels, lat, lon, seed, overwrite=False)

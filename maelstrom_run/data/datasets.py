@@ -1,0 +1,379 @@
+"""``load_dataset``: a MAELSTROM dataset by name (``conf/dataset/NAME.yaml``) or by its config.
+
+    from maelstrom_run.data import load_dataset
+    ds = load_dataset("ap5", tier="tiny")         # generated sample data of the real layout
+    ds = load_dataset("ap1", tier="5GB")          # the public files, fetched into the cache
+    ds.files                                       # local paths
+    ds.to_xarray()                                 # one xarray.Dataset
+    ds.to_pytorch(["t2m_in", "z_in"]) / ds.to_tfdataset([...])   # one sample per index
+
+Where the files come from is the config's ``source`` (``sample``, ``files`` or ``remote``) or the
+``source`` argument; a tier that only the remote source knows (``5GB`` of AP1) fetches it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import importlib
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from .cache import Cache, Request
+from .sources import DataError, join, list_objects, s3_to_https
+
+#: ``module:function(cache_dir, sizes, seed) -> list[Path]`` generating the sample files of a kind.
+SAMPLE_GENERATORS = {
+    "ap1": "maelstrom_run.data.samples:ensure_ap1",
+    "ap2": "maelstrom_run.data.datasets:_ensure_ap2",
+    "ap3": "maelstrom_run.data.samples:ensure_ap3",
+    "ap5": "maelstrom_run.data.samples:ensure_ap5",
+    "ap6": "maelstrom_run.data.samples:ensure_ap6",
+}
+
+#: The dimension along which each kind's files hold one sample after another (AP1: a forecast
+#: run per file, each lead time a sample).
+SAMPLE_DIMENSION = {"ap1": "leadtime", "ap2": "index", "ap3": "column", "ap5": "time", "ap6": "time"}
+#: How the files of a kind are joined by :meth:`Dataset.to_xarray`.
+CONCAT_DIMENSION = {"ap1": "time", "ap2": "index", "ap3": "column", "ap5": "time", "ap6": "time"}
+
+
+def _ensure_ap2(cache_dir: Path, sizes: Mapping[str, Any], seed: int = 0) -> list[Path]:
+    from .samples import ensure_ap2
+
+    return [ensure_ap2(cache_dir, int(sizes["samples"]), seed)]
+
+
+def dataset_dirs() -> list[Path]:
+    """Where dataset configs are looked up: ``$MAELSTROM_CONFIG_PATH`` first, then the shipped ones."""
+    shipped = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+    return [d / "dataset" for d in paths.user_config_dirs()] + [shipped]
+
+
+def available() -> list[str]:
+    names = {p.stem for d in dataset_dirs() if d.is_dir() for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def dataset_config(name: str) -> dict[str, Any]:
+    """The config of dataset ``name`` (``dataset/NAME.yaml``), validated against its schema."""
+    import yaml
+
+    for directory in dataset_dirs():
+        path = directory / f"{name}.yaml"
+        if path.is_file():
+            try:
+                conf = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise DataError(f"{path}: not valid YAML ({exc})") from exc
+            return _checked(conf, str(path))
+    names = available()
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise DataError(f"dataset {name!r}: no such dataset; {hint}(available: {', '.join(names)})")
+
+
+def _checked(conf: Any, where: str) -> dict[str, Any]:
+    from ..config.validate import ConfigError, _check_discriminated
+
+    if not isinstance(conf, dict):
+        raise DataError(f"{where}: expected a mapping of dataset settings")
+    conf = {k: v for k, v in conf.items() if k != "defaults"}
+    try:
+        _check_discriminated(conf, "dataset")
+    except ConfigError as exc:
+        raise DataError(f"{where}: {exc}") from exc
+    return conf
+
+
+def _plain(config: Any) -> dict[str, Any]:
+    if isinstance(config, Mapping):
+        return dict(config)
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(config, DictConfig):
+            return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    raise DataError(f"load_dataset: expected a dataset name or config, got {type(config).__name__}")
+
+
+@dataclass
+class Dataset:
+    """The local files of one dataset tier and views of them."""
+
+    name: str
+    kind: str
+    tier: str
+    source: str
+    files: list[Path]
+    config: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files)
+
+    # -- xarray -----------------------------------------------------------------------------------
+
+    def open(self, path: Path) -> Any:
+        """One file as an ``xarray.Dataset`` (lazy); a clear error for a damaged file."""
+        import xarray as xr
+
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"{path}: no such file; run `maelstrom data get {self.name} --tier {self.tier}`")
+        if path.suffix == ".csv":
+            import pandas as pd
+
+            frame = pd.read_csv(path)
+            frame.index.name = "index"
+            return xr.Dataset.from_dataframe(frame)
+        try:
+            return xr.open_dataset(path, engine="netcdf4", mask_and_scale=False)
+        except (OSError, ValueError, RuntimeError) as exc:
+            size = path.stat().st_size
+            raise DataError(
+                f"{path}: not a readable NetCDF file ({size} bytes; truncated or corrupted?): {exc}; "
+                f"delete it and run `maelstrom data get {self.name} --tier {self.tier}` again"
+            ) from exc
+
+    def to_xarray(
+        self,
+        variables: Sequence[str] | None = None,
+        *,
+        select: Mapping[str, Any] | None = None,
+        pattern: str | None = None,
+    ) -> Any:
+        """The files (those whose name matches the glob ``pattern``, when given) as one ``xarray.Dataset``,
+        joined along the kind's file dimension; only ``variables`` and the ``select`` index ranges."""
+        import xarray as xr
+
+        files = [p for p in self.files if pattern is None or Path(p).match(pattern)]
+        if not files:
+            raise DataError(f"dataset {self.name}: no file matches {pattern!r}")
+        parts = [self._subset(self.open(p), p, variables, select) for p in files]
+        if len(parts) == 1:
+            return parts[0]
+        dim = CONCAT_DIMENSION.get(self.kind, "time")
+        try:
+            if all(dim in part.dims for part in parts):
+                return xr.concat(parts, dim=dim, data_vars="minimal", coords="minimal", compat="override")
+            return xr.concat(parts, dim=dim)
+        except (ValueError, KeyError) as exc:
+            raise DataError(
+                f"dataset {self.name}: its files do not join along {dim!r} ({exc}); "
+                "open them one by one with Dataset.open or pick some with pattern="
+            ) from exc
+
+    def _subset(self, ds: Any, path: Path, variables: Sequence[str] | None, select: Mapping[str, Any] | None):
+        if variables is not None:
+            missing = [v for v in variables if v not in ds.variables]
+            if missing:
+                raise DataError(
+                    f"{path}: no variable {missing[0]!r}; it has {', '.join(sorted(map(str, ds.data_vars)))}"
+                )
+            ds = ds[list(variables)]
+        if select:
+            missing = [d for d in select if d not in ds.dims]
+            if missing:
+                raise DataError(f"{path}: no dimension {missing[0]!r}; it has {', '.join(map(str, ds.dims))}")
+            ds = ds.isel(dict(select))
+        return ds
+
+    # -- one sample per index ---------------------------------------------------------------------
+
+    def samples(self, variables: Sequence[str] | None = None, pattern: str | None = None) -> SampleIndex:
+        """Random access to samples (along :data:`SAMPLE_DIMENSION`) across the files."""
+        return SampleIndex(self, variables, pattern)
+
+    def to_pytorch(self, variables: Sequence[str] | None = None, pattern: str | None = None) -> Any:
+        """A ``torch.utils.data.Dataset`` of dicts ``{variable: tensor}``, one sample per index."""
+        import torch
+
+        index = self.samples(variables, pattern)
+
+        class _TorchDataset(torch.utils.data.Dataset):
+            def __len__(self) -> int:
+                return len(index)
+
+            def __getitem__(self, i: int) -> dict[str, Any]:
+                return {k: torch.from_numpy(v) for k, v in index[i].items()}
+
+        return _TorchDataset()
+
+    def to_tfdataset(self, variables: Sequence[str] | None = None, pattern: str | None = None) -> Any:
+        """A ``tf.data.Dataset`` of dicts ``{variable: tensor}``, one sample per element."""
+        import tensorflow as tf
+
+        index = self.samples(variables, pattern)
+        first = index[0]
+        signature = {k: tf.TensorSpec(v.shape, tf.as_dtype(v.dtype), name=k) for k, v in first.items()}
+
+        def generate():
+            for i in range(len(index)):
+                yield index[i]
+
+        return tf.data.Dataset.from_generator(generate, output_signature=signature)
+
+
+class SampleIndex:
+    """Sample ``i`` of a dataset: a dict of NumPy arrays, read from its file when asked for."""
+
+    def __init__(self, dataset: Dataset, variables: Sequence[str] | None, pattern: str | None) -> None:
+        import numpy as np
+
+        self.dim = SAMPLE_DIMENSION.get(dataset.kind, "time")
+        files = [p for p in dataset.files if pattern is None or Path(p).match(pattern)]
+        self.parts = []
+        for path in files:
+            ds = dataset.open(path)
+            names = (
+                list(variables)
+                if variables is not None
+                else [
+                    str(k) for k, v in ds.data_vars.items() if self.dim in v.dims and v.dtype.kind in "fiub"
+                ]
+            )
+            if not names:
+                continue
+            ds = dataset._subset(ds, path, names, None)
+            for name in names:
+                if self.dim not in ds[name].dims:
+                    raise DataError(
+                        f"{path}: variable {name!r} has no dimension {self.dim!r} ({ds[name].dims})"
+                    )
+            self.parts.append((ds, names, int(ds.sizes[self.dim])))
+        if not self.parts:
+            raise DataError(f"dataset {dataset.name}: no variable along {self.dim!r} in its files")
+        self.offsets = np.cumsum([0] + [n for _, _, n in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import numpy as np
+
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        part = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        ds, names, _ = self.parts[part]
+        local = i - int(self.offsets[part])
+        return {name: np.ascontiguousarray(ds[name].isel({self.dim: local}).values) for name in names}
+
+
+# -- resolving files ----------------------------------------------------------------------------
+
+
+def remote_requests(config: Mapping[str, Any], tier: str, dataset: str | None = None) -> list[Request]:
+    """The files of ``tier`` of the dataset's remote source, with their checksums and sizes."""
+    remote = config.get("remote") or {}
+    name = config.get("name") or config.get("kind")
+    tiers = remote.get("tiers") or {}
+    if tier not in tiers:
+        options = ", ".join(sorted(tiers)) or "none"
+        raise DataError(f"dataset.remote.tiers: no tier {tier!r} for {name} (remote tiers: {options})")
+    spec = tiers[tier] or {}
+    base = s3_to_https(str(remote["url"]), str(remote.get("endpoint") or "https://s3.amazonaws.com"))
+    checksums = remote.get("checksums") or {}
+    names: list[tuple[str, int | None]] = []
+    if spec.get("pattern"):
+        values = spec.get("values") or {}
+        keys = list(values)
+        for combo in itertools.product(*(values[k] for k in keys)):
+            try:
+                names.append((spec["pattern"].format(**dict(zip(keys, combo, strict=True))), None))
+            except KeyError as exc:
+                raise DataError(
+                    f"dataset.remote.tiers.{tier}.pattern: no values for {{{exc.args[0]}}}"
+                ) from exc
+    names += [(f, None) for f in spec.get("files") or []]
+    if spec.get("prefix") is not None:
+        names += [(key, size) for key, size in list_objects(base, str(spec["prefix"]))]
+    if not names:
+        raise DataError(f"dataset.remote.tiers.{tier}: no files (give pattern, files or prefix)")
+    return [Request(join(base, n), checksums.get(n), size, dataset or name) for n, size in names]
+
+
+def _local_files(config: Mapping[str, Any]) -> list[Path]:
+    location = config.get("path")
+    if not location:
+        raise DataError(
+            "dataset.path: set it to a directory or glob of the dataset's files for source 'files'"
+        )
+    path = Path(str(location)).expanduser()
+    pattern = str(path / "*") if path.is_dir() else str(path)
+    files = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
+    if not files:
+        raise DataError(f"dataset.path: {pattern} matches no file")
+    return files
+
+
+def _sample_files(config: Mapping[str, Any], tier: str, cache_dir: Path) -> list[Path]:
+    kind = str(config["kind"])
+    tiers = config.get("tiers") or {}
+    if tier not in tiers:
+        raise DataError(f"dataset.tiers: no sizes for the tier {tier!r} (tiers: {', '.join(sorted(tiers))})")
+    target = SAMPLE_GENERATORS.get(kind)
+    if target is None:
+        raise DataError(f"dataset.kind {kind!r}: no sample generator; use source 'files' or 'remote'")
+    module, _, func = target.partition(":")
+    return list(getattr(importlib.import_module(module), func)(cache_dir, tiers[tier], seed=0))
+
+
+def load_dataset(
+    name_or_config: str | Mapping[str, Any] | Any,
+    tier: str | None = None,
+    *,
+    source: str | None = None,
+    cache: Cache | None = None,
+    verify: bool = False,
+    progress: bool = True,
+) -> Dataset:
+    """The files of a dataset tier, generated, found or fetched into the cache as its source says.
+
+    ``name_or_config``: a dataset name (``ap1`` .. ``ap6``, or one of ``$MAELSTROM_CONFIG_PATH``)
+    or a dataset config (``cfg.dataset``). ``tier``: a key of ``tiers`` (sample sizes) or of
+    ``remote.tiers`` (default ``tiny``). ``source``: ``sample``, ``files`` or ``remote`` (default: the
+    config's, or ``remote`` for a tier only the remote source has).
+    """
+    if isinstance(name_or_config, str):
+        name = name_or_config
+        config = dataset_config(name)
+    else:
+        config = _checked(_plain(name_or_config), "dataset")
+        name = str(config.get("name") or config.get("kind"))
+    tier = tier or "tiny"
+    remote_tiers = ((config.get("remote") or {}).get("tiers")) or {}
+    if source is None:
+        source = str(config.get("source") or "sample")
+        if source == "sample" and tier not in (config.get("tiers") or {}) and tier in remote_tiers:
+            source = "remote"
+    sample_tiers = config.get("tiers") or {}
+    if source != "files" and tier not in sample_tiers and tier not in remote_tiers:
+        raise DataError(
+            f"dataset {name}: no tier {tier!r}; sample tiers: {', '.join(sorted(sample_tiers)) or 'none'}, "
+            f"remote tiers: {', '.join(sorted(remote_tiers)) or 'none'}"
+        )
+    cache = cache or Cache()
+    if source == "sample":
+        files = _sample_files(config, tier, cache.root)
+    elif source == "files":
+        files = _local_files(config)
+    elif source == "remote":
+        if not config.get("remote"):
+            raise DataError(f"dataset {name}: no remote source in its config (dataset.remote.url)")
+        requests = remote_requests(config, tier, name)
+        files = cache.fetch_many(
+            requests, verify=verify, show_progress=progress, description=f"{name} {tier}"
+        )
+    else:
+        raise DataError(f"source {source!r}: not one of sample, files, remote")
+    return Dataset(name=name, kind=str(config["kind"]), tier=tier, source=source, files=files, config=config)
+
+
+__all__ = ["Dataset", "available", "dataset_config", "load_dataset"]
