@@ -41,14 +41,19 @@ def _run_single(cfg: Any) -> Any:
 
     from .console import print_run_summary
     from .launch.spec import build
-    from .launch.submit import print_dry_run, submit
+    from .launch.submit import default_wait, print_dry_run, submit
 
     hydra_cfg = HydraConfig.get()
+    if (cfg.get("schedule") or {}).get("name", "none") != "none":  # register a schedule, run nothing now
+        from .schedule.scheduler import register
+
+        record = register(cfg, list(hydra_cfg.overrides.task))
+        return record.schedule_id if record else None
     spec = build(cfg, list(hydra_cfg.overrides.task))
     if spec.config.get("dry_run"):
         print_dry_run(spec)
         return None
-    wait = bool(hydra_cfg.launcher.get("wait", True)) if "launcher" in hydra_cfg else True
+    wait = default_wait(spec.backend, hydra_cfg.launcher.get("wait") if "launcher" in hydra_cfg else None)
     (record,) = submit([spec], wait=wait, follow=True)
     print_run_summary(record)
     if record.state in ("failed", "cancelled"):
@@ -67,6 +72,7 @@ Usage:
   maelstrom-run --multirun KEY=A,B [KEY=X,Y ...]            a sweep: one submission, one MLflow parent run
   maelstrom-run ... --cfg job                               print the composed config and stop
   maelstrom-run ... dry_run=true                            print what would be submitted and stop
+  maelstrom-run ... schedule=weekly                         register a schedule (runs fired by `maelstrom scheduler`)
 
 Config groups (choose one option with GROUP=OPTION):
 {groups}
@@ -74,15 +80,19 @@ Examples:
   maelstrom-run app=ap1                                     AP1 tiny tier, locally, MLflow in $MAELSTROM_HOME
   maelstrom-run app=ap2 backend=juwels loader.threads=96 --cfg job
   maelstrom-run --multirun app=ap1 model.learning_rate=0.01,0.001 train.epochs=1
+  maelstrom-run -m app=ap1 backend=slurm model.learning_rate=0.1,0.01   one Slurm job array; then maelstrom runs watch
   maelstrom-run app=ap1 tracking.uri=http://127.0.0.1:5000  (or set MLFLOW_TRACKING_URI)
 
 Options:
-  hydra.launcher.wait=false   return as soon as a sweep is submitted
+  hydra.launcher.wait=BOOL    wait for the jobs to end (default: yes locally, no on clusters)
   --config-dir DIR            add a config directory (also MAELSTROM_CONFIG_PATH=DIR1:DIR2, searched first)
   --hydra-help                Hydra's own options
 
 State: runs, the run registry and the embedded MLflow store live in $MAELSTROM_HOME (default ~/.maelstrom).
-Manage runs with: maelstrom runs list | info | status | logs | cancel | download | rerun
+Manage runs with: maelstrom runs list | info | status | watch | logs | cancel | download | rerun | resume
+Schedules (schedule=hourly|daily|weekly|monthly|quarterly|cron, schedule.timezone=Europe/Berlin,
+schedule.end=2026-12-31): maelstrom schedules list | show | next | pause | resume | remove | export
+Labels (labels.task=..., see `maelstrom labels list`): maelstrom search | recommend
 """
 
 
@@ -122,6 +132,13 @@ def run_main() -> None:
     # Let errors reach us so user errors become one clear line (Hydra would print a trace).
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     main = hydra.main(config_path="conf", config_name="config", version_base="1.3")(task)
+    if {"--multirun", "-m"} & set(sys.argv[1:]) and any(
+        a.startswith("schedule") and a != "schedule=none" for a in sys.argv[1:]
+    ):
+        print(
+            "maelstrom-run: error: schedule= and --multirun: register one schedule per job", file=sys.stderr
+        )
+        sys.exit(2)
     try:
         main()
     except KeyboardInterrupt:

@@ -32,6 +32,13 @@ def print_run_summary(record: Any) -> None:
     if record.mlflow_run_id:
         console.print(f"MLflow run {record.mlflow_run_id} in {record.tracking_uri}")
     console.print(f"run directory: {record.run_dir}")
+    if record.state in ("queued", "running", "unknown"):  # submitted to a cluster, not waited for
+        console.print(f"submitted to {record.backend} as job {record.job_id}, without waiting")
+        console.print(
+            f"next: maelstrom runs watch {record.run_id} | maelstrom runs logs {record.run_id} --follow | "
+            f"maelstrom runs cancel {record.run_id}"
+        )
+        return
     console.print(
         f"next: maelstrom runs info {record.run_id} | maelstrom runs logs {record.run_id} | "
         f"maelstrom runs rerun {record.run_id}"

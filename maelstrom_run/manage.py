@@ -5,6 +5,8 @@
     maelstrom runs info ID
     maelstrom runs logs ID [--stderr] [--follow]
     maelstrom runs cancel ID | --sweep ID
+    maelstrom runs watch SWEEP_ID | RUN_ID
+    maelstrom runs resume SWEEP_ID
     maelstrom runs download ID [DEST]
     maelstrom runs rerun ID [--current-code] [--no-wait]
     maelstrom runs rerun --sweep ID --failed [--current-code] [--no-wait]
@@ -105,7 +107,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     console = _console()
     for r in records:
         extra = f" ({r.message})" if r.message else ""
-        console.print(f"{r.run_id}  {_state(r.state)}{extra}")
+        job = f"  job {r.job_id}" if r.job_id else "  never submitted"
+        requeued = f"  requeued {r.requeues}x" if r.requeues else ""
+        console.print(f"{r.run_id}  {_state(r.state)}{extra}{job}{requeued}")
     if len(records) > 1:
         counts = Counter(r.state for r in records)
         console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
@@ -193,6 +197,56 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .config import ConfigError
+    from .launch.monitor import wait
+
+    registry = _registry()
+    try:
+        sweep = registry.sweep(args.id)
+        records = registry.list(sweep_id=sweep.sweep_id, limit=None)
+        what = f"sweep {sweep.sweep_id}"
+        listing = f"maelstrom runs list --sweep {sweep.sweep_id}"
+        rerun = f"maelstrom runs rerun --sweep {sweep.sweep_id} --failed"
+    except ConfigError:
+        records = [registry.get(args.id)]
+        what = f"run {records[0].run_id}"
+        listing = f"maelstrom runs info {records[0].run_id}"
+        rerun = f"maelstrom runs rerun {records[0].run_id}"
+    console = _console(stderr=True)
+    console.print(f"watching {what} ({len(records)} job(s)); Ctrl-C stops watching, the jobs go on")
+    try:
+        records = wait(registry, [r.run_id for r in records], poll_s=args.interval, cancel_on_interrupt=False)
+    except KeyboardInterrupt:
+        console.print(f"stopped watching; the jobs go on. Again: maelstrom runs watch {args.id}")
+        return 130
+    counts = Counter(r.state for r in records)
+    console.print(f"{what}: " + ", ".join(f"{n} {state}" for state, n in counts.most_common()))
+    failed = counts["failed"] + counts["cancelled"] + counts["unknown"]
+    console.print(f"next: {listing}" + (f" | {rerun}" if failed else ""))
+    return EXIT_FAILED if failed else 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .launch.resume import resume_sweep
+
+    registry = _registry()
+    sweep = registry.sweep(args.sweep)
+    adopted, submitted = resume_sweep(registry, sweep.sweep_id)
+    console = _console()
+    if not adopted and not submitted:
+        console.print(f"sweep {sweep.sweep_id}: every job was submitted already; nothing to do")
+    else:
+        console.print(
+            f"sweep {sweep.sweep_id}: {len(adopted)} job(s) found on the cluster and recorded, "
+            f"{len(submitted)} submitted now"
+        )
+    console.print(f"next: maelstrom runs watch {sweep.sweep_id}")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from .backends import JobRef
     from .launch.monitor import backend_of
@@ -248,6 +302,13 @@ def parser() -> argparse.ArgumentParser:
         prog="maelstrom", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     groups = root.add_subparsers(dest="group", required=True)
+    from .data.commands import add_commands as add_data_commands
+    from .labels.commands import add_commands as add_label_commands
+    from .schedule.commands import add_commands as add_schedule_commands
+
+    add_data_commands(groups)
+    add_schedule_commands(groups)
+    add_label_commands(groups)
     runs = groups.add_parser("runs", help="list, inspect, cancel and re-run runs")
     sub = runs.add_subparsers(dest="command", required=True)
 
@@ -265,6 +326,15 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("id", nargs="?")
         p.add_argument("--sweep")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("watch", help="live progress of a sweep or run until every job ends")
+    p.add_argument("id", help="sweep id or run id (a unique prefix will do)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("resume", help="submit the jobs of a sweep that an interrupted submission left out")
+    p.add_argument("sweep", help="sweep id")
+    p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("info", help="everything recorded about a run")
     p.add_argument("id")

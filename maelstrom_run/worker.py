@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -25,6 +27,35 @@ from .launch.files import CANCELLED, read_result, write_result
 from .launch.spec import RunSpec
 
 EXIT_APP_FAILED, EXIT_SETUP_FAILED = 1, 3
+#: Appended to (one line per requeue) in the run directory; the registry counts the lines.
+REQUEUES = "requeues.log"
+
+
+class Requeue(BaseException):
+    """The cluster warned that the job is about to be stopped (USR1): checkpoint and requeue."""
+
+
+def _warned(signum: int, frame: Any) -> None:
+    raise Requeue()
+
+
+def _requeue(run_dir: Path) -> None:
+    """Ask Slurm to requeue this job (it is stopped and starts again later) and record it."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    with open(run_dir / REQUEUES, "a") as fh:
+        fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} job {job}\n")
+    proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"maelstrom-run: could not requeue job {job}: {proc.stderr.strip()}", file=sys.stderr)
+        return
+    print(
+        f"maelstrom-run: job {job} requeued; it resumes in the same MLflow run", file=sys.stderr, flush=True
+    )
+    time.sleep(60)  # Slurm stops this job now; never report it as finished
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
 
 
 def load_entry(entry: str, code_dir: str | None) -> Any:
@@ -62,18 +93,29 @@ def run_app(spec: RunSpec) -> int:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # store migrations etc. are not the job's output
     run_dir = Path(spec.run_dir)
+    if _rank() > 0:
+        return run_rank(spec)
+    previous = read_result(run_dir) or {}
+    requeues = _count_requeues(run_dir)
+    resumed = previous.get("mlflow_run_id") if requeues else None
     result: dict[str, Any] = {"run_id": spec.run_id, "state": "running", "started": time.time()}
+    if resumed:
+        result.update(started=previous.get("started") or result["started"], requeues=requeues)
     write_result(run_dir, result)
     try:
         uri = mlflow_run.connect(spec.tracking)
         import mlflow
 
         experiment_id = mlflow_run.ensure_experiment(mlflow_run.experiment_name(spec), uri)
-        run = mlflow.start_run(
-            experiment_id=experiment_id,
-            tags=mlflow_run.run_tags(spec),
-            run_name=spec.config.get("run_name") or spec.run_id,
-        )
+        if resumed:  # started again after a requeue: continue the same MLflow run
+            run = mlflow.start_run(run_id=resumed)
+            mlflow.set_tag("maelstrom.requeues", str(requeues))
+        else:
+            run = mlflow.start_run(
+                experiment_id=experiment_id,
+                tags=mlflow_run.run_tags(spec),
+                run_name=spec.config.get("run_name") or spec.run_id,
+            )
     except Exception as exc:  # noqa: BLE001 - any tracking failure fails the run cleanly
         message = f"tracking: {exc}".splitlines()[0]
         print(f"maelstrom-run: {message}", file=sys.stderr)
@@ -98,16 +140,18 @@ def run_app(spec: RunSpec) -> int:
         cache_dir=paths.cache_dir(),
         log_metrics=log_metrics,
         log_artifact=mlflow.log_artifact,
+        requeues=requeues,
     )
     try:
-        params = mlflow_run.flatten(spec.config)
-        items = list(params.items())
-        for i in range(0, len(items), 100):
-            mlflow.log_params(dict(items[i : i + 100]))
-        mlflow.log_text(spec.to_yaml(), "maelstrom/spec.yaml")
-        mlflow.log_text("\n".join(spec.overrides) + "\n", "maelstrom/overrides.txt")
-        if spec.git and spec.git.get("diff"):
-            mlflow.log_text(spec.git["diff"], "maelstrom/git.diff")
+        if not resumed:
+            params = mlflow_run.flatten(spec.config)
+            items = list(params.items())
+            for i in range(0, len(items), 100):
+                mlflow.log_params(dict(items[i : i + 100]))
+            mlflow.log_text(spec.to_yaml(), "maelstrom/spec.yaml")
+            mlflow.log_text("\n".join(spec.overrides) + "\n", "maelstrom/overrides.txt")
+            if spec.git and spec.git.get("diff"):
+                mlflow.log_text(spec.git["diff"], "maelstrom/git.diff")
         entry = load_entry(spec.entry, spec.code_dir)
         metrics = entry(ctx) or {}
         final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
@@ -115,6 +159,15 @@ def run_app(spec: RunSpec) -> int:
         mlflow.log_metrics(ctx.timer.run_summary())
         if spec.tracking.get("plots", True):
             _log_plots(history, ctx.timer.samples())
+    except Requeue:
+        if ctx.checkpoint_hook is not None:
+            ctx.checkpoint_hook()
+        mlflow.set_tag("maelstrom.requeues", str(requeues + 1))
+        mlflow.end_run("SCHEDULED")
+        result.update(state="queued", message="requeued")
+        write_result(run_dir, result)
+        _requeue(run_dir)
+        return EXIT_APP_FAILED
     except BaseException as exc:  # noqa: BLE001 - the app's failure is the run's failure
         trace = traceback.format_exc()
         print(trace, file=sys.stderr, flush=True)
@@ -137,6 +190,38 @@ def run_app(spec: RunSpec) -> int:
     mlflow.end_run("FINISHED")
     result.update(state="succeeded", exit_code=0, metrics=final, ended=time.time())
     write_result(run_dir, result)
+    return 0
+
+
+def _count_requeues(run_dir: Path) -> int:
+    try:
+        return sum(1 for line in (run_dir / REQUEUES).read_text().splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
+def run_rank(spec: RunSpec) -> int:
+    """A rank > 0 of a multi-task job: the same entry point, reporting nothing (rank 0 tracks the run)."""
+    from omegaconf import OmegaConf
+
+    from . import paths
+    from .tracking.context import RunContext
+
+    ctx = RunContext(
+        cfg=OmegaConf.create(_escape(spec.config), flags={"readonly": True}),
+        run_id=spec.run_id,
+        run_dir=Path(spec.run_dir),
+        cache_dir=paths.cache_dir(),
+        requeues=_count_requeues(Path(spec.run_dir)),
+        rank=_rank(),
+    )
+    try:
+        load_entry(spec.entry, spec.code_dir)(ctx)
+    except Requeue:
+        if ctx.checkpoint_hook is not None:
+            ctx.checkpoint_hook()
+        time.sleep(60)  # rank 0 requeues the job
+        return EXIT_APP_FAILED
     return 0
 
 
@@ -214,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = RunSpec.read(Path(argv[0]))
     # cancel (local process group, scancel) sends SIGTERM: unwind so the MLflow run is closed as KILLED
     signal.signal(signal.SIGTERM, _terminate)
+    if "SLURM_JOB_ID" in os.environ:  # Slurm's warning before the time limit or preemption
+        signal.signal(signal.SIGUSR1, _warned)
     if (Path(spec.run_dir) / CANCELLED).exists():
         write_result(Path(spec.run_dir), {"run_id": spec.run_id, "state": "cancelled", "ended": time.time()})
         return 0

@@ -24,3 +24,32 @@ def sleep(ctx: Any) -> dict[str, float]:
     print("sleeping", flush=True)
     time.sleep(float(ctx.cfg.train.epochs))
     return {"started": started, "ended": time.time()}
+
+
+def checkpointing(ctx: Any) -> dict[str, float]:
+    """Works until the cluster stops it; checkpoints, and finishes at once when started again."""
+    marker = ctx.run_dir / "checkpoint.txt"
+    if ctx.requeues:
+        print(f"resumed after {ctx.requeues} requeue(s) from {marker.read_text().strip()}", flush=True)
+        ctx.end_epoch(1, {"loss": 0.5})
+        return {"loss": 0.5}
+    ctx.on_checkpoint(lambda: marker.write_text("epoch 0\n"))
+    ctx.end_epoch(0, {"loss": 1.0})
+    print("working", flush=True)
+    time.sleep(300)
+    return {"loss": 1.0}
+
+
+def secret_user(ctx: Any) -> dict[str, float]:
+    """Checks that the job received its secrets (without ever printing them)."""
+    import os
+
+    from maelstrom_run.config.secrets import resolve
+
+    token = os.environ.get("API_TOKEN")
+    via_reference = resolve(str(ctx.cfg.tags.token_ref))
+    ok = bool(token) and token == via_reference
+    print(f"secret received: {ok}", flush=True)
+    if not ok:
+        raise RuntimeError("the job did not receive its secret")
+    return {"ok": 1.0}

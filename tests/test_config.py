@@ -128,7 +128,7 @@ def test_int_is_accepted_for_a_number(config: dict[str, Any]) -> None:
             "pbs",
             "backend.kind: 'pbs' is not one of 'local' | 'slurm' | 'slurmrest' | 'unicore' | 'firecrest'",
         ),
-        (("dataset", "source"), "web", "dataset.source: 'web' is not one of 'sample' | 'files'"),
+        (("dataset", "source"), "web", "dataset.source: 'web' is not one of 'sample' | 'files' | 'remote'"),
     ],
 )
 def test_literal_violation(config: dict[str, Any], path: tuple[str, ...], value: Any, expected: str) -> None:
@@ -162,7 +162,7 @@ def test_missing_value_from_composition() -> None:
     [
         ("unett", "model.arch: unknown value 'unett'; did you mean 'unet'?"),
         ("transformr", "model.arch: unknown value 'transformr'; did you mean 'transformer'?"),
-        ("gpt", "model.arch: unknown value 'gpt'; valid values: custom, transformer, unet"),
+        ("gpt", "model.arch: unknown value 'gpt'; valid values: custom, mlp, transformer, unet"),
     ],
 )
 def test_unknown_model_arch(config: dict[str, Any], arch: str, expected: str) -> None:
@@ -179,8 +179,8 @@ def test_arch_selects_the_schema(config: dict[str, Any]) -> None:
 
 
 def test_unknown_dataset_kind(config: dict[str, Any]) -> None:
-    config["dataset"]["kind"] = "ap3"
-    assert error_of(config).startswith("dataset.kind: unknown value 'ap3'")
+    config["dataset"]["kind"] = "ap9"
+    assert error_of(config).startswith("dataset.kind: unknown value 'ap9'")
 
 
 def test_custom_arch_skips_the_schema(config: dict[str, Any]) -> None:
@@ -487,7 +487,9 @@ def test_dry_run_of_a_sweep_shows_every_job(run_cli, cli_env: dict[str, str], tm
         cli_env,
         check=True,
     )
-    assert result.stdout.count("nothing was submitted") == 2
+    # the local backend starts one process per job: each job's command is shown
+    assert result.stdout.count("maelstrom_run.worker") == 2
+    assert "2 job(s)" in result.stdout and "nothing was submitted" in result.stdout
     assert Registry().list(limit=None) == []
 
 
@@ -502,7 +504,7 @@ def test_help(run_cli, cli_env: dict[str, str], tmp_path: Path) -> None:
     for group in ("app", "backend", "train", "model", "loader", "dataset", "tracking"):
         assert re.search(rf"^\s*{group}: \w", out, re.MULTILINE), group
     assert re.search(r"^\s*backend: daint, jureca, juwels, local, slurm$", out, re.MULTILINE)
-    assert re.search(r"^\s*app: ap1, ap2$", out, re.MULTILINE)
+    assert re.search(r"^\s*app: ap1, ap2, ap4$", out, re.MULTILINE)
 
 
 def test_help_lists_user_options(run_cli, cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 Options (``hydra.launcher.*``):
 
-- ``wait`` (default true): block until every job ends and return the real job results,
-  as Hydra and its optimisation sweepers expect; false returns right after submission,
-  each job's result being its submission record (run id, job id, backend, run dir).
+- ``wait``: true blocks until every job ends and returns the real job results, as Hydra and
+  its optimisation sweepers expect; false returns right after submission, each job's result
+  being its submission record (run id, job id, backend, run dir). Unset (the default): true
+  on the local backend, false on clusters (follow with ``maelstrom runs watch SWEEP_ID``).
 - ``backend``: the backend for Hydra apps that are not maelstrom-run apps (maelstrom-run
   apps use their own ``backend`` config group).
 
@@ -25,7 +26,7 @@ from omegaconf import DictConfig
 @dataclass
 class MaelstromLauncherConf:
     _target_: str = "hydra_plugins.maelstrom_launcher.maelstrom_launcher.MaelstromLauncher"
-    wait: bool = True
+    wait: bool | None = None
     backend: dict[str, Any] = field(
         default_factory=lambda: {"name": "local", "kind": "local", "max_parallel": 2}
     )
@@ -37,7 +38,7 @@ ConfigStore.instance().store(
 
 
 class MaelstromLauncher(Launcher):
-    def __init__(self, wait: bool = True, backend: Any = None) -> None:
+    def __init__(self, wait: bool | None = None, backend: Any = None) -> None:
         self.wait = wait
         self.backend = backend
         self.config: DictConfig | None = None

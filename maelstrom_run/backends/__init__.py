@@ -8,9 +8,12 @@ from typing import Any
 from ..config import ConfigError
 from .base import Backend, JobRef, JobState, JobStatus, Rendered
 
-_KINDS = {"local": "maelstrom_run.backends.local:LocalBackend"}
+_KINDS = {
+    "local": "maelstrom_run.backends.local:LocalBackend",
+    "slurm": "maelstrom_run.backends.slurm:SlurmBackend",
+}
 #: Kinds that have configs but cannot submit from this version yet.
-_PLANNED = ("slurm", "slurmrest", "unicore", "firecrest")
+_PLANNED = ("slurmrest", "unicore", "firecrest")
 
 
 def get_backend(conf: dict[str, Any]) -> Backend:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..launch.spec import RunSpec
+
+#: ``on_submitted(specs, job_ids)``: called as each part of a submission is accepted.
+Submitted = Callable[[Sequence[RunSpec], Sequence[str]], None]
 
 
 class JobState(enum.StrEnum):
@@ -45,6 +48,8 @@ class JobStatus:
     message: str = ""
     #: The worker's ``result.json`` when the backend could read it (MLflow run id, metrics, times).
     result: dict[str, Any] | None = None
+    #: Times the job was requeued (preemption, time limit) and started again.
+    requeues: int = 0
 
 
 @dataclass
@@ -68,8 +73,24 @@ class Backend(ABC):
         """The exact job script / description that ``submit`` sends (the dry run)."""
 
     @abstractmethod
-    def submit_many(self, specs: Sequence[RunSpec]) -> list[str]:
-        """Submit jobs (a sweep in one go where the target allows); returns one job id per spec."""
+    def submit_many(self, specs: Sequence[RunSpec], on_submitted: Submitted | None = None) -> list[str]:
+        """Submit jobs (a sweep in one go where the target allows); returns one job id per spec.
+
+        A backend that submits in parts calls ``on_submitted(specs, job_ids)`` as each part is
+        accepted, so an interrupted submission keeps what the cluster already has.
+        """
+
+    def adopt(self, specs: Sequence[RunSpec]) -> dict[str, str]:
+        """Job ids the target already has for specs the registry never saw accepted (run id -> job id).
+
+        Called by ``maelstrom runs resume`` before resubmitting, so a submission cut short between the
+        target accepting a job and the registry recording it is never submitted twice.
+        """
+        return {}
+
+    def render_many(self, specs: Sequence[RunSpec]) -> list[Rendered]:
+        """What ``submit_many`` sends for these specs (one entry per submission)."""
+        return [self.render(s) for s in specs]
 
     def submit(self, spec: RunSpec) -> str:
         return self.submit_many([spec])[0]

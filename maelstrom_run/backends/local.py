@@ -24,9 +24,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..config.secrets import is_reference, job_environment
 from ..launch.files import CANCELLED, read_result, write_atomic, write_result
 from ..launch.spec import SPEC_FILE, RunSpec
-from .base import Backend, JobRef, JobState, JobStatus, Rendered
+from .base import Backend, JobRef, JobState, JobStatus, Rendered, Submitted
 
 QUEUE, JOB = "queue.json", "job.json"
 _GRACE_S = 5.0
@@ -71,7 +72,7 @@ class LocalBackend(Backend):
         run_dir = Path(spec.run_dir)
         cmd = worker_command(run_dir / SPEC_FILE)
         env = self.conf.get("environment", {}).get("variables", {}) or {}
-        prefix = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in sorted(env.items()))
+        prefix = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in sorted(env.items()) if not is_reference(v))
         text = (
             f"cd {shlex.quote(spec.code_dir or str(run_dir))} && "
             f"{prefix + ' ' if prefix else ''}{shlex.join(cmd)} "
@@ -79,7 +80,7 @@ class LocalBackend(Backend):
         )
         return Rendered(text=text, files=[str(run_dir / SPEC_FILE)])
 
-    def submit_many(self, specs: Sequence[RunSpec]) -> list[str]:
+    def submit_many(self, specs: Sequence[RunSpec], on_submitted: Submitted | None = None) -> list[str]:
         run_dirs = []
         for spec in specs:
             run_dir = Path(spec.run_dir)
@@ -87,9 +88,11 @@ class LocalBackend(Backend):
             spec.write(run_dir)
             run_dirs.append(str(run_dir))
         parallel = max(1, int(self.conf.get("max_parallel") or 1))
+        variables = self.conf.get("environment", {}).get("variables") or {}
         env = {
             **os.environ,
-            **{k: str(v) for k, v in (self.conf.get("environment", {}).get("variables") or {}).items()},
+            **{k: str(v) for k, v in variables.items() if not is_reference(v)},
+            **job_environment([s.config for s in specs]),
         }
         queue = subprocess.Popen(
             [sys.executable, "-m", "maelstrom_run.backends.local", str(parallel), *run_dirs],

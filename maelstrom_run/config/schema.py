@@ -36,6 +36,35 @@ class TrainConf:
     steps_per_epoch: int | None = None
 
 
+#: Where a dataset's files come from: generated here, local files, or downloaded into the cache.
+DataSource = Literal["sample", "files", "remote"]
+
+
+@dataclass
+class RemoteFiles:
+    """One set of remote files (a tier of the real dataset), relative to ``remote.url``."""
+
+    #: File names; ``{key}`` placeholders are filled from ``values``, every combination one file.
+    pattern: str | None = None
+    values: dict[str, list[Any]] = field(default_factory=dict)
+    #: Further file names, as they are.
+    files: list[str] = field(default_factory=list)
+    #: Every object under this prefix of an S3-compatible bucket (listed with ListObjectsV2).
+    prefix: str | None = None
+
+
+@dataclass
+class RemoteConf:
+    """The public source of a dataset: ``https://...``, ``s3://bucket/prefix`` or a local directory."""
+
+    url: str = MISSING
+    #: S3-compatible endpoint for ``s3://`` URLs (path-style requests over HTTPS).
+    endpoint: str = "https://s3.amazonaws.com"
+    tiers: dict[str, RemoteFiles] = field(default_factory=dict)
+    #: Expected checksums by file name, ``sha256:HEX``; files without one are hashed when fetched.
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class AP1Size:
     runs: int = MISSING
@@ -50,10 +79,11 @@ class AP1Size:
 class AP1Dataset:
     kind: str = "ap1"
     name: str = MISSING
-    source: Literal["sample", "files"] = "sample"
+    source: DataSource = "sample"
     #: Directory (or glob) of NetCDF files when ``source: files``.
     path: str | None = None
     tiers: dict[str, AP1Size] = field(default_factory=dict)
+    remote: RemoteConf | None = None
     validation_fraction: float = 0.2
 
 
@@ -66,11 +96,95 @@ class AP2Size:
 class AP2Dataset:
     kind: str = "ap2"
     name: str = MISSING
-    source: Literal["sample", "files"] = "sample"
+    source: DataSource = "sample"
     #: CSV file with columns ``text`` and ``raining`` when ``source: files``.
     path: str | None = None
     tiers: dict[str, AP2Size] = field(default_factory=dict)
+    remote: RemoteConf | None = None
     validation_fraction: float = 0.2
+
+
+@dataclass
+class AP3Size:
+    files: int = MISSING
+    columns: int = MISSING
+    levels: int = 137
+
+
+@dataclass
+class AP5Size:
+    months: int = MISSING
+    times: int = MISSING
+    lat: int = MISSING
+    lon: int = MISSING
+
+
+@dataclass
+class AP6Size:
+    days: int = MISSING
+    turbines: int = MISSING
+    levels: int = MISSING
+    lat: int = MISSING
+    lon: int = MISSING
+
+
+@dataclass
+class GriddedDataset:
+    """AP3 (radiation), AP5 (downscaling), AP6 (power production): NetCDF files, sizes per tier."""
+
+    kind: str = MISSING
+    name: str = MISSING
+    source: DataSource = "sample"
+    #: Directory (or glob) of NetCDF files when ``source: files``.
+    path: str | None = None
+    tiers: dict[str, Any] = field(default_factory=dict)
+    remote: RemoteConf | None = None
+    validation_fraction: float = 0.2
+
+
+@dataclass
+class AP3Dataset(GriddedDataset):
+    tiers: dict[str, AP3Size] = field(default_factory=dict)
+
+
+@dataclass
+class AP5Dataset(GriddedDataset):
+    tiers: dict[str, AP5Size] = field(default_factory=dict)
+
+
+@dataclass
+class AP6Dataset(GriddedDataset):
+    tiers: dict[str, AP6Size] = field(default_factory=dict)
+
+
+@dataclass
+class AP4Size:
+    #: The first ``dates`` of the 105 ENS-10 dates (twice a week), each a file of ``years`` years.
+    dates: int = MISSING
+    years: int = MISSING
+    lat: int = MISSING
+    lon: int = MISSING
+    levels: list[int] = field(default_factory=lambda: [10, 50, 100, 200, 300, 400, 500, 700, 850, 925, 1000])
+    steps: list[int] = field(default_factory=lambda: [0, 24, 48])
+
+
+@dataclass
+class AP4Dataset:
+    kind: str = "ap4"
+    name: str = MISSING
+    source: DataSource = "sample"
+    #: Directory of ENS-10 NetCDF files (ensemble mean/std) when ``source: files``.
+    path: str | None = None
+    tiers: dict[str, AP4Size] = field(default_factory=dict)
+    remote: RemoteConf | None = None
+    #: What is post-processed: t850, z500 (pressure levels) or t2m (surface).
+    target: Literal["t850", "z500", "t2m"] = "t850"
+    #: Lead time (hours) of the forecast that is corrected.
+    step: int = 48
+    #: Input variables; null: all of the target's files (z t q w d u v, or the 11 surface ones).
+    variables: list[str] | None = None
+    #: Share of the years (the last ones) that validate.
+    validation_fraction: float = 0.1
 
 
 @dataclass
@@ -82,6 +196,8 @@ class LoaderConf:
     normalise: bool = True
     patch_size: int | None = None
     features: list[str] = field(default_factory=list)
+    #: Train on arrays written by ``maelstrom data preprocess`` (AP4) instead of reading NetCDF.
+    preprocessed: bool = False
 
 
 @dataclass
@@ -99,7 +215,17 @@ class UNetModel(ModelBase):
     levels: int = 2
     kernel_size: int = 3
     dropout: float = 0.0
-    loss: Literal["mae", "mse"] = "mae"
+    loss: Literal["mae", "mse", "crps"] = "mae"
+
+
+@dataclass
+class MLPModel(ModelBase):
+    """A per-grid-point MLP (ENS-10 baseline): inputs plus 3 location features -> mean and spread."""
+
+    hidden: list[int] = field(default_factory=lambda: [128])
+    #: Grid points drawn per sample and step; null: every point.
+    points: int | None = None
+    loss: Literal["crps"] = "crps"
 
 
 @dataclass
@@ -155,6 +281,8 @@ class BackendConf:
     kind: Literal["local", "slurm", "slurmrest", "unicore", "firecrest"] = MISSING
     #: Jobs of a sweep running (local) or submitted (clusters) at once.
     max_parallel: int = 2
+    #: Slurm: at most this many tasks per job array (default: the cluster's MaxArraySize).
+    max_array_size: int | None = None
     url: str | None = None
     machine: str | None = None
     token_url: str | None = None
@@ -179,7 +307,22 @@ class TrackingConf:
 
 @dataclass
 class ScheduleConf:
-    name: Literal["none"] = "none"
+    #: ``none`` runs now; any other entry registers a schedule instead (checked in ``schedule/timing.py``).
+    name: str = "none"
+    #: Five-field cron expression (minute hour day-of-month month day-of-week) or ``@daily`` etc.
+    cron: str | None = None
+    #: IANA time zone the cron expression is read in.
+    timezone: str = "UTC"
+    #: ISO date or date-time (in ``timezone``); default: when the schedule is registered.
+    start: str | None = None
+    #: No firing after this ISO date or date-time.
+    end: str | None = None
+    #: Slots missed while no scheduler ran: fire ``none``, the ``last`` one, or ``all``.
+    catchup: Literal["none", "last", "all"] = "last"
+    #: Firings of this schedule queued or running at once; a slot due beyond it is skipped.
+    max_concurrent: int = 1
+    #: Run this commit (in a separate worktree) instead of the repository's current state.
+    commit: str | None = None
 
 
 @dataclass
@@ -201,6 +344,16 @@ class RootConf:
 
 #: Groups whose schema is chosen by one of their fields.
 DISCRIMINATED: dict[str, tuple[str, dict[str, type]]] = {
-    "dataset": ("kind", {"ap1": AP1Dataset, "ap2": AP2Dataset}),
-    "model": ("arch", {"unet": UNetModel, "transformer": TransformerModel}),
+    "dataset": (
+        "kind",
+        {
+            "ap1": AP1Dataset,
+            "ap2": AP2Dataset,
+            "ap3": AP3Dataset,
+            "ap5": AP5Dataset,
+            "ap6": AP6Dataset,
+            "ap4": AP4Dataset,
+        },
+    ),
+    "model": ("arch", {"unet": UNetModel, "transformer": TransformerModel, "mlp": MLPModel}),
 }

@@ -156,6 +156,68 @@ def validate(config: dict[str, Any]) -> None:
     app = config.get("app")
     own = app.get("sections") if isinstance(app, dict) else None
     _check_dataclass(config, RootConf, "", own if isinstance(own, list) else ())
+    limit = ((config.get("backend") or {}).get("resources") or {}).get("time")
+    if limit is not None:
+        from .units import time_limit_seconds
+
+        time_limit_seconds(limit)
+    from ..labels.taxonomy import check as check_labels
+    from ..schedule.timing import check as check_schedule
+
+    check_labels(config.get("labels"))
+    check_schedule(config.get("schedule") or {})
+
+
+def validate_changes(config: dict[str, Any], keys: Iterable[str]) -> None:
+    """Check only the values at dotted ``keys`` of a config that was valid before they changed.
+
+    A sweep validates its base config once and each job's changed values with this (a job that
+    changes a discriminator such as ``model.arch`` gets the full :func:`validate`).
+    """
+    for key in keys:
+        tp = _schema_type(config, key.split("."))
+        if tp is None:
+            validate(config)
+            return
+        node: Any = config
+        for part in key.split("."):
+            node = node[part]
+        _check(node, tp, key)
+        if key == "backend.resources.time" and node is not None:
+            from .units import time_limit_seconds
+
+            time_limit_seconds(node)
+
+
+def _schema_type(config: dict[str, Any], parts: list[str]) -> Any:
+    """The schema type at a key path, ``Any`` for free-form parts, None when only a full check will do."""
+    tp: Any = RootConf
+    for i, part in enumerate(parts):
+        if i == 0 and part in DISCRIMINATED:
+            key, schemas = DISCRIMINATED[part]
+            kind = (config.get(part) or {}).get(key)
+            if len(parts) < 2 or parts[1] == key or (kind not in schemas and kind != CUSTOM):
+                return None
+            if kind == CUSTOM:
+                return Any
+            tp = schemas[kind]
+            continue
+        if tp is Any:
+            return Any
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                return (
+                    Any
+                    if tp is RootConf and part in ((config.get("app") or {}).get("sections") or [])
+                    else None
+                )
+            tp = hints[part]
+        elif typing.get_origin(tp) is dict:
+            tp = (typing.get_args(tp) or (str, Any))[1]
+        else:
+            return None
+    return tp
 
 
 def valid_keys(path: str) -> list[str]:
@@ -195,6 +257,8 @@ def valid_keys_of(node: Any, rest: list[str]) -> list[str]:
 def unknown_key_message(path: str) -> str:
     parent, _, key = path.rpartition(".")
     options = valid_keys(parent)
+    if not options and path.split(".")[0] in ("labels", "tags"):  # free-form: new keys need a '+'
+        return f"{path}: not in the config yet; add it with +{path}=VALUE"
     return f"{path}: unknown key{_closest(key, options) if options else ''}"
 
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
-
 from ..backends import JobRef, JobState, get_backend
 from .files import read_result
 from .registry import Registry, RunRecord
+from .spec import RunSpec
 
 TERMINAL = {s.value for s in JobState if s.terminal}
 
@@ -21,10 +21,12 @@ _BACKENDS: dict[str, Any] = {}
 
 
 def backend_of(record: RunRecord) -> Any:
-    """The backend a run was submitted to; a run's spec never changes, so it is parsed once per process."""
-    if record.run_id not in _BACKENDS:
-        _BACKENDS[record.run_id] = get_backend(yaml.safe_load(record.spec)["config"]["backend"])
-    return _BACKENDS[record.run_id]
+    """The backend a run was submitted to (one instance per backend config and process)."""
+    conf = RunSpec.parse(record.spec).backend
+    key = json.dumps(conf, sort_keys=True)
+    if key not in _BACKENDS:
+        _BACKENDS[key] = get_backend(conf)
+    return _BACKENDS[key]
 
 
 def refresh(registry: Registry, records: Sequence[RunRecord]) -> list[RunRecord]:
@@ -34,6 +36,7 @@ def refresh(registry: Registry, records: Sequence[RunRecord]) -> list[RunRecord]
         if record.state not in TERMINAL and record.job_id:
             groups[record.backend].append(record)
     sweeps = set()
+    changes = []
     for group in groups.values():
         backend = backend_of(group[0])
         statuses = backend.status([JobRef(r.run_id, r.job_id, r.run_dir) for r in group])
@@ -45,17 +48,20 @@ def refresh(registry: Registry, records: Sequence[RunRecord]) -> list[RunRecord]
             values: dict[str, Any] = {"state": status.state.value, "message": status.message or None}
             if status.exit_code is not None:
                 values["exit_code"] = status.exit_code
+            if status.requeues:
+                values["requeues"] = status.requeues
             for key in ("mlflow_run_id", "tracking_uri", "started", "ended"):
                 if result.get(key) is not None:
                     values[key] = result[key]
             if status.state.terminal and "ended" not in values:
                 values["ended"] = time.time()
-            registry.update(record.run_id, **values)
+            changes.append((record.run_id, values))
             if record.sweep_id and status.state.terminal:
                 sweeps.add(record.sweep_id)
+    registry.update_many(changes)
     for sweep_id in sweeps:
         close_sweep_if_done(registry, sweep_id)
-    return [registry.get(r.run_id) for r in records]
+    return registry.get_many([r.run_id for r in records])
 
 
 def close_sweep_if_done(registry: Registry, sweep_id: str) -> None:
@@ -83,18 +89,23 @@ def close_sweep_if_done(registry: Registry, sweep_id: str) -> None:
 
 
 def wait(
-    registry: Registry, run_ids: Sequence[str], follow: bool = False, poll_s: float = 0.5
+    registry: Registry,
+    run_ids: Sequence[str],
+    follow: bool = False,
+    poll_s: float = 0.5,
+    cancel_on_interrupt: bool = True,
 ) -> list[RunRecord]:
     """Block until every job is finished, showing a progress bar (or, with ``follow``, the job's output).
 
-    Ctrl-C cancels the jobs that are still queued or running, then re-raises.
+    Ctrl-C cancels the jobs that are still queued or running (unless ``cancel_on_interrupt`` is
+    false: ``maelstrom runs watch``), then re-raises.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..console import make_console
 
     console = make_console(stderr=True)
-    records = [registry.get(r) for r in run_ids]
+    records = registry.get_many(list(run_ids))
     offsets: dict[tuple[str, str], int] = defaultdict(int)
     progress = None
     if not follow:
@@ -126,6 +137,8 @@ def wait(
                 break
             time.sleep(poll_s)
     except KeyboardInterrupt:
+        if not cancel_on_interrupt:
+            raise
         console.print("[yellow]interrupted: cancelling the unfinished jobs[/yellow]")
         cancel(registry, [r for r in records if r.state not in TERMINAL])
         raise
@@ -162,4 +175,4 @@ def cancel(registry: Registry, records: Sequence[RunRecord]) -> list[RunRecord]:
             )
     for group in groups.values():
         backend_of(group[0]).cancel([JobRef(r.run_id, r.job_id, r.run_dir) for r in group])
-    return refresh(registry, [registry.get(r.run_id) for r in records])
+    return refresh(registry, registry.get_many([r.run_id for r in records]))

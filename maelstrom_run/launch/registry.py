@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS sweeps (
 """
 
 
+#: Columns added after the first version, with their declarations.
+_ADDED_COLUMNS = (("requeues", "INTEGER NOT NULL DEFAULT 0"),)
+
+
 @dataclass
 class RunRecord:
     run_id: str
@@ -77,8 +81,10 @@ class RunRecord:
     submitted: float | None
     started: float | None
     ended: float | None
-    #: The RunSpec as YAML (enough to re-run the job).
+    #: The RunSpec as JSON (enough to re-run the job); read it with ``RunSpec.parse``.
     spec: str
+    #: Times the cluster requeued the job (preemption, time limit) and started it again.
+    requeues: int = 0
 
 
 @dataclass
@@ -105,6 +111,10 @@ class Registry:
             with self._connect() as db:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     db.execute(statement)
+                columns = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
+                for name, decl in _ADDED_COLUMNS:
+                    if name not in columns:  # a registry written by an earlier version
+                        db.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"run registry {self.path}: {exc}; set MAELSTROM_HOME to a writable directory"
@@ -147,7 +157,7 @@ class Registry:
                 s.rerun_of,
                 message,
                 now,
-                s.to_yaml(),
+                s.to_json(),
             )
             for s in specs
         ]
@@ -158,6 +168,9 @@ class Registry:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            from ..labels.store import record as record_labels
+
+            record_labels(db, specs)  # the runs' labels as rows of run_labels, same transaction
 
     def add_sweep(
         self,
@@ -186,14 +199,18 @@ class Registry:
             )
 
     def update(self, run_id: str, **values: Any) -> None:
-        unknown = set(values) - set(_RUN_FIELDS)
-        if unknown:
-            raise KeyError(f"unknown registry fields {sorted(unknown)}")
-        if not values:
-            return
-        cols = ", ".join(f"{k} = ?" for k in values)
+        self.update_many([(run_id, values)])
+
+    def update_many(self, changes: list[tuple[str, dict[str, Any]]]) -> None:
+        """Several ``update``s in one transaction (a sweep's job ids as they are accepted)."""
         with self._connect() as db:
-            db.execute(f"UPDATE runs SET {cols} WHERE run_id = ?", (*values.values(), run_id))
+            for run_id, values in changes:
+                unknown = set(values) - set(_RUN_FIELDS)
+                if unknown:
+                    raise KeyError(f"unknown registry fields {sorted(unknown)}")
+                if values:
+                    cols = ", ".join(f"{k} = ?" for k in values)
+                    db.execute(f"UPDATE runs SET {cols} WHERE run_id = ?", (*values.values(), run_id))
 
     def close_parent(self, sweep_id: str) -> bool:
         """Mark a sweep's parent run closed; True for the one caller that closed it."""
@@ -223,6 +240,21 @@ class Registry:
                 f"run id prefix {run_id!r} is ambiguous: {', '.join(r['run_id'] for r in rows[:5])}"
             )
         return RunRecord(**dict(rows[0]))
+
+    def get_many(self, run_ids: list[str]) -> list[RunRecord]:
+        """Runs by exact id, in the order given (one query)."""
+        with self._connect() as db:
+            rows = {}
+            for i in range(0, len(run_ids), 500):
+                part = run_ids[i : i + 500]
+                query = f"SELECT * FROM runs WHERE run_id IN ({', '.join('?' * len(part))})"
+                rows.update((r["run_id"], r) for r in db.execute(query, part).fetchall())
+        missing = [r for r in run_ids if r not in rows]
+        if missing:
+            raise ConfigError(
+                f"run {missing[0]!r} is not in the registry {self.path}; see `maelstrom runs list`"
+            )
+        return [RunRecord(**dict(rows[r])) for r in run_ids]
 
     def list(
         self, sweep_id: str | None = None, limit: int | None = 50, states: list[str] | None = None

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import yaml
-
 from .. import paths
 from ..config import ConfigError
 from .gitinfo import materialise
@@ -48,9 +46,9 @@ def respec(
 
 def rerun_one(registry: Registry, run_id: str, *, current_code: bool) -> RunSpec:
     record = registry.get(run_id)
-    if record.backend_kind == "hydra" or yaml.safe_load(record.spec).get("kind") == "hydra":
+    if record.backend_kind == "hydra" or RunSpec.parse(record.spec).kind == "hydra":
         raise ConfigError(f"run {record.run_id} is a job of a plain Hydra app; re-run it with that app")
-    return respec(RunSpec.from_dict(yaml.safe_load(record.spec)), current_code=current_code)
+    return respec(RunSpec.parse(record.spec), current_code=current_code)
 
 
 def failed_jobs(registry: Registry, sweep_id: str) -> list[RunRecord]:
@@ -69,7 +67,7 @@ def failed_jobs(registry: Registry, sweep_id: str) -> list[RunRecord]:
 def rerun_sweep(registry: Registry, sweep_id: str, *, current_code: bool) -> list[RunSpec]:
     """New specs for the failed, cancelled and never-submitted jobs of a sweep (same sweep and index)."""
     sweep = registry.sweep(sweep_id)
-    originals = [RunSpec.from_dict(yaml.safe_load(r.spec)) for r in failed_jobs(registry, sweep.sweep_id)]
+    originals = [RunSpec.parse(r.spec) for r in failed_jobs(registry, sweep.sweep_id)]
     if any(o.kind == "hydra" for o in originals):
         raise ConfigError(f"sweep {sweep.sweep_id} is a plain Hydra app's sweep; re-run it with that app")
     worktree = None

@@ -7,6 +7,7 @@ run directory, read by the worker on the target. It is enough to re-run the job.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import secrets
@@ -24,6 +25,8 @@ from ..config import ConfigError, validate
 from .files import write_atomic
 
 SPEC_FILE = "spec.yaml"
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PACKAGES = (
     "maelstrom-run",
     "hydra-core",
@@ -45,14 +48,20 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def package_versions() -> dict[str, str]:
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
     out = {"python": sys.version.split()[0]}
     for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    return out
+    return tuple(out.items())
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages a run depends on (read once per process)."""
+    return dict(_versions())
 
 
 @dataclass
@@ -96,7 +105,19 @@ class RunSpec:
         return self.config.get("labels") or {}
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True, width=120)
+        return yaml.dump(
+            dataclasses.asdict(self), Dumper=_DUMPER, sort_keys=False, allow_unicode=True, width=120
+        )
+
+    def to_json(self) -> str:
+        """The spec as one line of JSON (also valid YAML): what the registry stores."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def parse(cls, text: str) -> RunSpec:
+        """A spec from the registry's JSON or a ``spec.yaml``."""
+        data = json.loads(text) if text.lstrip().startswith("{") else yaml.load(text, Loader=_LOADER)
+        return cls.from_dict(data)
 
     def write(self, directory: Path | None = None) -> Path:
         path = Path(directory or self.run_dir) / SPEC_FILE
@@ -114,7 +135,7 @@ class RunSpec:
         if path.is_dir():
             path = path / SPEC_FILE
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.load(path.read_text(), Loader=_LOADER)
         except OSError as exc:
             raise ConfigError(f"cannot read run spec {path}: {exc.strerror}") from None
         return cls.from_dict(data)
@@ -164,6 +185,30 @@ def build(
     """
     config = resolve_config(cfg)
     validate(config)
+    return from_config(
+        config,
+        overrides,
+        run_id=run_id,
+        sweep_id=sweep_id,
+        sweep_index=sweep_index,
+        sweep_size=sweep_size,
+        code_dir=code_dir,
+        git=git,
+    )
+
+
+def from_config(
+    config: dict[str, Any],
+    overrides: list[str],
+    *,
+    run_id: str | None = None,
+    sweep_id: str | None = None,
+    sweep_index: int | None = None,
+    sweep_size: int | None = None,
+    code_dir: Path | None = None,
+    git: dict[str, Any] | None | object = ...,
+) -> RunSpec:
+    """RunSpec of a resolved, validated config container (see :func:`build`)."""
     app = config["app"]
     run_id = run_id or new_id(app["name"])
     workdir = config["backend"].get("workdir")

@@ -5,11 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from ..backends import get_backend
+from ..backends import Backend, get_backend
 from ..config import ConfigError
 from . import monitor
 from .registry import Registry, RunRecord
 from .spec import RunSpec
+
+
+def default_wait(backend: dict, wait: bool | None) -> bool:
+    """Whether to block until jobs end: as asked, else yes for local runs and no on clusters."""
+    return (backend.get("kind", "local") == "local") if wait is None else bool(wait)
 
 
 def submit(
@@ -23,43 +28,71 @@ def submit(
     backends = {name: get_backend(group[0].backend) for name, group in groups.items()}
     registry.add_runs(list(specs))
     for name, group in groups.items():
-        try:
-            job_ids = backends[name].submit_many(group)
-        except OSError as exc:
-            _mark_failed(registry, group, f"submission failed: {exc}")
-            where = exc.filename or group[0].run_dir
-            raise ConfigError(
-                f"run directory {where}: {exc.strerror or exc}; set backend.workdir or MAELSTROM_HOME "
-                "to a writable directory"
-            ) from None
-        except Exception as exc:
-            _mark_failed(registry, group, f"submission failed: {exc}")
-            raise
-        now = time.time()
-        for spec, job_id in zip(group, job_ids, strict=True):
-            registry.update(spec.run_id, job_id=job_id, submitted=now, message=None)
+        submit_group(registry, backends[name], group)
     run_ids = [s.run_id for s in specs]
     if wait:
         return monitor.wait(registry, run_ids, follow=follow)
-    return [registry.get(r) for r in run_ids]
+    return registry.get_many(run_ids)
+
+
+def submit_group(registry: Registry, backend: Backend, specs: Sequence[RunSpec]) -> None:
+    """``submit_many`` on one backend; job ids reach the registry as each part is accepted."""
+    recorded: set[str] = set()
+
+    def accepted(part: Sequence[RunSpec], job_ids: Sequence[str]) -> None:
+        now = time.time()
+        registry.update_many(
+            [
+                (s.run_id, {"job_id": j, "submitted": now, "message": None})
+                for s, j in zip(part, job_ids, strict=True)
+            ]
+        )
+        recorded.update(s.run_id for s in part)
+
+    try:
+        job_ids = backend.submit_many(specs, on_submitted=accepted)
+    except OSError as exc:
+        _mark_failed(registry, [s for s in specs if s.run_id not in recorded], f"submission failed: {exc}")
+        where = exc.filename or specs[0].run_dir
+        raise ConfigError(
+            f"run directory {where}: {exc.strerror or exc}; set backend.workdir or MAELSTROM_HOME "
+            "to a writable directory"
+        ) from None
+    except BaseException as exc:
+        _mark_failed(registry, [s for s in specs if s.run_id not in recorded], f"submission failed: {exc}")
+        raise
+    accepted(
+        [s for s in specs if s.run_id not in recorded],
+        [j for s, j in zip(specs, job_ids, strict=True) if s.run_id not in recorded],
+    )
 
 
 def _mark_failed(registry: Registry, specs: Sequence[RunSpec], message: str) -> None:
-    for spec in specs:
-        registry.update(spec.run_id, state="failed", message=message.splitlines()[0], ended=time.time())
+    """Jobs the cluster never accepted: failed, without a job id (``maelstrom runs resume`` submits them)."""
+    now = time.time()
+    first = (message.splitlines() or [""])[0]
+    registry.update_many([(s.run_id, {"state": "failed", "message": first, "ended": now}) for s in specs])
 
 
-def print_dry_run(spec: RunSpec) -> None:
+def print_dry_run(specs: Sequence[RunSpec] | RunSpec) -> None:
     """Show exactly what ``submit`` would send (the backend's render) and submit nothing."""
+    if isinstance(specs, RunSpec):
+        specs = [specs]
+    from rich.markup import escape
     from rich.syntax import Syntax
 
     from ..console import make_console
 
-    rendered = get_backend(spec.backend).render(spec)
     console = make_console()
-    console.rule(f"[bold]dry run[/bold]: {spec.run_id} on {spec.backend.get('name')}")
-    console.print(Syntax(rendered.text, "bash", word_wrap=True))
-    console.print("[bold]files staged:[/bold]")
-    for name in rendered.files:
-        console.print(f"  {name}")
-    console.print(f"config hash {spec.config_hash}; nothing was submitted")
+    backend = get_backend(specs[0].backend)
+    for rendered in backend.render_many(specs):
+        what = specs[0].sweep_id or specs[0].run_id
+        console.rule(f"[bold]dry run[/bold]: {what} on {specs[0].backend.get('name')}")
+        console.print(Syntax(rendered.text, "bash", word_wrap=True))
+        console.print(f"[bold]files staged ({len(rendered.files)}):[/bold]")
+        for name in rendered.files:
+            console.print(f"  {escape(name)}")
+    hashes = sorted({s.config_hash[:12] for s in specs})
+    console.print(
+        f"{len(specs)} job(s), config hash {', '.join(hashes[:3])}{' ...' if len(hashes) > 3 else ''}; nothing was submitted"
+    )

@@ -12,8 +12,10 @@ Two kinds of task function arrive here:
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,10 @@ from typing import Any
 from .. import paths
 from .files import read_result
 from .registry import Registry, RunRecord
-from .spec import RunSpec, build, config_hash, new_id, package_versions
+from .spec import RunSpec, config_hash, from_config, new_id, package_versions
+
+#: Rows of the sweep summary table before it only counts.
+_SUMMARY_ROWS = 40
 
 
 class JobFailed(RuntimeError):
@@ -46,28 +51,27 @@ def _sweep_id(launcher: Any, app: str) -> str:
 
 def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
     from ..tracking.mlflow_run import TrackingError, start_parent_run
+    from .compose import compose_jobs
     from .gitinfo import capture
-    from .submit import print_dry_run, submit
+    from .submit import default_wait, print_dry_run, submit
 
-    configs = [launcher.config_loader.load_sweep_config(launcher.config, list(o)) for o in job_overrides]
-    app = configs[0].app.name
+    jobs = compose_jobs(launcher.config_loader, launcher.config, job_overrides)
+    app = jobs[0].config["app"]["name"]
     sweep_id = _sweep_id(launcher, app)
     registry = Registry()
-    size = initial_job_idx + len(configs)
+    size = initial_job_idx + len(jobs)
     git = capture(Path.cwd())  # every job of the sweep runs the same code
-    specs = []
-    for index, (cfg, overrides) in enumerate(zip(configs, job_overrides, strict=True), start=initial_job_idx):
-        _set_job(cfg, sweep_id, index)
-        specs.append(
-            build(cfg, list(overrides), sweep_id=sweep_id, sweep_index=index, sweep_size=size, git=git)
-        )
+    specs = [
+        from_config(job.config, job.overrides, sweep_id=sweep_id, sweep_index=index, sweep_size=size, git=git)
+        for index, job in enumerate(jobs, start=initial_job_idx)
+    ]
     if any(s.config.get("dry_run") for s in specs):
-        for spec in specs:
-            print_dry_run(spec)
+        print_dry_run(specs)
         return [
-            _job_return(cfg, o, spec.run_dir, {"dry_run": True, "run_id": spec.run_id})
-            for cfg, o, spec in zip(configs, job_overrides, specs, strict=True)
+            _job_return(launcher, job, spec.run_dir, {"dry_run": True, "run_id": spec.run_id})
+            for job, spec in zip(jobs, specs, strict=True)
         ]
+    wait = default_wait(specs[0].backend, launcher.wait)
     parent, error = getattr(launcher, "parent_run", None), None
     if parent is None:
         try:
@@ -88,12 +92,12 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     launcher.parent_run = parent
     for spec in specs:
         spec.parent_run_id = parent[0]
-    records = submit(specs, wait=launcher.wait, registry=registry)
-    results = [(read_result(r.run_dir) or {}) if launcher.wait else {} for r in records]
-    _print_sweep_summary(sweep_id, records, job_overrides, results, launcher.wait)
+    records = submit(specs, wait=wait, registry=registry)
+    results = [(read_result(r.run_dir) or {}) if wait else {} for r in records]
+    _print_sweep_summary(sweep_id, records, job_overrides, results, wait)
     returns = []
-    for cfg, overrides, record, result in zip(configs, job_overrides, records, results, strict=True):
-        if not launcher.wait:
+    for job, record, result in zip(jobs, records, results, strict=True):
+        if not wait:
             value: Any = {
                 "run_id": record.run_id,
                 "job_id": record.job_id,
@@ -101,16 +105,16 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
                 "run_dir": record.run_dir,
                 "sweep_id": sweep_id,
             }
-            returns.append(_job_return(cfg, overrides, record.run_dir, value))
+            returns.append(_job_return(launcher, job, record.run_dir, value))
             continue
         if record.state == "succeeded":
-            returns.append(_job_return(cfg, overrides, record.run_dir, result.get("metrics") or {}))
+            returns.append(_job_return(launcher, job, record.run_dir, result.get("metrics") or {}))
         else:
             error = JobFailed(
                 f"run {record.run_id} {record.state}: {record.message or result.get('error') or ''}"
                 f" (see `maelstrom runs logs {record.run_id}`)"
             )
-            returns.append(_job_return(cfg, overrides, record.run_dir, error, failed=True))
+            returns.append(_job_return(launcher, job, record.run_dir, error, failed=True))
     return returns
 
 
@@ -130,7 +134,62 @@ def _set_job(cfg: Any, sweep_id: str, idx: int) -> None:
     HydraConfig.instance().set_config(cfg)
 
 
-def _job_return(
+def _job_return(launcher: Any, job: Any, working_dir: str, value: Any, failed: bool = False) -> Any:
+    """The JobReturn of a composed maelstrom-run job; its configs are composed only if read."""
+    from hydra.core.utils import JobStatus
+
+    from .compose import job_config
+
+    ret = _lazy_job_return_class()()
+    ret.factory = lambda: job_config(job, launcher.config_loader, launcher.config)
+    ret.overrides = list(job.overrides)
+    ret.working_dir = working_dir
+    ret.task_name = launcher.config.hydra.job.name
+    ret.status = JobStatus.FAILED if failed else JobStatus.COMPLETED
+    ret.return_value = value
+    return ret
+
+
+@functools.cache
+def _lazy_job_return_class() -> type:
+    from hydra.core.utils import JobReturn
+    from omegaconf import OmegaConf, open_dict
+
+    class LazyJobReturn(JobReturn):
+        """A JobReturn whose ``hydra_cfg`` and ``cfg`` are composed when first read (a sweep of
+        1,000 jobs composes each group combination once, not each job)."""
+
+        factory: Any = None
+        _hydra: Any = None
+        _task: Any = None
+
+        @property  # type: ignore[override]
+        def hydra_cfg(self) -> Any:
+            if self._hydra is None and self.factory is not None:
+                self._hydra = self.factory()
+            return self._hydra
+
+        @hydra_cfg.setter
+        def hydra_cfg(self, value: Any) -> None:
+            self._hydra = value
+
+        @property  # type: ignore[override]
+        def cfg(self) -> Any:
+            if self._task is None and self.hydra_cfg is not None:
+                task = OmegaConf.create(OmegaConf.to_container(self.hydra_cfg, resolve=False))
+                with open_dict(task):
+                    task.pop("hydra", None)
+                self._task = task
+            return self._task
+
+        @cfg.setter
+        def cfg(self, value: Any) -> None:
+            self._task = value
+
+    return LazyJobReturn
+
+
+def _hydra_job_return(
     cfg: Any, overrides: Sequence[str], working_dir: str, value: Any, failed: bool = False
 ) -> Any:
     from hydra.core.utils import JobReturn, JobStatus
@@ -165,20 +224,36 @@ def _print_sweep_summary(
     table = Table(title=f"sweep {sweep_id}", title_justify="left")
     for column in ("#", "run id", "overrides", "state", "metrics / message"):
         table.add_column(column, no_wrap=column in ("run id", "state"), overflow="fold")
-    for record, job, result in zip(records, overrides, results, strict=True):
+    shown = list(zip(records, overrides, results, strict=True))
+    if len(shown) > _SUMMARY_ROWS:  # a large sweep: its first jobs, then the counts
+        shown = shown[: _SUMMARY_ROWS // 2]
+    for record, job, result in shown:
         metrics = result.get("metrics") or {}
         detail = (
             "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())[:4]) or (record.message or "")[:60]
         )
         table.add_row(str(record.sweep_index), record.run_id, " ".join(job), record.state, detail)
     console.print(table)
+    if len(shown) < len(records):
+        counts = Counter(r.state for r in records)
+        console.print(
+            f"... and {len(records) - len(shown)} more jobs; all {len(records)}: "
+            + ", ".join(f"{n} {state}" for state, n in counts.most_common())
+        )
     if waited:
         console.print(
             f"follow up: maelstrom runs list --sweep {sweep_id}   "
             f"re-run failures: maelstrom runs rerun --sweep {sweep_id} --failed"
         )
     else:
-        console.print(f"submitted; follow it with: maelstrom runs list --sweep {sweep_id}")
+        job_ids = sorted({(r.job_id or "").split("_")[0] for r in records if r.job_id})
+        where = f" (job {', '.join(job_ids[:4])}{' ...' if len(job_ids) > 4 else ''})" if job_ids else ""
+        console.print(
+            f"submitted {len(records)} jobs to {records[0].backend}{where}, without waiting.\n"
+            f"follow it:  maelstrom runs watch {sweep_id}\n"
+            f"list jobs:  maelstrom runs list --sweep {sweep_id}\n"
+            f"cancel it:  maelstrom runs cancel --sweep {sweep_id}"
+        )
 
 
 def _launch_hydra_tasks(
@@ -189,7 +264,7 @@ def _launch_hydra_tasks(
     from hydra.core.utils import configure_log
     from omegaconf import OmegaConf
 
-    from .submit import submit
+    from .submit import default_wait, submit
 
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -236,16 +311,17 @@ def _launch_hydra_tasks(
     registry = Registry()
     size = initial_job_idx + len(specs)
     registry.add_sweep(sweep_id, name, size, backend["name"], [list(o) for o in job_overrides], None, None)
-    records = submit(specs, wait=launcher.wait, registry=registry)
+    wait = default_wait(backend, launcher.wait)
+    records = submit(specs, wait=wait, registry=registry)
     returns = []
     for cfg, overrides, record in zip(configs, job_overrides, records, strict=True):
         pickled = Path(record.run_dir) / "job_return.pkl"
-        if launcher.wait and pickled.exists():
+        if wait and pickled.exists():
             returns.append(cloudpickle.loads(pickled.read_bytes()))
             continue
-        if launcher.wait:
+        if wait:
             error = (read_result(record.run_dir) or {}).get("error") or record.message or record.state
-            ret = _job_return(
+            ret = _hydra_job_return(
                 cfg,
                 overrides,
                 record.run_dir,
@@ -253,7 +329,7 @@ def _launch_hydra_tasks(
                 failed=True,
             )
         else:
-            ret = _job_return(
+            ret = _hydra_job_return(
                 cfg,
                 overrides,
                 record.run_dir,

@@ -29,6 +29,17 @@ class RunContext:
     log_metrics: Callable[[dict[str, float], int | None], None] = lambda metrics, step=None: None
     #: ``log_artifact(path, artifact_path=None)``.
     log_artifact: Callable[..., None] = lambda path, artifact_path=None: None
+    #: Times this run was requeued by the cluster (0 on the first start); resume from a checkpoint when > 0.
+    requeues: int = 0
+    #: This process's rank in a multi-task job (``RANK``); only rank 0 reports to MLflow.
+    rank: int = 0
+    #: Called when the cluster is about to stop the job (time limit, preemption), before it is requeued.
+    checkpoint_hook: Callable[[], None] | None = None
+
+    def on_checkpoint(self, hook: Callable[[], None]) -> None:
+        """Register ``hook()`` to save a checkpoint when the job is stopped to be requeued (Slurm's USR1
+        warning before the time limit or a preemption); the run resumes in the same MLflow run."""
+        self.checkpoint_hook = hook
 
     def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Log an epoch's metrics together with the phase timer's epoch summary, and print one line

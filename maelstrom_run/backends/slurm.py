@@ -1,0 +1,520 @@
+"""The Slurm backend: ``sbatch`` on a login node (or any host of the cluster), shared filesystem.
+
+Layout on the shared filesystem (``backend.workdir``, default ``$MAELSTROM_HOME/runs``):
+
+- ``RUN_ID/``  the run directory: spec.yaml, job.sbatch (single runs), stdout.log, stderr.log,
+  result.json, requeues.log, ``code/`` (the code snapshot of a single run)
+- ``SWEEP_ID/``  a sweep's shared files: ``code/`` (one snapshot for all its jobs),
+  ``arrays/NNN.txt`` (one run directory per array task), ``arrays/NNN.sbatch``, ``slurm/`` (Slurm's
+  own output of each task, before the job redirects to its run directory)
+
+A sweep is one job array (several when it has more tasks than the cluster's ``MaxArraySize``),
+named ``SWEEP_ID.NNN`` so that a later ``maelstrom runs resume`` finds what the cluster already
+has. Job ids are ``ARRAYID_TASK`` for array tasks. Status of all jobs is one ``squeue`` and, for
+those no longer queued, one ``sacct`` call (``scontrol show job`` when accounting is off).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+from ..config.secrets import job_environment
+from ..launch.files import CANCELLED, read_result, write_atomic
+from ..launch.spec import SPEC_FILE, RunSpec
+from .base import Backend, JobRef, JobState, JobStatus, Rendered, Submitted
+from .script import Target, render_batch_script
+from .staging import repository_root, snapshot_files, stage
+
+REQUEUES = "requeues.log"
+
+#: Slurm job states (``squeue %T`` / ``sacct State``) onto the contract's states, once.
+STATES: dict[str, JobState] = {
+    **dict.fromkeys(
+        ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "PREEMPTED"),
+        JobState.QUEUED,
+    ),
+    **dict.fromkeys(
+        ("RUNNING", "COMPLETING", "STAGE_OUT", "SUSPENDED", "SIGNALING", "RESIZING", "STOPPED"),
+        JobState.RUNNING,
+    ),
+    "COMPLETED": JobState.SUCCEEDED,
+    **dict.fromkeys(
+        (
+            "FAILED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "OUT_OF_MEMORY",
+            "BOOT_FAIL",
+            "DEADLINE",
+            "SPECIAL_EXIT",
+            "REVOKED",
+        ),
+        JobState.FAILED,
+    ),
+    "CANCELLED": JobState.CANCELLED,
+}
+_WHY = {
+    "TIMEOUT": "the time limit was reached (raise backend.resources.time)",
+    "OUT_OF_MEMORY": "out of memory (raise backend.resources.memory)",
+    "NODE_FAIL": "a node failed",
+    "BOOT_FAIL": "a node failed to boot",
+    "DEADLINE": "the deadline passed",
+}
+_MAX_ARRAY: dict[str, int] = {}
+
+
+class SlurmError(ConfigError):
+    """Slurm refused a command or cannot be reached (one line, with what to do)."""
+
+
+def _base_id(job_id: str) -> str:
+    return job_id.split("_", 1)[0]
+
+
+class SlurmBackend(Backend):
+    def __init__(self, conf: dict[str, Any]) -> None:
+        super().__init__(conf)
+        self._cached: dict[tuple[str, ...], tuple[float, dict[str, JobStatus]]] = {}
+        self._interval = 1.0
+        self._snapshots: dict[str, tuple[Path | None, list[str], str]] = {}
+
+    # -- talking to Slurm ------------------------------------------------------------------------
+
+    def _run(
+        self, args: list[str], *, env: dict[str, str] | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        try:
+            proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+        except FileNotFoundError:
+            raise SlurmError(
+                f"backend {self.name}: `{args[0]}` is not on PATH; run maelstrom-run on a login node of the "
+                "cluster, or use a REST backend (slurmrest, unicore, firecrest)"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise SlurmError(
+                f"backend {self.name}: `{args[0]}` did not answer in 120 s; is slurmctld up?"
+            ) from None
+        if check and proc.returncode != 0:
+            self._raise(args, proc.stderr or proc.stdout)
+        return proc
+
+    def _raise(self, args: list[str], text: str) -> None:
+        message = " ".join(line.strip() for line in text.strip().splitlines() if line.strip()) or "failed"
+        res = self.conf.get("resources") or {}
+        if "Unable to contact slurm controller" in message or "Connection refused" in message:
+            raise SlurmError(
+                f"backend {self.name}: the Slurm controller cannot be reached ({message}); check `sinfo` "
+                "and retry; a sweep that was cut short continues with `maelstrom runs resume SWEEP_ID`"
+            )
+        if "Invalid partition" in message:
+            raise SlurmError(
+                f"backend.resources.queue: partition {res.get('queue')!r} does not exist on this cluster "
+                f"(partitions: {', '.join(self.partitions()) or '?'})"
+            )
+        if "Invalid account" in message:
+            raise SlurmError(
+                f"backend.resources.account: {res.get('account')!r} is not an account you may charge here "
+                f"(or not on partition {res.get('queue') or 'default'}); see `sacctmgr show assoc user=$USER`"
+            )
+        if "Invalid qos" in message:
+            raise SlurmError(f"backend.resources.qos: {res.get('qos')!r} is not a QoS you may use here")
+        if "time limit" in message.lower():
+            raise SlurmError(
+                f"backend.resources.time: {res.get('time')!r} is refused by the partition ({message})"
+            )
+        if "Requested node configuration is not available" in message:
+            raise SlurmError(
+                f"backend.resources: no node of partition {res.get('queue') or 'default'} has what is asked "
+                f"(nodes, cpus_per_task, gpus_per_node, memory, constraint): {message}"
+            )
+        raise SlurmError(f"backend {self.name}: `{' '.join(args[:2])}` failed: {message}")
+
+    def partitions(self) -> list[str]:
+        proc = self._run(["sinfo", "-h", "-o", "%R"], check=False)
+        return sorted(set(proc.stdout.split()))
+
+    def max_array_size(self) -> int:
+        """The cluster's ``MaxArraySize`` (array task indices must be below it)."""
+        if self.name not in _MAX_ARRAY:
+            text = self._run(["scontrol", "show", "config"]).stdout
+            m = re.search(r"^MaxArraySize\s*=\s*(\d+)", text, re.M)
+            _MAX_ARRAY[self.name] = int(m.group(1)) if m else 1001
+        return _MAX_ARRAY[self.name]
+
+    # -- rendering -------------------------------------------------------------------------------
+
+    def _python(self) -> str:
+        env = self.conf.get("environment") or {}
+        return "python" if env.get("venv") or (env.get("apptainer") or {}).get("image") else sys.executable
+
+    def _staging(self, spec: RunSpec) -> tuple[Path | None, list[str], str]:
+        """(repository root, files to stage, code dir relative to the snapshot) of a spec."""
+        if spec.kind != "app" or not spec.code_dir:
+            return None, [], ""
+        if spec.code_dir not in self._snapshots:
+            self._snapshots[spec.code_dir] = self._snapshot(Path(spec.code_dir))
+        return self._snapshots[spec.code_dir]
+
+    def _snapshot(self, code: Path) -> tuple[Path | None, list[str], str]:
+        root = repository_root(code)
+        if root is None:  # not a git repository: nothing to snapshot, the job runs in place
+            return None, [], ""
+        return root, snapshot_files(root, self.conf.get("exclude") or []), os.path.relpath(code, root)
+
+    def _share_dir(self, spec: RunSpec) -> Path:
+        """Where a spec's shared files go: the sweep's directory, or the run directory of a single run."""
+        run_dir = Path(spec.run_dir)
+        return run_dir.parent / spec.sweep_id if spec.sweep_id else run_dir
+
+    def _code_dir(self, spec: RunSpec, share: Path) -> str:
+        """Where the job runs: the staged snapshot of the repository, else the submitting directory."""
+        root, _, relative = self._staging(spec)
+        return str((share / "code" / relative).absolute()) if root is not None else (spec.code_dir or ".")
+
+    def _script(self, spec: RunSpec, target: Target, share: Path) -> str:
+        code_dir = self._code_dir(spec, share)
+        if target.array:
+            output = str(share / "slurm" / "%A_%a.out")
+            name = f"{spec.sweep_id}.{Path(str(target.map_file)).stem}"
+        else:
+            output = str(Path(spec.run_dir) / "slurm-%j.out")
+            name = spec.run_id
+        return render_batch_script(
+            self.conf, job_name=name, target=target, output=output, code_dir=code_dir, python=self._python()
+        )
+
+    def render(self, spec: RunSpec) -> Rendered:
+        root, files, _ = self._staging(spec)
+        share = self._share_dir(spec)
+        text = self._script(spec, Target(run_dir=spec.run_dir), share)
+        staged = [str(Path(spec.run_dir) / SPEC_FILE)] + [str(share / "code" / f) for f in files]
+        return Rendered(text=text, files=staged, meta={"source": str(root) if root else None})
+
+    def render_many(self, specs: Sequence[RunSpec]) -> list[Rendered]:
+        out = [self.render(s) for s in specs if not s.sweep_id]
+        for number, chunk in enumerate(self._chunks([s for s in specs if s.sweep_id])):
+            _, files, _ = self._staging(chunk[0])
+            share = self._share_dir(chunk[0])
+            target = self._target(share, number, chunk)
+            text = self._script(chunk[0], target, share)
+            staged = [str(Path(s.run_dir) / SPEC_FILE) for s in chunk] + [
+                str(share / "code" / f) for f in files
+            ]
+            out.append(
+                Rendered(text=text, files=staged, meta={"array": target.array, "map": target.map_file})
+            )
+        return out
+
+    def _chunks(self, specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+        """Jobs with the same backend config go in one array, at most ``MaxArraySize`` tasks each."""
+        groups: dict[str, list[RunSpec]] = {}
+        for spec in specs:
+            groups.setdefault(repr(sorted(spec.backend.items())), []).append(spec)
+        size = self.max_array_size()
+        if self.conf.get("max_array_size"):
+            size = min(size, int(self.conf["max_array_size"]))
+        return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+    def _target(self, share: Path, number: int, chunk: Sequence[RunSpec]) -> Target:
+        throttle = max(1, int(self.conf.get("max_parallel") or 1))
+        array = f"0-{len(chunk) - 1}" + (f"%{throttle}" if throttle < len(chunk) else "")
+        return Target(map_file=str(share / "arrays" / f"{number:03d}.txt"), array=array)
+
+    # -- submitting ------------------------------------------------------------------------------
+
+    def submit_many(
+        self,
+        specs: Sequence[RunSpec],
+        on_submitted: Submitted | None = None,
+    ) -> list[str]:
+        if not specs:
+            return []
+        env = {**os.environ, **job_environment([s.config for s in specs])}
+        staged: set[Path] = set()
+        ids: dict[int, str] = {}
+        for spec in specs:
+            Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+        for spec in (s for s in specs if not s.sweep_id):  # single runs: one job each
+            self._stage(spec, staged)
+            spec.write()
+            script = Path(spec.run_dir) / "job.sbatch"
+            write_atomic(script, self.render(spec).text)
+            ids[id(spec)] = self._sbatch(script, env)
+            if on_submitted:
+                on_submitted([spec], [ids[id(spec)]])
+        for chunk in self._chunks([s for s in specs if s.sweep_id]):
+            share = self._share_dir(chunk[0])
+            for spec in chunk:
+                self._stage(spec, staged)
+                spec.write()
+            (share / "slurm").mkdir(parents=True, exist_ok=True)
+            number = _next_array_number(share / "arrays")
+            target = self._target(share, number, chunk)
+            write_atomic(Path(str(target.map_file)), "".join(f"{s.run_dir}\n" for s in chunk))
+            script = Path(str(target.map_file)).with_suffix(".sbatch")
+            write_atomic(script, self._script(chunk[0], target, share))
+            array_id = self._sbatch(script, env)
+            chunk_ids = [f"{array_id}_{i}" for i in range(len(chunk))]
+            if on_submitted:
+                on_submitted(chunk, chunk_ids)
+            ids.update((id(s), j) for s, j in zip(chunk, chunk_ids, strict=True))
+        return [ids[id(s)] for s in specs]
+
+    def _stage(self, spec: RunSpec, done: set[Path]) -> None:
+        """Copy the snapshot (once per sweep) and point the spec at it."""
+        share = self._share_dir(spec)
+        root, files, _ = self._staging(spec)
+        if root is not None and share not in done:
+            stage(root, files, share / "code")
+            done.add(share)
+        staged = self._code_dir(spec, share)
+        self._snapshots[staged] = self._snapshots.get(spec.code_dir or "", (None, [], ""))
+        spec.code_dir = staged
+
+    def _sbatch(self, script: Path, env: dict[str, str]) -> str:
+        proc = self._run(["sbatch", "--parsable", "--export=ALL", str(script)], env=env)
+        return proc.stdout.strip().split(";")[0]
+
+    def adopt(self, specs: Sequence[RunSpec]) -> dict[str, str]:
+        """Array tasks (found by the arrays' job names) and single jobs (by run id) the cluster has."""
+        wanted = {s.run_dir: s.run_id for s in specs}
+        found: dict[str, str] = {}
+        for share in sorted({self._share_dir(s) for s in specs if s.sweep_id}):
+            for map_file, job_ids in self.existing_arrays(share).items():
+                lines = Path(map_file).read_text().splitlines()
+                for index, run_dir in enumerate(lines):
+                    if run_dir in wanted and wanted[run_dir] not in found:
+                        found[wanted[run_dir]] = f"{job_ids[0]}_{index}"
+        singles = [s.run_id for s in specs if not s.sweep_id]
+        if singles:
+            for line in self._listing(singles):
+                job_id, _, name = line.partition("|")
+                if name in singles:
+                    found.setdefault(name, _base_id(job_id))
+        return found
+
+    def _listing(self, names: Sequence[str]) -> list[str]:
+        """``JOBID|NAME`` of the jobs with these names, queued (squeue) or finished (sacct)."""
+        joined = ",".join(names)
+        lines = self._run(
+            ["squeue", "-h", "-o", "%F|%j", f"--name={joined}"], check=False
+        ).stdout.splitlines()
+        proc = self._run(
+            ["sacct", "-X", "-P", "-n", "-o", "JobID,JobName", f"--name={joined}", "-S", "now-30days"],
+            check=False,
+        )
+        return lines + (proc.stdout.splitlines() if proc.returncode == 0 else [])
+
+    def existing_arrays(self, share: Path) -> dict[str, list[str]]:
+        """Array jobs the cluster has for a sweep directory: map file -> job ids."""
+        names = {f"{share.name}.{p.stem}": p for p in sorted((share / "arrays").glob("*.txt"))}
+        if not names:
+            return {}
+        found: dict[str, list[str]] = {}
+        proc = self._run(["squeue", "-h", "-o", "%F|%j", f"--name={','.join(names)}"], check=False)
+        lines = proc.stdout.splitlines()
+        proc = self._run(
+            [
+                "sacct",
+                "-X",
+                "-P",
+                "-n",
+                "-o",
+                "JobID,JobName",
+                f"--name={','.join(names)}",
+                "-S",
+                "now-30days",
+            ],
+            check=False,
+        )
+        if proc.returncode == 0:
+            lines += proc.stdout.splitlines()
+        for line in lines:
+            job_id, _, name = line.partition("|")
+            if name in names:
+                found.setdefault(str(names[name]), [])
+                base = _base_id(job_id.strip())
+                if base not in found[str(names[name])]:
+                    found[str(names[name])].append(base)
+        return found
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def status(self, jobs: Sequence[JobRef]) -> dict[str, JobStatus]:
+        key = tuple(sorted(j.job_id for j in jobs))
+        cached = self._cached.get(key)
+        if cached and time.monotonic() - cached[0] < self._interval:
+            return cached[1]
+        states = self._query([j.job_id for j in jobs])
+        out = {job.run_id: self._combine(job, states) for job in jobs}
+        changed = not cached or {k: v.state for k, v in cached[1].items()} != {
+            k: v.state for k, v in out.items()
+        }
+        # back off while nothing changes: 1 s, then up to 30 s between queries
+        self._interval = 1.0 if changed else min(30.0, self._interval * 1.5)
+        self._cached = {key: (time.monotonic(), out)}
+        return out
+
+    def _query(self, job_ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        """``job id -> (STATE, reason, exit code)`` from one squeue and (for the rest) one sacct call."""
+        bases = sorted({_base_id(j) for j in job_ids})
+        found: dict[str, tuple[str, str, str]] = {}
+        proc = self._run(["squeue", "-h", "-r", "-o", "%i|%T|%r", f"--jobs={','.join(bases)}"], check=False)
+        if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+            self._raise(["squeue"], proc.stderr)
+        for line in proc.stdout.splitlines():
+            job_id, state, reason = (line.split("|") + ["", ""])[:3]
+            found[job_id.strip()] = (state.strip(), reason.strip(), "")
+        rest = sorted({_base_id(j) for j in job_ids if j not in found})
+        if rest:
+            found.update(self._accounting(rest))
+        return found
+
+    def _accounting(self, bases: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        proc = self._run(
+            ["sacct", "-X", "-P", "-n", "-o", "JobID,State,ExitCode,Reason", f"--jobs={','.join(bases)}"],
+            check=False,
+        )
+        found: dict[str, tuple[str, str, str]] = {}
+        if proc.returncode != 0:  # accounting disabled: what slurmctld still remembers
+            for base in bases:
+                text = self._run(["scontrol", "show", "-o", "job", base], check=False).stdout
+                for line in text.splitlines():
+                    fields = dict(re.findall(r"(\w+)=(\S*)", line))
+                    task = fields.get("ArrayTaskId")
+                    job = f"{fields.get('ArrayJobId')}_{task}" if task else fields.get("JobId", base)
+                    found[job] = (
+                        fields.get("JobState", ""),
+                        fields.get("Reason", ""),
+                        fields.get("ExitCode", ""),
+                    )
+            return found
+        for line in proc.stdout.splitlines():
+            job_id, state, exit_code, reason = (line.split("|") + ["", "", ""])[:4]
+            state = state.split()[0] if state else ""
+            for one in _expand(job_id.strip()):
+                found[one] = (state, reason, exit_code)
+        return found
+
+    def _combine(self, job: JobRef, states: dict[str, tuple[str, str, str]]) -> JobStatus:
+        run_dir = Path(job.run_dir)
+        result = read_result(run_dir)
+        requeues = _count_lines(run_dir / REQUEUES)
+        entry = states.get(job.job_id) or states.get(_base_id(job.job_id))
+        if entry is None:
+            if (run_dir / CANCELLED).exists() and not (result and result.get("state") == "succeeded"):
+                return JobStatus(JobState.CANCELLED, message="cancelled", result=result, requeues=requeues)
+            if result and result.get("state") in ("succeeded", "failed", "cancelled"):
+                state = JobState(result["state"])
+                return JobStatus(state, result.get("exit_code"), result.get("error") or "", result, requeues)
+            return JobStatus(
+                JobState.UNKNOWN,
+                message=f"Slurm no longer knows job {job.job_id}",
+                result=result,
+                requeues=requeues,
+            )
+        slurm_state, reason, exit_code = entry
+        state = STATES.get(slurm_state, JobState.UNKNOWN)
+        code = _exit_code(exit_code)
+        message = ""
+        if state is JobState.QUEUED and reason and reason not in ("None", "(null)"):
+            message = "held" if "Held" in reason else f"waiting: {reason}"
+        if state is JobState.SUCCEEDED and not (result and result.get("state") == "succeeded"):
+            state, message = JobState.FAILED, "the job ended without a result from the worker"
+        if state is JobState.FAILED:
+            error = (result or {}).get("error")
+            message = _WHY.get(slurm_state) or error or f"Slurm state {slurm_state} (exit code {code})"
+        if state is JobState.CANCELLED:
+            message = "cancelled"
+        return JobStatus(state, code, message, result, requeues)
+
+    # -- logs, cancel, download ------------------------------------------------------------------
+
+    def logs(self, job: JobRef, stream: str = "stdout") -> str:
+        run_dir = Path(job.run_dir)
+        text = ""
+        try:
+            text = (run_dir / f"{stream}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            pass
+        if stream == "stderr":  # what Slurm itself wrote before the job redirected its output
+            for path in [*run_dir.glob("slurm-*.out"), *_array_outputs(job)]:
+                extra = path.read_text(errors="replace")
+                if extra.strip():
+                    text = f"{extra}{text}"
+        return text
+
+    def cancel(self, jobs: Sequence[JobRef]) -> None:
+        if not jobs:
+            return
+        for job in jobs:  # a job that starts after this sees the marker and does nothing
+            if Path(job.run_dir).is_dir():
+                (Path(job.run_dir) / CANCELLED).touch()
+        ids = sorted({j.job_id for j in jobs})
+        proc = self._run(["scancel", *ids], check=False)
+        if (
+            proc.returncode != 0
+            and "Invalid job id" not in proc.stderr
+            and "already completing" not in proc.stderr
+        ):
+            self._raise(["scancel"], proc.stderr)
+        self._cached.clear()
+
+    def download(self, job: JobRef, dest: Path) -> Path:
+        target = Path(dest) / job.run_id
+        if not Path(job.run_dir).is_dir():
+            raise ConfigError(
+                f"run directory {job.run_dir} of {job.run_id} is gone from the shared filesystem"
+            )
+        if Path(job.run_dir).resolve() != target.resolve():
+            shutil.copytree(job.run_dir, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("code"))
+        return target
+
+
+def _next_array_number(arrays: Path) -> int:
+    numbers = [int(p.stem) for p in arrays.glob("*.txt") if p.stem.isdigit()]
+    return max(numbers, default=-1) + 1
+
+
+def _expand(job_id: str) -> list[str]:
+    """``12_[0-3,7%2]`` -> ``12_0 .. 12_3, 12_7``; other ids unchanged."""
+    m = re.match(r"^(\d+)_\[([^\]]+)\]$", job_id)
+    if not m:
+        return [job_id]
+    out = []
+    for part in m.group(2).split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        out += [f"{m.group(1)}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return out
+
+
+def _exit_code(text: str) -> int | None:
+    m = re.match(r"^(\d+)(?::(\d+))?$", text.strip()) if text else None
+    if not m:
+        return None
+    code, signal = int(m.group(1)), int(m.group(2) or 0)
+    return code if code or not signal else 128 + signal
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        return sum(1 for line in path.read_text().splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
+def _array_outputs(job: JobRef) -> list[Path]:
+    if "_" not in job.job_id:
+        return []
+    base, task = job.job_id.split("_", 1)
+    run_dir = Path(job.run_dir)
+    return list(run_dir.parent.glob(f"*/slurm/{base}_{task}.out"))
