@@ -24,6 +24,7 @@ class PhaseTimer:
         self._epoch: dict[str, list[float]] = defaultdict(list)
         self._run: dict[str, list[float]] = defaultdict(list)
         self._counters: dict[str, float] = defaultdict(float)
+        self._epoch_start = time.perf_counter()
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -66,6 +67,13 @@ class PhaseTimer:
         """Metrics of the epoch that just ended (phases and counters); resets the epoch."""
         out = self._summary(self._epoch, "phase.")
         out.update({f"count.{k}": float(v) for k, v in self._counters.items()})
+        now = time.perf_counter()
+        # bytes counters as GB/s (GB = 1e9 bytes) over the epoch's wall time
+        elapsed = max(now - self._epoch_start, 1e-9)
+        out.update(
+            {f"rate.{k}.GBps": v / 1e9 / elapsed for k, v in self._counters.items() if k.startswith("bytes_")}
+        )
+        self._epoch_start = now
         self._epoch = defaultdict(list)
         self._counters = defaultdict(float)
         return out
