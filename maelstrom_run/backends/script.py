@@ -57,6 +57,7 @@ def directives(conf: Mapping[str, Any], job_name: str, output: str, array: str |
     if array:
         lines.append(f"--array={array}")
     lines += [f"--output={output}", "--requeue", f"--signal=B:USR1@{WARNING_SECONDS}"]
+    lines += [str(option) for option in conf.get("sbatch_options") or []]
     return [f"#SBATCH {shlex.quote(line) if ' ' in line else line}" for line in lines]
 
 

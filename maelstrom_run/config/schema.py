@@ -190,12 +190,20 @@ class AP4Dataset:
 @dataclass
 class LoaderConf:
     kind: Literal["gridded", "text"] = MISSING
+    #: Worker threads (>= 1).
     threads: int = 2
+    #: Gridded: fields (one leadtime of one file) in memory at once (>= 1).
     prefetch: int = 2
     shuffle: bool = True
     normalise: bool = True
+    #: Gridded: side of the square patches; null is the whole field.
     patch_size: int | None = None
+    #: Gridded: extra input channels, of static_predictors, coordinates, leadtime.
     features: list[str] = field(default_factory=list)
+    #: Gridded: the predictors to read, by name; null is all of them.
+    predictors: list[str] | None = None
+    #: Gridded: ``difference`` (target_mean minus the raw forecast) or ``mean`` (target_mean).
+    target: Literal["difference", "mean"] = "difference"
     #: Train on arrays written by ``maelstrom data preprocess`` (AP4) instead of reading NetCDF.
     preprocessed: bool = False
 
@@ -283,6 +291,8 @@ class BackendConf:
     max_parallel: int = 2
     #: Slurm: at most this many tasks per job array (default: the cluster's MaxArraySize).
     max_array_size: int | None = None
+    #: Slurm: more ``#SBATCH`` options, e.g. ``[--exclusive, --mail-type=END]``.
+    sbatch_options: list[str] = field(default_factory=list)
     url: str | None = None
     machine: str | None = None
     token_url: str | None = None

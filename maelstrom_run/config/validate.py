@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from collections.abc import Iterable
@@ -21,6 +22,12 @@ CUSTOM = "custom"
 
 class ConfigError(ValueError):
     """A user error in a configuration; the message is one line naming the key path."""
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """Type hints of a schema dataclass (evaluated once: they are strings under postponed annotations)."""
+    return typing.get_type_hints(cls)
 
 
 def _closest(key: str, options: typing.Iterable[str]) -> str:
@@ -109,7 +116,7 @@ def _check(value: Any, tp: Any, path: str) -> None:
 def _check_dataclass(value: Any, cls: type, path: str, own: Iterable[str] = ()) -> None:
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in value:
         if key not in fields and key not in own:
@@ -205,7 +212,7 @@ def _schema_type(config: dict[str, Any], parts: list[str]) -> Any:
         if tp is Any:
             return Any
         if dataclasses.is_dataclass(tp):
-            hints = typing.get_type_hints(tp)
+            hints = _hints(tp)
             if part not in hints:
                 return (
                     Any
@@ -230,15 +237,11 @@ def valid_keys(path: str) -> list[str]:
             if len(parts) == 1:
                 return sorted({f.name for v in variants for f in dataclasses.fields(v)})
             node = next(
-                (
-                    typing.get_type_hints(v).get(parts[1])
-                    for v in variants
-                    if parts[1] in typing.get_type_hints(v)
-                ),
+                (_hints(v).get(parts[1]) for v in variants if parts[1] in _hints(v)),
                 None,
             )
             return valid_keys_of(node, parts[2:])
-        hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
+        hints = _hints(node) if dataclasses.is_dataclass(node) else {}
         if part not in hints:
             return []
         node = hints[part]
@@ -247,7 +250,7 @@ def valid_keys(path: str) -> list[str]:
 
 def valid_keys_of(node: Any, rest: list[str]) -> list[str]:
     for part in rest:
-        hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
+        hints = _hints(node) if dataclasses.is_dataclass(node) else {}
         node = hints.get(part)
     if dataclasses.is_dataclass(node):
         return [f.name for f in dataclasses.fields(node)]

@@ -13,13 +13,24 @@ unusual, so the outcome is always what Hydra itself would compose.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import validate
 from ..config.validate import validate_changes
 from .spec import resolve_config
+
+#: ``key.path=NUMBER``: the override of nearly every job of a sweep, typed here as Hydra types it.
+_NUMBER = re.compile(
+    r"^(?P<key>[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*)="
+    r"(?P<value>[+-]?(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|[+-]?\.[0-9]+(?:[eE][+-]?[0-9]+)?)$"
+)
+
+
+def _number(text: str) -> int | float:
+    return int(text) if re.fullmatch(r"[+-]?(?:0|[1-9][0-9]*)", text) else float(text)
 
 
 @dataclass
@@ -65,12 +76,20 @@ def _set(config: dict[str, Any], key: str, value: Any) -> None:
     node[last] = value
 
 
-def compose_jobs(config_loader: Any, master: Any, job_overrides: Sequence[Sequence[str]]) -> list[Job]:
-    """Resolved, validated configs of a sweep's jobs (what ``load_sweep_config`` + validation gives)."""
+def compose_jobs(config_loader: Any, master: Any, job_overrides: Sequence[Sequence[str]]) -> Iterator[Job]:
+    """Resolved, validated configs of a sweep's jobs (what ``load_sweep_config`` + validation gives),
+    one at a time."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     parser = OverridesParser.create()
+    parsed_texts: dict[str, Any] = {}
+
+    def parse(text: str) -> Any:
+        if text not in parsed_texts:  # the same override recurs in every job of a sweep
+            parsed_texts[text] = parser.parse_override(text)
+        return parsed_texts[text]
+
     repository = getattr(config_loader, "repository", None)
     bases: dict[tuple[str, ...], _Base] = {}
 
@@ -85,13 +104,16 @@ def compose_jobs(config_loader: Any, master: Any, job_overrides: Sequence[Sequen
             bases[key] = _Base(cfg, config, _interpolations(plain))
         return bases[key]
 
-    jobs = []
     for overrides in job_overrides:
         overrides = list(overrides)
-        parsed = parser.parse_overrides(overrides)
         structural: list[str] = []
         values: dict[str, Any] = {}
-        for text, o in zip(overrides, parsed, strict=True):
+        for text in overrides:
+            number = _NUMBER.match(text)
+            if number and repository is not None and not repository.group_exists(number["key"]):
+                values[number["key"]] = _number(number["value"])
+                continue
+            o = parse(text)
             value = o.value() if not o.is_sweep_override() else None
             simple = (
                 repository is not None
@@ -115,14 +137,13 @@ def compose_jobs(config_loader: Any, master: Any, job_overrides: Sequence[Sequen
             cfg = config_loader.load_sweep_config(master, overrides)
             config = resolve_config(cfg)
             validate(config)
-            jobs.append(Job(overrides, config, cfg, {}))
+            yield Job(overrides, config, cfg, {})
             continue
         config = copy.deepcopy(base.config)
         for key, value in values.items():
             _set(config, key, copy.deepcopy(value))
         validate_changes(config, values)
-        jobs.append(Job(overrides, config, base.cfg, values))
-    return jobs
+        yield Job(overrides, config, base.cfg, values)
 
 
 def job_config(job: Job, config_loader: Any, master: Any) -> Any:

@@ -104,14 +104,16 @@ class RunSpec:
     def labels(self) -> dict[str, Any]:
         return self.config.get("labels") or {}
 
+    def _fields(self) -> dict[str, Any]:
+        # a shallow view: every field is plain data already (no deep copy as ``asdict`` makes)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     def to_yaml(self) -> str:
-        return yaml.dump(
-            dataclasses.asdict(self), Dumper=_DUMPER, sort_keys=False, allow_unicode=True, width=120
-        )
+        return yaml.dump(self._fields(), Dumper=_DUMPER, sort_keys=False, allow_unicode=True, width=120)
 
     def to_json(self) -> str:
         """The spec as one line of JSON (also valid YAML): what the registry stores."""
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(self._fields(), separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def parse(cls, text: str) -> RunSpec:
@@ -120,8 +122,10 @@ class RunSpec:
         return cls.from_dict(data)
 
     def write(self, directory: Path | None = None) -> Path:
+        """``spec.yaml`` in the run directory, in YAML's JSON form (as readable, and written in a
+        fraction of the time: a 1,000-job sweep writes 1,000 of them)."""
         path = Path(directory or self.run_dir) / SPEC_FILE
-        write_atomic(path, self.to_yaml())
+        write_atomic(path, json.dumps(self._fields(), indent=2, ensure_ascii=False) + "\n")
         return path
 
     @classmethod

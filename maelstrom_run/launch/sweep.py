@@ -50,32 +50,43 @@ def _sweep_id(launcher: Any, app: str) -> str:
 
 
 def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
-    from ..tracking.mlflow_run import TrackingError, start_parent_run
+    from ..tracking.mlflow_run import TrackingError, start_parent_run_async
     from .compose import compose_jobs
     from .gitinfo import capture
     from .submit import default_wait, print_dry_run, submit
 
-    jobs = compose_jobs(launcher.config_loader, launcher.config, job_overrides)
-    app = jobs[0].config["app"]["name"]
-    sweep_id = _sweep_id(launcher, app)
     registry = Registry()
-    size = initial_job_idx + len(jobs)
+    size = initial_job_idx + len(job_overrides)
     git = capture(Path.cwd())  # every job of the sweep runs the same code
-    specs = [
-        from_config(job.config, job.overrides, sweep_id=sweep_id, sweep_index=index, sweep_size=size, git=git)
-        for index, job in enumerate(jobs, start=initial_job_idx)
-    ]
+    jobs, specs = [], []
+    parent, error, pending = getattr(launcher, "parent_run", None), None, None
+    for index, job in enumerate(compose_jobs(launcher.config_loader, launcher.config, job_overrides)):
+        sweep_id = _sweep_id(launcher, job.config["app"]["name"])
+        spec = from_config(
+            job.config,
+            job.overrides,
+            sweep_id=sweep_id,
+            sweep_index=initial_job_idx + index,
+            sweep_size=size,
+            git=git,
+        )
+        jobs.append(job)
+        specs.append(spec)
+        if index == 0 and parent is None and not spec.config.get("dry_run"):
+            pending = start_parent_run_async(spec, size)  # in parallel with composing the other jobs
+    app, sweep_id = specs[0].app, specs[0].sweep_id
     if any(s.config.get("dry_run") for s in specs):
+        if pending is not None:
+            _discard(pending)
         print_dry_run(specs)
         return [
             _job_return(launcher, job, spec.run_dir, {"dry_run": True, "run_id": spec.run_id})
             for job, spec in zip(jobs, specs, strict=True)
         ]
     wait = default_wait(specs[0].backend, launcher.wait)
-    parent, error = getattr(launcher, "parent_run", None), None
-    if parent is None:
+    if pending is not None:
         try:
-            parent = start_parent_run(specs[0], size)
+            parent = pending()
         except TrackingError as exc:
             error = exc
     registry.add_sweep(
@@ -116,6 +127,17 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
             )
             returns.append(_job_return(launcher, job, record.run_dir, error, failed=True))
     return returns
+
+
+def _discard(pending: Any) -> None:
+    """Wait for a parent run that will not be used and mark it so (a dry run of a sweep)."""
+    try:
+        run_id, uri = pending()
+    except Exception:  # noqa: BLE001 - nothing was recorded for a dry run anyway
+        return
+    from ..tracking.mlflow_run import end_parent_run
+
+    end_parent_run(run_id, uri, {}, {})
 
 
 def _describe(task_function: Any) -> str:

@@ -10,6 +10,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,24 @@ def start_parent_run(spec: Any, size: int) -> tuple[str, str]:
     return run.info.run_id, uri
 
 
+def start_parent_run_async(spec: Any, size: int) -> Callable[[], tuple[str, str]]:
+    """Create the parent run in a forked process while the sweep is composed (importing MLflow
+    alone takes seconds); returns a function that waits for ``(run id, tracking URI)``."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("fork").Pool(1)
+    pending = pool.apply_async(start_parent_run, (spec, size))
+
+    def result() -> tuple[str, str]:
+        try:
+            return pending.get()
+        finally:
+            pool.close()
+            pool.join()
+
+    return result
+
+
 def end_parent_run(parent_run_id: str, uri: str, states: dict[str, str], metrics: dict[str, dict]) -> None:
     """Close a sweep's parent run: FINISHED when every job succeeded, else FAILED; log a summary table."""
     import mlflow
@@ -190,7 +209,7 @@ def plot_history(history: dict[str, list[tuple[int, float]]]) -> Any:
 
     families: dict[str, list[str]] = {}
     for name in history:
-        if name.startswith(("phase", "count.")):
+        if name.startswith(("phase", "count.", "rate.")):
             continue
         base = name.removeprefix("val_")
         families.setdefault(base, []).append(name)
