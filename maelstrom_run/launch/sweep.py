@@ -292,7 +292,8 @@ def _launch_hydra_tasks(
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     name = launcher.config.hydra.job.name
     sweep_id = _sweep_id(launcher, name)
-    backend = {"name": "local", "kind": "local", "max_parallel": 2, **dict(launcher.backend or {})}
+    chosen = OmegaConf.to_container(OmegaConf.create(launcher.backend or {}), resolve=True)
+    backend = {"name": "local", "kind": "local", "max_parallel": 2, **chosen}
     specs, configs = [], []
     for i, overrides in enumerate(job_overrides):
         idx = initial_job_idx + i
