@@ -38,18 +38,3 @@ def checkpointing(ctx: Any) -> dict[str, float]:
     print("working", flush=True)
     time.sleep(300)
     return {"loss": 1.0}
-
-
-def secret_user(ctx: Any) -> dict[str, float]:
-    """Checks that the job received its secrets (without ever printing them)."""
-    import os
-
-    from maelstrom_run.config.secrets import resolve
-
-    token = os.environ.get("API_TOKEN")
-    via_reference = resolve(str(ctx.cfg.tags.token_ref))
-    ok = bool(token) and token == via_reference
-    print(f"secret received: {ok}", flush=True)
-    if not ok:
-        raise RuntimeError("the job did not receive its secret")
-    return {"ok": 1.0}
