@@ -13,7 +13,6 @@ function with Hydra's ``run_job`` and pickle the JobReturn beside the spec.
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import signal
 import subprocess
@@ -91,7 +90,6 @@ def run_app(spec: RunSpec) -> int:
     from .tracking import mlflow_run
     from .tracking.context import RunContext
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # store migrations etc. are not the job's output
     run_dir = Path(spec.run_dir)
     if _rank() > 0:
         return run_rank(spec)

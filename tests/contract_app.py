@@ -38,3 +38,15 @@ def checkpointing(ctx: Any) -> dict[str, float]:
     print("working", flush=True)
     time.sleep(300)
     return {"loss": 1.0}
+
+
+def ranks(ctx: Any) -> dict[str, float]:
+    """Prints its rank as torchrun/DDP would see it from the job's environment."""
+    import os
+
+    print(
+        f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} (ctx.rank {ctx.rank}), "
+        f"master {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+        flush=True,
+    )
+    return {"rank": float(ctx.rank)}

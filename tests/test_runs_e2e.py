@@ -338,7 +338,7 @@ def test_sweep_without_waiting_is_followed_with_maelstrom_runs(run_cli, cli_env,
         check=True,
     )
     sweep_id = re.search(r"(sweep-toy-\d{8}-\d{6}-[0-9a-f]{6})", result.stderr).group(1)
-    assert "submitted; follow it with: maelstrom runs list --sweep" in result.stderr
+    assert "without waiting" in result.stderr and "maelstrom runs watch sweep-toy-" in result.stderr
     deadline = time.monotonic() + 120
     while True:
         status = run_cli(["maelstrom", "runs", "status", "--sweep", sweep_id], env=env, check=True).stdout

@@ -467,3 +467,23 @@ def test_unresolvable_secret_is_named_never_its_value(
     )
     assert bad.returncode == 2
     assert "secret/none#key" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_multi_task_job_runs_every_rank_through_srun(
+    backend_spec: Callable[..., RunSpec],
+    maelstrom_home: Path,
+    slurm: SlurmCluster,  # noqa: F811
+) -> None:
+    spec = backend_spec("ranks")
+    spec.config["backend"]["resources"].update(tasks_per_node=2, cpus_per_task=1)
+    backend = get_backend(spec.backend)
+    assert "srun --kill-on-bad-exit=1" in backend.render(spec).text
+    job_id = backend.submit(spec)
+    slurm.submitted.append(job_id)
+    ref = JobRef(spec.run_id, job_id, spec.run_dir)
+    assert wait_all(backend, [ref], timeout=120) == {spec.run_id: JobState.SUCCEEDED}
+    out = backend.logs(ref)
+    assert "rank 0 of 2 (ctx.rank 0)" in out and "rank 1 of 2 (ctx.rank 1)" in out
+    assert ":29500" in out
+    # only rank 0 reports: one MLflow run, one result
+    assert len(_mlflow_statuses(maelstrom_home)) == 1

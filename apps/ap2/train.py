@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ import torch.nn.functional as F
 
 from maelstrom_run.data.samples import ensure_ap2
 from maelstrom_run.tracking.context import RunContext
-from maelstrom_run.tracking.timer import PhaseTimer
 
 from .model import Encoder, TweetClassifier, load_pretrained
 from .text import WordTokenizer, read_tweets
@@ -39,15 +36,6 @@ def _path(cfg: Any, cache_dir: Path) -> Path:
     if not dataset.path or not Path(dataset.path).expanduser().is_file():
         raise FileNotFoundError(f"dataset.path: {dataset.path!r} is not a CSV file (columns text, raining)")
     return Path(dataset.path).expanduser()
-
-
-@contextmanager
-def _phase(timer: PhaseTimer, name: str, device: torch.device) -> Iterator[None]:
-    """``timer.phase`` that waits for the kernels queued on a GPU, so their time lands in the phase."""
-    with timer.phase(name):
-        yield
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -90,7 +78,9 @@ def main(ctx: RunContext) -> dict[str, float]:
             len(encode.vocab), m.max_len, m.d_model, m.heads, m.layers, m.ff_dim, m.dropout
         )
     model.to(device)
-    phase = partial(_phase, timer, device=device)
+    if device.type == "cuda":  # GPU kernels are counted in the phase that queued them
+        timer.synchronize = partial(torch.cuda.synchronize, device)
+    phase = timer.phase
     optimizer = OPTIMIZERS[m.optimizer](model.parameters(), lr=m.learning_rate, weight_decay=m.weight_decay)
     steps = cfg.train.steps_per_epoch or math.ceil(len(train_texts) / batch)
 

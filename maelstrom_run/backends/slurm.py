@@ -70,6 +70,8 @@ _WHY = {
     "DEADLINE": "the deadline passed",
 }
 _MAX_ARRAY: dict[str, int] = {}
+#: How long ``cancel`` waits for Slurm to confirm (jobs finishing their epilogue may take longer).
+_CANCEL_WAIT_S = 10.0
 
 
 class SlurmError(ConfigError):
@@ -468,6 +470,15 @@ class SlurmBackend(Backend):
         ):
             self._raise(["scancel"], proc.stderr)
         self._cached.clear()
+        # scancel returns before slurmctld has moved the jobs on: wait (briefly) until it has
+        deadline = time.monotonic() + _CANCEL_WAIT_S
+        while time.monotonic() < deadline:
+            states = self._query(ids)
+            if not any(
+                STATES.get(states.get(i, ("",))[0]) in (JobState.QUEUED, JobState.RUNNING) for i in ids
+            ):
+                break
+            time.sleep(0.3)
 
     def download(self, job: JobRef, dest: Path) -> Path:
         target = Path(dest) / job.run_id

@@ -109,8 +109,9 @@ class Cache:
         self.root.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.index, timeout=60, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=60000")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # switching needs the only lock
+                db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
             yield db
         finally:

@@ -124,8 +124,9 @@ class Registry:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=30000")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # switching needs the only lock
+                db.execute("PRAGMA journal_mode=WAL")
             db.row_factory = sqlite3.Row
             db.execute("BEGIN IMMEDIATE")
             try:

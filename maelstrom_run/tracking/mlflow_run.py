@@ -7,6 +7,7 @@ tracked; CLI start-up and config composition never import it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -60,6 +61,8 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
 
 def connect(tracking: dict[str, Any]) -> str:
     """Point MLflow at the configured store, with credentials resolved in memory; returns the URI."""
+    # store creation and migrations are MLflow's business, not the output of a run or a sweep
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     uri = tracking_uri(tracking)
     for name, value in (tracking.get("credentials") or {}).items():
         if name not in _CREDENTIAL_ENV:

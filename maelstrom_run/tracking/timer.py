@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -25,12 +25,17 @@ class PhaseTimer:
         self._run: dict[str, list[float]] = defaultdict(list)
         self._counters: dict[str, float] = defaultdict(float)
         self._epoch_start = time.perf_counter()
+        #: Called at the end of each phase before the clock stops, e.g. ``torch.cuda.synchronize``
+        #: so that kernels queued on a GPU are counted in the phase that queued them.
+        self.synchronize: Callable[[], object] | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
             yield
+            if self.synchronize is not None:
+                self.synchronize()
         finally:
             self.add(name, time.perf_counter() - start)
 
