@@ -1,4 +1,4 @@
-"""``maelstrom``: manage runs recorded in the registry.
+"""``maelstrom``: manage runs, data, schedules and labels.
 
     maelstrom runs list [--sweep ID] [--state STATE] [--limit N]
     maelstrom runs status ID | --sweep ID
@@ -11,7 +11,14 @@
     maelstrom runs rerun ID [--current-code] [--no-wait]
     maelstrom runs rerun --sweep ID --failed [--current-code] [--no-wait]
 
+    maelstrom data get DATASET [--tier T] | data cache list|clear | data preprocess app=ap4
+    maelstrom schedules list|show|pause|resume|remove|next|export ... | scheduler run [--once]
+    maelstrom labels list
+    maelstrom search --label K=V [--text WORDS]
+    maelstrom recommend --label K=V | app=APP
+
 IDs may be abbreviated to a unique prefix. State lives in $MAELSTROM_HOME (default ~/.maelstrom).
+Each command has its own --help.
 """
 
 from __future__ import annotations
