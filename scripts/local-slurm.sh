@@ -162,9 +162,15 @@ write_if_changed() {
 # --- daemons ----------------------------------------------------------------------------------
 
 # Pidfiles are not reliable here (slurmdbd rewrites its own even when it then fails to bind its
-# port), so daemons are found by their executable name.
-daemon_pids() { pgrep -x "$1"; }
-running() { daemon_pids "$1" >/dev/null; }
+# port), so daemons are found by their executable name. Zombies do not count: where PID 1 does
+# not reap (a container whose PID 1 is `sleep`), a dead daemon stays in the process table.
+daemon_pids() { # names...: one pid a line; exit 0 even when none runs
+    local name
+    for name in "$@"; do
+        pgrep -x -r D,R,S,T "$name" || true
+    done
+}
+running() { [[ -n "$(daemon_pids "$1")" ]]; }
 
 wait_for() { # seconds description command...
     local secs=$1 what=$2
@@ -251,16 +257,14 @@ start_slurm() {
 }
 
 stop_daemons() { # names...: SIGTERM to all at once, then wait (SIGKILL after 10 s)
-    local name pids="" i
-    for name in "$@"; do
-        pids+=" $(daemon_pids "$name" | tr '\n' ' ')"
-    done
-    [[ -n "${pids// /}" ]] || return 0
+    local pids i
+    pids=$(daemon_pids "$@")
+    [[ -n "$pids" ]] || return 0
     # shellcheck disable=SC2086
     kill $pids 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do
-        # shellcheck disable=SC2086
-        kill -0 $pids 2>/dev/null || return 0
+        pids=$(daemon_pids "$@")
+        [[ -n "$pids" ]] || return 0
         sleep 0.1
     done
     log "$* did not stop in 10 s; sending SIGKILL"
