@@ -227,7 +227,7 @@ def _log_plots(history: dict[str, list[tuple[int, float]]], samples: dict[str, l
     import matplotlib.pyplot as plt
     import mlflow
 
-    from .tracking.mlflow_run import plot_history, plot_phases
+    from .tracking.mlflow_run import plot_history, plot_phases, plot_throughput
 
     if history:
         fig = plot_history(history)
@@ -236,6 +236,10 @@ def _log_plots(history: dict[str, list[tuple[int, float]]], samples: dict[str, l
     if samples:
         fig = plot_phases(samples)
         mlflow.log_figure(fig, "plots/phase_times.png")
+        plt.close(fig)
+    if any(name.startswith("rate.") for name in history):  # an app that counts bytes read/delivered
+        fig = plot_throughput(history)
+        mlflow.log_figure(fig, "plots/throughput.png")
         plt.close(fig)
 
 

@@ -43,9 +43,12 @@ def test_app_trains_locally_and_is_tracked(
         assert run.data.metrics["final.val_accuracy"] > 0.6
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert weights in artifacts
-    assert {"plots/training_curves.png", "plots/phase_times.png"} <= {
-        a.path for a in client.list_artifacts(run.info.run_id, "plots")
-    }
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/training_curves.png", "plots/phase_times.png"} <= plots
+    if app == "ap1":  # the loader's bytes read and delivered per epoch, and its plot
+        for name in ("rate.bytes_read.GBps", "rate.bytes_delivered.GBps"):
+            assert [m.value > 0 for m in client.get_metric_history(run.info.run_id, name)] == [True, True]
+        assert "plots/throughput.png" in plots
 
 
 def test_ap1_learning_rate_sweep(run_cli, cli_env, tmp_path, maelstrom_home):

@@ -10,7 +10,6 @@ it reads and delivers is counted (``count.bytes_read``, ``count.bytes_delivered`
 
 from __future__ import annotations
 
-import glob
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,10 +20,11 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from omegaconf import OmegaConf
 
-from maelstrom_run.data import gridded_tf
+from maelstrom_run.data import gridded_tf, load_dataset
+from maelstrom_run.data.cache import Cache
 from maelstrom_run.data.gridded import GriddedLoader, GriddedOptions
-from maelstrom_run.data.samples import ensure_ap1
 from maelstrom_run.tracking.context import RunContext
 from maelstrom_run.tracking.timer import PhaseTimer
 
@@ -32,19 +32,17 @@ from .model import build_unet, make_optimizer
 
 
 def _files(cfg: Any, cache_dir: Path) -> list[Path]:
-    dataset = cfg.dataset
-    if dataset.source == "sample":
-        if cfg.train.tier not in dataset.tiers:
-            raise ValueError(f"dataset.tiers: no sizes for the tier {cfg.train.tier!r}")
-        # the data stay the same when a sweep varies train.seed
-        return ensure_ap1(cache_dir, dataset.tiers[cfg.train.tier], seed=0)
-    if not dataset.path:
-        raise ValueError("dataset.path: set it to a directory or glob of NetCDF files for source 'files'")
-    path = Path(dataset.path).expanduser()
-    pattern = str(path / "*.nc") if path.is_dir() else str(path)
-    files = sorted(Path(p) for p in glob.glob(pattern))
+    """The forecast files of ``cfg.dataset`` for ``train.tier``: generated (``source: sample``), found
+    (``files``: ``dataset.path``) or fetched into the cache (``remote``: a tier of ``dataset.remote``)."""
+    config = OmegaConf.to_container(cfg.dataset, resolve=True)
+    dataset = load_dataset(config, str(cfg.train.tier), cache=Cache(cache_dir))
+    # the data stay the same when a sweep varies train.seed (samples are generated with seed 0)
+    files = sorted(dataset.files)
     if len(files) < 2:
-        raise FileNotFoundError(f"dataset.path: {pattern} matches {len(files)} file(s), AP1 needs at least 2")
+        raise FileNotFoundError(
+            f"dataset {dataset.name} ({dataset.source}, tier {dataset.tier}): {len(files)} file(s), "
+            "AP1 needs at least 2 (training and validation runs)"
+        )
     return files
 
 

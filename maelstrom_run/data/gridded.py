@@ -10,8 +10,9 @@ one file, ``(y, x, predictor)``.
   released, one request per field. Chunked or compressed variables fall back to h5py's
   ``read_direct`` (HDF5 serialises those reads).
 - **select**: the predictors named in ``loader.predictors`` (all when unset).
-- **normalise**: in place, per predictor, with means and standard deviations computed at run
-  time from a subsample of the files (``loader.normalise``); nothing is baked into the files.
+- **normalise**: per predictor, with means and standard deviations computed at run time from a
+  subsample of the files (``loader.normalise``); nothing is baked into the files. Each patch is
+  normalised in the output batch right after its copy, while it is in the CPU cache.
 - **feature**: the static predictors, the coordinates (latitude, longitude) and the leadtime as
   extra input channels (``loader.features``); the target is ``target_mean`` minus the raw
   forecast ``air_temperature_2m`` (``loader.target: difference``) or ``target_mean`` itself.
@@ -53,10 +54,10 @@ LAYOUT = {
     "leadtime": ("leadtime",),
     "predictor": ("predictor",),
 }
-#: Bytes normalised per pair of ufunc calls: small enough for the second pass to hit the cache.
-_BLOCK_BYTES = 256 * 1024
-#: Ask the kernel for a whole field ahead of reading it (deep queues on cold reads).
+#: Ask the kernel for the part of a field not in the page cache ahead of reading it (deep queues
+#: on cold reads); reads first take what the page cache holds without waiting (``RWF_NOWAIT``).
 _WILLNEED = hasattr(os, "posix_fadvise")
+_NOWAIT = hasattr(os, "RWF_NOWAIT")
 
 
 class LoaderError(ValueError):
@@ -280,6 +281,8 @@ class _Reader:
         self.fd: int | None = None
         self.h5: Any = None
         self.lock = threading.Lock()
+        #: A raw read had to wait for storage: the file is not (all) in the page cache.
+        self.cold = False
 
     def read(self, name: str, lead: int, out: np.ndarray) -> int:
         var = self.variables[name]
@@ -294,9 +297,17 @@ class _Reader:
                 self.fd = os.open(self.path, os.O_RDONLY)
         view = memoryview(out).cast("B")
         start, done = var.offset + lead * var.slab_bytes, 0
-        if _WILLNEED:
-            # the whole field at once: the kernel queues all of it instead of a window at a time
-            os.posix_fadvise(self.fd, start, var.slab_bytes, os.POSIX_FADV_WILLNEED)
+        if _NOWAIT:
+            # what the page cache holds, without waiting for the disk (all of it when warm)
+            try:
+                done = max(0, os.preadv(self.fd, [view], start, os.RWF_NOWAIT))
+            except (BlockingIOError, OSError):
+                done = 0
+        if done < var.slab_bytes:
+            self.cold = True
+            if _WILLNEED:
+                # the rest at once: the kernel queues all of it instead of a window at a time
+                os.posix_fadvise(self.fd, start + done, var.slab_bytes - done, os.POSIX_FADV_WILLNEED)
         while done < var.slab_bytes:
             n = os.preadv(self.fd, [view[done:]], start + done)
             if n <= 0:
@@ -305,6 +316,15 @@ class _Reader:
                 )
             done += n
         return var.slab_bytes
+
+    def hint(self, lead: int) -> None:
+        """Have the kernel start reading a field into the page cache (no memory of ours held)."""
+        if not _WILLNEED or self.fd is None:
+            return
+        for var in self.variables.values():
+            if var.offset is not None:
+                os.posix_fadvise(self.fd, var.offset + lead * var.slab_bytes, var.slab_bytes,
+                                 os.POSIX_FADV_WILLNEED)  # fmt: skip
 
     def close(self) -> None:
         if self.fd is not None:
@@ -433,10 +453,10 @@ class GriddedLoader:
             self.counters.bytes_read += self.stats.nbytes
         self._lead_values = self._leadtime_values()
         if self.stats is not None:
-            mean, std = self.stats.predictors
-            # x * scale + shift over rows of (x, predictor) at once: long inner loops
-            self._scale = np.tile(1 / std, nx).astype(np.float32)
-            self._shift = np.tile(-mean / std, nx).astype(np.float32)
+            mean, std = (a[self.selected].astype(np.float64) for a in self.stats.predictors)
+            # x * scale + shift over (x, predictor) rows of a patch: one long inner loop per row
+            self._scale = np.tile(1 / std, (self.patch[1], 1)).astype(np.float32)
+            self._shift = np.tile(-mean / std, (self.patch[1], 1)).astype(np.float32)
         self._pool: list[_Buffers] = []
         self._ring: list[Batch] = []
         self._readers = [_Reader(p, v) for p, v in zip(self.layout.paths, self.layout.variables, strict=True)]
@@ -505,7 +525,7 @@ class GriddedLoader:
         _, ny, nx, p = self.layout.shape
         while len(self._pool) < fields:
             self._pool.append(_Buffers(ny, nx, p))
-        ring = self.options.threads + 2
+        ring = self.options.threads + 1  # one held by the consumer, one assembled per thread
         shape = (self.options.batch_size, *self.patch)
         while len(self._ring) < ring:
             self._ring.append(
@@ -570,28 +590,23 @@ class GriddedLoader:
     # -- the stages ------------------------------------------------------------------------------
 
     def _read(self, where: tuple[int, int], buf: _Buffers) -> int:
-        """read -> target difference -> normalise, in place in ``buf``; returns bytes read."""
+        """read: the raw field into ``buf``; returns bytes read."""
         index, lead = where
         reader = self._readers[index]
         nbytes = reader.read("predictors", lead, buf.predictors)
-        nbytes += reader.read("target_mean", lead, buf.target)
-        if self.options.target == "difference":
-            np.subtract(buf.target, buf.predictors[..., self.base], out=buf.target)
-        if self.stats is not None:
-            rows = buf.predictors.reshape(buf.predictors.shape[0], -1)
-            step = max(1, _BLOCK_BYTES // rows[0].nbytes)
-            for y in range(0, len(rows), step):
-                block = rows[y : y + step]  # in cache for the second pass
-                np.multiply(block, self._scale, out=block)
-                np.add(block, self._shift, out=block)
-        return nbytes
+        return nbytes + reader.read("target_mean", lead, buf.target)
 
     def _assemble(self, plan: _Plan, k: int, out: Batch, buffers: dict[int, _Buffers]) -> int:
-        """patch -> feature -> batch: the patches of batch ``k`` into ``out``; returns their count."""
+        """select -> normalise -> patch -> feature -> batch: the patches of batch ``k`` into ``out``;
+        returns their count. Each patch is copied into ``out`` and normalised there while it is in
+        the cache: only the regions delivered are normalised, and the copy stays a plain memory
+        copy (a ufunc writing into memory not in the cache would read it first)."""
         (py, px), sel = self.patch, self._selected_slice
+        scale, shift = (self._scale, self._shift) if self.stats is not None else (None, None)
         patches = plan.patches[k * plan.batch_size : (k + 1) * plan.batch_size]
         n_sel, n_extra = len(self.selected), self._extra.shape[-1]
         with_lead = "leadtime" in self.options.features
+        difference = self.options.target == "difference"
         for n, (pos, row, col) in enumerate(patches):
             buf = buffers[int(pos)]
             y0, x0 = int(row), int(col)
@@ -602,11 +617,19 @@ class GriddedLoader:
             else:
                 for j, i in enumerate(self.selected):
                     out.inputs[n, ..., j] = source[..., i]
+            # the raw forecast is in the cache now, just copied
+            if difference:
+                np.subtract(buf.target[window], source[..., self.base], out=out.target[n])
+            else:
+                out.target[n] = buf.target[window]
+            if scale is not None:
+                dest = out.inputs[n, ..., :n_sel]
+                np.multiply(dest, scale, out=dest)
+                np.add(dest, shift, out=dest)
             if n_extra:
                 out.inputs[n, ..., n_sel : n_sel + n_extra] = self._extra[window]
             if with_lead:
                 out.inputs[n, ..., -1] = self._lead_values[plan.fields[pos][1]]
-            out.target[n] = buf.target[window]
         return len(patches)
 
 
@@ -682,8 +705,15 @@ class _Pass:
             self._wait(lambda: self.free and self.turn[0] == pos)
             buf = self.free.pop()
             self.turn.popleft()
+            ahead = self.turn[0] if self.turn else None
             self.cond.notify_all()
         nbytes = self.loader._read(self.plan.fields[pos], buf)
+        if ahead is not None:
+            # cold files: storage works on the next field while this one is patched (page cache only)
+            index, lead = self.plan.fields[ahead]
+            reader = self.loader._readers[index]
+            if reader.cold:
+                reader.hint(lead)
         self.loader._count(bytes_read=nbytes, fields=1)
         with self.cond:
             self.buffers[pos] = buf

@@ -12,8 +12,9 @@ from .gridded import GriddedLoader
 def dataset(loader: GriddedLoader, steps: int | None = None) -> Any:
     """A ``tf.data.Dataset`` of ``(inputs, target)`` batches; every iteration is a new pass of ``loader``.
 
-    ``steps`` batches per iteration (passes continue one after another), or one pass. TensorFlow
-    copies each batch out of the loader's buffer, so the loader reuses it right away.
+    ``steps`` batches per iteration (passes continue one after another), or one pass. Each batch is
+    copied out of the loader's buffer (TensorFlow may keep a NumPy array's memory as the tensor's
+    while it asks for the next batch), so the loader reuses its buffer right away.
     """
     py, px = loader.patch
     signature = (
@@ -23,6 +24,6 @@ def dataset(loader: GriddedLoader, steps: int | None = None) -> Any:
 
     def generate() -> Any:
         for batch in loader.iter_batches(steps):
-            yield batch.inputs, batch.target
+            yield batch.inputs.copy(), batch.target.copy()
 
     return tf.data.Dataset.from_generator(generate, output_signature=signature)

@@ -252,3 +252,26 @@ def plot_phases(samples: dict[str, list[float]]) -> Any:
     right.set_title("time per phase")
     fig.tight_layout()
     return fig
+
+
+def plot_throughput(history: dict[str, list[tuple[int, float]]]) -> Any:
+    """Data throughput per epoch (``rate.<counter>.GBps``: bytes read and delivered, GB = 1e9 bytes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for name in sorted(n for n in history if n.startswith("rate.") and n.endswith(".GBps")):
+        steps, values = zip(*history[name], strict=True)
+        ax.plot(steps, values, marker="o", label=name.removeprefix("rate.").removesuffix(".GBps"))
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("GB/s over the epoch")
+    ax.set_ylim(bottom=0)
+    ax.set_title("data throughput")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
