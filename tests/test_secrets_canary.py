@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 
 import pytest
+from conftest import TOY_CONF
 from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (fixture)
 
 from maelstrom_run.launch.registry import Registry
@@ -33,20 +34,9 @@ def main(ctx):
     return {"loss": 0.5}
 '''
 
-SECRET_CONF = """\
-# @package _global_
-defaults:
-  - /dataset: ap1
-  - /loader: ap1
-  - /model: ap1_unet
-  - /labels: ap1
-  - _self_
-app:
-  name: secretive
-  entry: secretapp:main
-tags:
-  token_ref: ${secret:env:MR_CANARY}
-"""
+SECRET_CONF = TOY_CONF.replace(
+    "name: toy\n  entry: toyapp:main", "name: secretive\n  entry: secretapp:main"
+) + ("tags:\n  token_ref: ${secret:env:MR_CANARY}\n")
 
 
 def _files_containing(root: Path, needle: bytes) -> list[str]:
