@@ -194,3 +194,26 @@ def test_full_disk_during_download(bucket: Path, tmp_path: Path, cli_env: dict, 
     assert not list((cache.root / "files").rglob("*.part"))
     listing = run_cli(["maelstrom", "data", "cache", "list"], env=cli_env, check=True)
     assert "0 downloaded file(s)" in listing.stdout
+
+
+def test_load_dataset_from_a_composed_config(
+    bucket: Path, tmp_path: Path, maelstrom_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cfg.dataset`` as Hydra composes it: nested sections and interpolations become plain values."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import DictConfig, OmegaConf
+
+    with DataServer(bucket, tmp_path / "log.jsonl") as server:
+        monkeypatch.setenv("MAELSTROM_TEST_BUCKET", f"{server.url}/bucket")
+        overrides = ["dataset=ap5", "dataset.source=remote", "+dataset.remote.tiers.t={prefix: tier-1/}"]
+        with initialize_config_module("maelstrom_run.conf", version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        cfg.dataset.remote.url = "${oc.env:MAELSTROM_TEST_BUCKET}"
+        assert isinstance(cfg.dataset, DictConfig) and OmegaConf.is_interpolation(cfg.dataset.remote, "url")
+        ds = load_dataset(cfg.dataset, "t", cache=Cache(retry=FAST), progress=False)
+    assert ds.source == "remote" and [p.name for p in ds.files] == [
+        f"downscaling_tier1_2016-0{m}.nc" for m in (4, 5, 6)
+    ]
+    assert type(ds.config["remote"]) is dict and type(ds.config["remote"]["tiers"]["t"]) is dict
+    assert ds.config["remote"]["url"] == f"{server.url}/bucket"
+    assert dict(ds.to_xarray(["t2m_in"]).sizes) == {"time": 48, "lat": 96, "lon": 128}

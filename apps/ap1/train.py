@@ -20,7 +20,6 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from omegaconf import OmegaConf
 
 from maelstrom_run.data import gridded_tf, load_dataset
 from maelstrom_run.data.cache import Cache
@@ -34,8 +33,7 @@ from .model import build_unet, make_optimizer
 def _files(cfg: Any, cache_dir: Path) -> list[Path]:
     """The forecast files of ``cfg.dataset`` for ``train.tier``: generated (``source: sample``), found
     (``files``: ``dataset.path``) or fetched into the cache (``remote``: a tier of ``dataset.remote``)."""
-    config = OmegaConf.to_container(cfg.dataset, resolve=True)
-    dataset = load_dataset(config, str(cfg.train.tier), cache=Cache(cache_dir))
+    dataset = load_dataset(cfg.dataset, str(cfg.train.tier), cache=Cache(cache_dir))
     # the data stay the same when a sweep varies train.seed (samples are generated with seed 0)
     files = sorted(dataset.files)
     if len(files) < 2:

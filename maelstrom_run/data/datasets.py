@@ -91,8 +91,8 @@ def _checked(conf: Any, where: str) -> dict[str, Any]:
 
 
 def _plain(config: Any) -> dict[str, Any]:
-    if isinstance(config, Mapping):
-        return dict(config)
+    """A plain dict of a dataset config; an OmegaConf config (itself a Mapping) resolved all the way
+    down, so that no nested section stays an OmegaConf object."""
     try:
         from omegaconf import DictConfig, OmegaConf
 
@@ -100,6 +100,8 @@ def _plain(config: Any) -> dict[str, Any]:
             return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
     except ImportError:  # pragma: no cover - omegaconf is a dependency
         pass
+    if isinstance(config, Mapping):
+        return dict(config)
     raise DataError(f"load_dataset: expected a dataset name or config, got {type(config).__name__}")
 
 

@@ -6,8 +6,10 @@ The files are in the climetlab-maelstrom-yr layout (see :mod:`maelstrom_run.data
 one file, ``(y, x, predictor)``.
 
 - **read**: uncompressed contiguous variables (the layout of the AP1 files) are read with
-  ``os.preadv`` at the offset h5py reports, straight into a reused buffer: no HDF5 lock, the GIL
-  released, one request per field. Chunked or compressed variables fall back to h5py's
+  plain sequential ``os.preadv`` calls at the offset h5py reports, straight into a reused buffer:
+  no HDF5 lock, the GIL released, one request per variable of a field (as h5py's ``read_direct``
+  does), the kernel's normal read-ahead doing the rest on cold files (explicit ``WILLNEED`` hints
+  measured slower). Chunked or compressed variables fall back to h5py's
   ``read_direct`` (HDF5 serialises those reads).
 - **select**: the predictors named in ``loader.predictors`` (all when unset).
 - **normalise**: per predictor, with means and standard deviations computed at run time from a
@@ -54,10 +56,6 @@ LAYOUT = {
     "leadtime": ("leadtime",),
     "predictor": ("predictor",),
 }
-#: Ask the kernel for the part of a field not in the page cache ahead of reading it (deep queues
-#: on cold reads); reads first take what the page cache holds without waiting (``RWF_NOWAIT``).
-_WILLNEED = hasattr(os, "posix_fadvise")
-_NOWAIT = hasattr(os, "RWF_NOWAIT")
 
 
 class LoaderError(ValueError):
@@ -281,8 +279,6 @@ class _Reader:
         self.fd: int | None = None
         self.h5: Any = None
         self.lock = threading.Lock()
-        #: A raw read had to wait for storage: the file is not (all) in the page cache.
-        self.cold = False
 
     def read(self, name: str, lead: int, out: np.ndarray) -> int:
         var = self.variables[name]
@@ -297,17 +293,6 @@ class _Reader:
                 self.fd = os.open(self.path, os.O_RDONLY)
         view = memoryview(out).cast("B")
         start, done = var.offset + lead * var.slab_bytes, 0
-        if _NOWAIT:
-            # what the page cache holds, without waiting for the disk (all of it when warm)
-            try:
-                done = max(0, os.preadv(self.fd, [view], start, os.RWF_NOWAIT))
-            except (BlockingIOError, OSError):
-                done = 0
-        if done < var.slab_bytes:
-            self.cold = True
-            if _WILLNEED:
-                # the rest at once: the kernel queues all of it instead of a window at a time
-                os.posix_fadvise(self.fd, start + done, var.slab_bytes - done, os.POSIX_FADV_WILLNEED)
         while done < var.slab_bytes:
             n = os.preadv(self.fd, [view[done:]], start + done)
             if n <= 0:
@@ -316,15 +301,6 @@ class _Reader:
                 )
             done += n
         return var.slab_bytes
-
-    def hint(self, lead: int) -> None:
-        """Have the kernel start reading a field into the page cache (no memory of ours held)."""
-        if not _WILLNEED or self.fd is None:
-            return
-        for var in self.variables.values():
-            if var.offset is not None:
-                os.posix_fadvise(self.fd, var.offset + lead * var.slab_bytes, var.slab_bytes,
-                                 os.POSIX_FADV_WILLNEED)  # fmt: skip
 
     def close(self) -> None:
         if self.fd is not None:
@@ -705,15 +681,8 @@ class _Pass:
             self._wait(lambda: self.free and self.turn[0] == pos)
             buf = self.free.pop()
             self.turn.popleft()
-            ahead = self.turn[0] if self.turn else None
             self.cond.notify_all()
         nbytes = self.loader._read(self.plan.fields[pos], buf)
-        if ahead is not None:
-            # cold files: storage works on the next field while this one is patched (page cache only)
-            index, lead = self.plan.fields[ahead]
-            reader = self.loader._readers[index]
-            if reader.cold:
-                reader.hint(lead)
         self.loader._count(bytes_read=nbytes, fields=1)
         with self.cond:
             self.buffers[pos] = buf
