@@ -3,7 +3,7 @@
     python benchmarks/cli_overhead.py [--runs 7] [--cwd DIR]
 
 Each measurement is the wall time of a fresh subprocess (one warm-up run, then the median of
-``--runs`` runs). Measured in the same session, so the ratios compare like with like:
+``--runs`` runs). Measured in the same run, so the ratios compare like with like:
 
 - (a) ``maelstrom-run --help``                       vs (c) ``--help`` of a plain Hydra app
 - (b) ``maelstrom-run app=ap1 dry_run=true``         vs (d) the plain app composing and printing its config
