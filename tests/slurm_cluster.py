@@ -49,6 +49,10 @@ def _slurm(*args: str, check: bool = True, timeout: float = 60) -> subprocess.Co
     return result
 
 
+#: Seconds between a requeue and the restart that ``make_eligible`` allows (instead of about 120).
+_RESTART_DELAY_S = 5
+
+
 @dataclass
 class SlurmCluster:
     """The running local cluster: its partitions, accounts, limits and a few helpers for tests."""
@@ -114,12 +118,14 @@ class SlurmCluster:
 
     def make_eligible(self, job_id: str, timeout: float = 60) -> None:
         """A requeued batch job waits about two minutes (reason ``BeginTime``) before it may start
-        again: wait until it is back in the queue, then let it start now."""
+        again: wait until it is back in the queue, then let it start a few seconds later."""
         deadline = time.monotonic() + timeout
         while True:
             state = self.run("squeue", "-h", "-j", job_id, "-o", "%T|%r", check=False).strip()
             if state == "PENDING|BeginTime":
-                self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+                # slurmd refuses to launch a job it killed moments ago ("already killed, do not
+                # launch batch job"): let it start a few seconds from now, not at once
+                self.run("scontrol", "update", f"JobId={job_id}", f"StartTime=now+{_RESTART_DELAY_S}")
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} is not waiting for its begin time: {state!r}")
