@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -572,19 +571,20 @@ class GriddedLoader:
         nbytes = reader.read("predictors", lead, buf.predictors)
         return nbytes + reader.read("target_mean", lead, buf.target)
 
-    def _assemble(self, plan: _Plan, k: int, out: Batch, buffers: dict[int, _Buffers]) -> int:
-        """select -> normalise -> patch -> feature -> batch: the patches of batch ``k`` into ``out``;
-        returns their count. Each patch is copied into ``out`` and normalised there while it is in
-        the cache: only the regions delivered are normalised, and the copy stays a plain memory
-        copy (a ufunc writing into memory not in the cache would read it first)."""
+    def _assemble(self, plan: _Plan, k: int, rows: np.ndarray, out: Batch, buf: _Buffers) -> None:
+        """select -> normalise -> patch -> feature -> batch: the patches ``rows`` of batch ``k``
+        (all from one field, in ``buf``) into ``out``. Each patch is copied into ``out`` and
+        normalised there while it is in the cache: only the regions delivered are normalised, and
+        the copy stays a plain memory copy (a ufunc writing into memory not in the cache would
+        read it first)."""
         (py, px), sel = self.patch, self._selected_slice
         scale, shift = (self._scale, self._shift) if self.stats is not None else (None, None)
         patches = plan.patches[k * plan.batch_size : (k + 1) * plan.batch_size]
         n_sel, n_extra = len(self.selected), self._extra.shape[-1]
         with_lead = "leadtime" in self.options.features
         difference = self.options.target == "difference"
-        for n, (pos, row, col) in enumerate(patches):
-            buf = buffers[int(pos)]
+        for n in rows.tolist():
+            pos, row, col = patches[n]
             y0, x0 = int(row), int(col)
             window = (slice(y0, y0 + py), slice(x0, x0 + px))
             source = buf.predictors[window]
@@ -606,39 +606,59 @@ class GriddedLoader:
                 out.inputs[n, ..., n_sel : n_sel + n_extra] = self._extra[window]
             if with_lead:
                 out.inputs[n, ..., -1] = self._lead_values[plan.fields[pos][1]]
-        return len(patches)
-
-
-class _Stop(Exception):
-    """The pass was closed or failed while a worker waited."""
 
 
 class _Pass:
-    """One pass of a loader: worker threads take the plan's tasks in order.
+    """One pass of a loader: worker threads take the plan's tasks, each the earliest one ready.
 
-    A read waits for a free field buffer, the assembly of batch ``k`` for the fields it needs
-    and for output buffer ``k % ring`` to be given back (the consumer gives batch ``k - 1``
-    back when it asks for batch ``k``). Every wait is on an earlier task or on the consumer,
-    and there are at least as many field buffers as the tasks need run one after another, so
-    the pass always makes progress.
+    The tasks are the reads of the fields and the *parts* of the batches: the patches of batch
+    ``k`` that come from field ``f``, so a field's buffer is free as soon as its own patches are
+    copied, whatever other fields its batches need. A read is ready when a field buffer is free
+    and the reads before it have theirs; a part when its field is read and output buffer
+    ``k % ring`` is given back (the consumer gives batch ``k - 1`` back when it asks for batch
+    ``k``). A worker never waits holding a task: it takes the earliest ready task in the order
+    the tasks run one after another, or waits until one is ready. In that order every field in
+    memory is one the order has in memory too, and there are at least as many field buffers as
+    it needs, so some task is always ready until the consumer must act.
     """
 
     def __init__(self, loader: GriddedLoader, plan: _Plan, limit: int) -> None:
         self.loader, self.plan, self.limit = loader, plan, limit
-        self.tasks, live = plan.tasks(loader.options.prefetch, limit)
+        tasks, live = plan.tasks(loader.options.prefetch, limit)
         fields = max(loader.options.prefetch, live)
         loader._ensure_buffers(fields)
         self.ring = loader._ring
-        self.turn = deque(i for kind, i in self.tasks if kind == "read")
+        used = plan.patches[: limit * plan.batch_size, 0]
+        batch_of = np.arange(len(used)) // plan.batch_size
+        #: per batch, the rows of its patches grouped by field: {field: rows}
+        groups: list[dict[int, np.ndarray]] = [{} for _ in range(limit)]
+        if len(used):
+            order = np.lexsort((np.arange(len(used)), used, batch_of))
+            keys = np.column_stack([batch_of[order], used[order]])
+            cuts = np.flatnonzero(np.any(keys[1:] != keys[:-1], axis=1)) + 1
+            for chunk in np.split(order, cuts):
+                k, f = int(batch_of[chunk[0]]), int(used[chunk[0]])
+                groups[k][f] = chunk - k * plan.batch_size
+        #: the tasks not yet taken, in the order they run one after another:
+        #: ("read", field, -1) and ("part", batch, field)
+        self.pending: list[tuple[str, int, int]] = []
+        for kind, i in tasks:
+            if kind == "read":
+                self.pending.append(("read", i, -1))
+            else:
+                self.pending.extend(("part", i, f) for f in groups[i])
+        self.groups = groups
+        self.reads_left = sum(kind == "read" for kind, _ in tasks)
+        #: parts still to be copied into each batch, and to be taken from each field
+        self.parts_left = [len(g) for g in groups]
+        self.uses: dict[int, int] = {}
+        for g in groups:
+            for f in g:
+                self.uses[f] = self.uses.get(f, 0) + 1
         self.free = list(loader._pool[:fields])
         self.buffers: dict[int, _Buffers] = {}
-        batch_of = np.arange(len(plan.patches)) // plan.batch_size
-        pairs = np.unique(np.column_stack([plan.patches[:, 0], batch_of]), axis=0)
-        #: batches still to be assembled from each field
-        self.uses = dict(zip(*np.unique(pairs[:, 0], return_counts=True), strict=True))
         self.assembled: dict[int, int] = {}
         self.released = -1
-        self.next_task = 0
         self.error: BaseException | None = None
         self.closed = False
         self.cond = threading.Condition()
@@ -650,57 +670,68 @@ class _Pass:
         for worker in self.workers:
             worker.start()
 
-    def _wait(self, ready: Any) -> None:
-        while not ready():
-            if self.closed or self.error is not None:
-                raise _Stop
-            self.cond.wait()
+    def _ready(self) -> int | None:
+        """Index in ``pending`` of the earliest task ready to run, if any."""
+        window = self.released + len(self.ring)
+        read_seen = False
+        for i, (kind, a, b) in enumerate(self.pending):
+            if kind == "read":
+                if not read_seen:
+                    read_seen = True
+                    if self.free:
+                        return i
+            elif a <= window:
+                if b in self.buffers:
+                    return i
+            elif read_seen or not self.reads_left:
+                return None  # later parts wait for the consumer, later reads for this one
+        return None
 
     def _work(self) -> None:
         try:
             while True:
                 with self.cond:
-                    if self.closed or self.error is not None or self.next_task >= len(self.tasks):
-                        return
-                    kind, index = self.tasks[self.next_task]
-                    self.next_task += 1
+                    task = buf = None
+                    while task is None:
+                        if self.closed or self.error is not None or not self.pending:
+                            return
+                        i = self._ready()
+                        if i is None:
+                            self.cond.wait()
+                            continue
+                        task = self.pending.pop(i)
+                        if task[0] == "read":
+                            buf = self.free.pop()
+                            self.reads_left -= 1
+                        else:
+                            buf = self.buffers[task[2]]
+                kind, a, b = task
                 if kind == "read":
-                    self._read(index)
+                    self._read(a, buf)
                 else:
-                    self._batch(index)
-        except _Stop:
-            return
+                    self._part(a, b, buf)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             with self.cond:
                 self.error = self.error or exc
                 self.cond.notify_all()
 
-    def _read(self, pos: int) -> None:
-        with self.cond:
-            # buffers go to the reads in task order, or a later read could take an earlier one's
-            self._wait(lambda: self.free and self.turn[0] == pos)
-            buf = self.free.pop()
-            self.turn.popleft()
-            self.cond.notify_all()
+    def _read(self, pos: int, buf: _Buffers) -> None:
         nbytes = self.loader._read(self.plan.fields[pos], buf)
         self.loader._count(bytes_read=nbytes, fields=1)
         with self.cond:
             self.buffers[pos] = buf
             self.cond.notify_all()
 
-    def _batch(self, k: int) -> None:
-        plan = self.plan
-        positions = {int(p) for p in plan.patches[k * plan.batch_size : (k + 1) * plan.batch_size, 0]}
+    def _part(self, k: int, pos: int, buf: _Buffers) -> None:
+        rows = self.groups[k][pos]
+        self.loader._assemble(self.plan, k, rows, self.ring[k % len(self.ring)], buf)
         with self.cond:
-            self._wait(lambda: self.released >= k - len(self.ring) and positions <= self.buffers.keys())
-            buffers = {p: self.buffers[p] for p in positions}
-        n = self.loader._assemble(plan, k, self.ring[k % len(self.ring)], buffers)
-        with self.cond:
-            self.assembled[k] = n
-            for p in positions:
-                self.uses[p] -= 1
-                if not self.uses[p]:
-                    self.free.append(self.buffers.pop(p))
+            self.parts_left[k] -= 1
+            if not self.parts_left[k]:
+                self.assembled[k] = sum(len(r) for r in self.groups[k].values())
+            self.uses[pos] -= 1
+            if not self.uses[pos]:
+                self.free.append(self.buffers.pop(pos))
             self.cond.notify_all()
 
     def __iter__(self) -> Iterator[Batch]:
