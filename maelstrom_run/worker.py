@@ -22,12 +22,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .launch.files import CANCELLED, read_result, write_result
+from .launch.files import CANCELLED, REQUEUES, count_requeues, read_result, write_result
 from .launch.spec import RunSpec
 
 EXIT_APP_FAILED, EXIT_SETUP_FAILED = 1, 3
-#: Appended to (one line per requeue) in the run directory; the registry counts the lines.
-REQUEUES = "requeues.log"
 
 
 class Requeue(BaseException):
@@ -84,17 +82,14 @@ def _escape(value: Any) -> Any:
 
 
 def run_app(spec: RunSpec) -> int:
-    from omegaconf import OmegaConf
 
-    from . import paths
     from .tracking import mlflow_run
-    from .tracking.context import RunContext
 
     run_dir = Path(spec.run_dir)
     if _rank() > 0:
         return run_rank(spec)
     previous = read_result(run_dir) or {}
-    requeues = _count_requeues(run_dir)
+    requeues = count_requeues(run_dir)
     resumed = previous.get("mlflow_run_id") if requeues else None
     result: dict[str, Any] = {"run_id": spec.run_id, "state": "running", "started": time.time()}
     if resumed:
@@ -131,15 +126,7 @@ def run_app(spec: RunSpec) -> int:
         for k, v in clean.items():
             history.setdefault(k, []).append((step if step is not None else len(history.get(k, [])), v))
 
-    ctx = RunContext(
-        cfg=OmegaConf.create(_escape(spec.config), flags={"readonly": True}),
-        run_id=spec.run_id,
-        run_dir=run_dir,
-        cache_dir=paths.cache_dir(),
-        log_metrics=log_metrics,
-        log_artifact=mlflow.log_artifact,
-        requeues=requeues,
-    )
+    ctx = _context(spec, log_metrics=log_metrics, log_artifact=mlflow.log_artifact, requeues=requeues)
     try:
         if not resumed:
             params = mlflow_run.flatten(spec.config)
@@ -191,28 +178,26 @@ def run_app(spec: RunSpec) -> int:
     return 0
 
 
-def _count_requeues(run_dir: Path) -> int:
-    try:
-        return sum(1 for line in (run_dir / REQUEUES).read_text().splitlines() if line.strip())
-    except OSError:
-        return 0
-
-
-def run_rank(spec: RunSpec) -> int:
-    """A rank > 0 of a multi-task job: the same entry point, reporting nothing (rank 0 tracks the run)."""
+def _context(spec: RunSpec, **extra: Any) -> Any:
+    """The :class:`RunContext` an entry point receives (config read-only, references kept as text)."""
     from omegaconf import OmegaConf
 
     from . import paths
     from .tracking.context import RunContext
 
-    ctx = RunContext(
+    return RunContext(
         cfg=OmegaConf.create(_escape(spec.config), flags={"readonly": True}),
         run_id=spec.run_id,
         run_dir=Path(spec.run_dir),
         cache_dir=paths.cache_dir(),
-        requeues=_count_requeues(Path(spec.run_dir)),
-        rank=_rank(),
+        **extra,
     )
+
+
+def run_rank(spec: RunSpec) -> int:
+    """A rank > 0 of a multi-task job: the same entry point, reporting nothing (rank 0 tracks the run)."""
+
+    ctx = _context(spec, requeues=count_requeues(Path(spec.run_dir)), rank=_rank())
     try:
         load_entry(spec.entry, spec.code_dir)(ctx)
     except Requeue:

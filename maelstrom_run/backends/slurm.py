@@ -28,13 +28,11 @@ from typing import Any
 
 from ..config import ConfigError
 from ..config.secrets import job_environment
-from ..launch.files import CANCELLED, read_result, write_atomic
+from ..launch.files import CANCELLED, count_requeues, read_result, write_atomic
 from ..launch.spec import SPEC_FILE, RunSpec
 from .base import Backend, JobRef, JobState, JobStatus, Rendered, Submitted
 from .script import Target, render_batch_script
 from .staging import repository_root, snapshot_files, stage
-
-REQUEUES = "requeues.log"
 
 #: Slurm job states (``squeue %T`` / ``sacct State``) onto the contract's states, once.
 STATES: dict[str, JobState] = {
@@ -246,24 +244,25 @@ class SlurmBackend(Backend):
         for spec in specs:
             Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
         for spec in (s for s in specs if not s.sweep_id):  # single runs: one job each
+            text = self.render(spec).text  # rendered from the spec as submitted, before staging
             self._stage(spec, staged)
             spec.write()
             script = Path(spec.run_dir) / "job.sbatch"
-            write_atomic(script, self.render(spec).text)
+            write_atomic(script, text)
             ids[id(spec)] = self._sbatch(script, env)
             if on_submitted:
                 on_submitted([spec], [ids[id(spec)]])
         for chunk in self._chunks([s for s in specs if s.sweep_id]):
             share = self._share_dir(chunk[0])
+            target = self._target(share, _next_array_number(share / "arrays"), chunk)
+            text = self._script(chunk[0], target, share)  # before staging points the specs at the copy
             for spec in chunk:
                 self._stage(spec, staged)
                 spec.write()
             (share / "slurm").mkdir(parents=True, exist_ok=True)
-            number = _next_array_number(share / "arrays")
-            target = self._target(share, number, chunk)
             write_atomic(Path(str(target.map_file)), "".join(f"{s.run_dir}\n" for s in chunk))
             script = Path(str(target.map_file)).with_suffix(".sbatch")
-            write_atomic(script, self._script(chunk[0], target, share))
+            write_atomic(script, text)
             array_id = self._sbatch(script, env)
             chunk_ids = [f"{array_id}_{i}" for i in range(len(chunk))]
             if on_submitted:
@@ -278,9 +277,7 @@ class SlurmBackend(Backend):
         if root is not None and share not in done:
             stage(root, files, share / "code")
             done.add(share)
-        staged = self._code_dir(spec, share)
-        self._snapshots[staged] = self._snapshots.get(spec.code_dir or "", (None, [], ""))
-        spec.code_dir = staged
+        spec.code_dir = self._code_dir(spec, share)
 
     def _sbatch(self, script: Path, env: dict[str, str]) -> str:
         proc = self._run(["sbatch", "--parsable", "--export=ALL", str(script)], env=env)
@@ -410,7 +407,7 @@ class SlurmBackend(Backend):
     def _combine(self, job: JobRef, states: dict[str, tuple[str, str, str]]) -> JobStatus:
         run_dir = Path(job.run_dir)
         result = read_result(run_dir)
-        requeues = _count_lines(run_dir / REQUEUES)
+        requeues = count_requeues(run_dir)
         entry = states.get(job.job_id) or states.get(_base_id(job.job_id))
         if entry is None:
             if (run_dir / CANCELLED).exists() and not (result and result.get("state") == "succeeded"):
@@ -514,13 +511,6 @@ def _exit_code(text: str) -> int | None:
         return None
     code, signal = int(m.group(1)), int(m.group(2) or 0)
     return code if code or not signal else 128 + signal
-
-
-def _count_lines(path: Path) -> int:
-    try:
-        return sum(1 for line in path.read_text().splitlines() if line.strip())
-    except OSError:
-        return 0
 
 
 def _array_outputs(job: JobRef) -> list[Path]:

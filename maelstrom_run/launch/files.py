@@ -11,6 +11,8 @@ from typing import Any
 RESULT = "result.json"
 #: Marker a cancel leaves in the run directory; the worker checks it when it starts and when it fails.
 CANCELLED = "cancelled"
+#: One line per time the cluster requeued the job (written by the worker, counted by the backend).
+REQUEUES = "requeues.log"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -29,6 +31,13 @@ def write_atomic(path: Path, text: str) -> None:
 def write_result(run_dir: Path, result: dict[str, Any]) -> None:
     """The worker's report to the submitting side (never the registry itself)."""
     write_atomic(Path(run_dir) / RESULT, json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+def count_requeues(run_dir: Path) -> int:
+    try:
+        return sum(1 for line in (Path(run_dir) / REQUEUES).read_text().splitlines() if line.strip())
+    except OSError:
+        return 0
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:

@@ -139,10 +139,10 @@ class RunSpec:
         if path.is_dir():
             path = path / SPEC_FILE
         try:
-            data = yaml.load(path.read_text(), Loader=_LOADER)
+            text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read run spec {path}: {exc.strerror}") from None
-        return cls.from_dict(data)
+        return cls.parse(text)
 
     def derive(self, **changes: Any) -> RunSpec:
         """A copy with new identity fields (same config, so the same config hash)."""
