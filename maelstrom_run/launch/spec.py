@@ -171,34 +171,12 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
     return container
 
 
-def build(
-    cfg: Any,
-    overrides: list[str],
-    *,
-    run_id: str | None = None,
-    sweep_id: str | None = None,
-    sweep_index: int | None = None,
-    sweep_size: int | None = None,
-    code_dir: Path | None = None,
-    git: dict[str, Any] | None | object = ...,
-) -> RunSpec:
-    """RunSpec of a maelstrom-run application from a composed config (validated here).
-
-    The user's code is recorded from ``code_dir`` (default: the current directory) unless ``git``
-    (a :func:`~maelstrom_run.launch.gitinfo.capture` result, or None) is given.
-    """
+def build(cfg: Any, overrides: list[str], **options: Any) -> RunSpec:
+    """RunSpec of a maelstrom-run application from a composed config (validated here); ``options``
+    are those of :func:`from_config`."""
     config = resolve_config(cfg)
     validate(config)
-    return from_config(
-        config,
-        overrides,
-        run_id=run_id,
-        sweep_id=sweep_id,
-        sweep_index=sweep_index,
-        sweep_size=sweep_size,
-        code_dir=code_dir,
-        git=git,
-    )
+    return from_config(config, overrides, **options)
 
 
 def from_config(
@@ -212,7 +190,11 @@ def from_config(
     code_dir: Path | None = None,
     git: dict[str, Any] | None | object = ...,
 ) -> RunSpec:
-    """RunSpec of a resolved, validated config container (see :func:`build`)."""
+    """RunSpec of a resolved, validated config container.
+
+    The user's code is recorded from ``code_dir`` (default: the current directory) unless ``git``
+    (a :func:`~maelstrom_run.launch.gitinfo.capture` result, or None) is given.
+    """
     app = config["app"]
     run_id = run_id or new_id(app["name"])
     workdir = config["backend"].get("workdir")
