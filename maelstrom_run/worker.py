@@ -284,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m maelstrom_run.worker RUN_DIR/spec.yaml", file=sys.stderr)
         return 2
     spec = RunSpec.read(Path(argv[0]))
+    # Gateways without a shared filesystem upload the spec with ``run_dir: .`` and a relative
+    # ``code_dir``: both are relative to the directory the spec was uploaded to.
+    here = Path(argv[0]).resolve().parent
+    spec.run_dir = os.path.normpath(here / spec.run_dir)
+    if spec.code_dir and not os.path.isabs(spec.code_dir):
+        spec.code_dir = os.path.normpath(here / spec.code_dir)
     # cancel (local process group, scancel) sends SIGTERM: unwind so the MLflow run is closed as KILLED
     signal.signal(signal.SIGTERM, _terminate)
     if "SLURM_JOB_ID" in os.environ:  # Slurm's warning before the time limit or preemption

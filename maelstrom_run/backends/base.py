@@ -11,9 +11,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..launch.spec import RunSpec
+
+if TYPE_CHECKING:
+    from .remote import RemoteFiles
 
 #: ``on_submitted(specs, job_ids)``: called as each part of a submission is accepted.
 Submitted = Callable[[Sequence[RunSpec], Sequence[str]], None]
@@ -58,6 +61,7 @@ class Rendered:
 
     text: str
     files: list[str] = field(default_factory=list)
+    #: ``syntax``: how the dry run highlights ``text`` (bash by default, json for job descriptions).
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,3 +114,9 @@ class Backend(ABC):
     @abstractmethod
     def download(self, job: JobRef, dest: Path) -> Path:
         """Copy the job's run directory to ``dest``; returns the local copy."""
+
+    def files(self) -> RemoteFiles:
+        """The target's files, for ``maelstrom data copy``; by default a filesystem shared with this machine."""
+        from .remote import LocalFiles
+
+        return LocalFiles()

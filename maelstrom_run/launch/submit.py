@@ -88,7 +88,7 @@ def print_dry_run(specs: Sequence[RunSpec] | RunSpec) -> None:
     for rendered in backend.render_many(specs):
         what = specs[0].sweep_id or specs[0].run_id
         console.rule(f"[bold]dry run[/bold]: {what} on {specs[0].backend.get('name')}")
-        console.print(Syntax(rendered.text, "bash", word_wrap=True))
+        console.print(Syntax(rendered.text, rendered.meta.get("syntax", "bash"), word_wrap=True))
         console.print(f"[bold]files staged ({len(rendered.files)}):[/bold]")
         for name in rendered.files:
             console.print(f"  {escape(name)}")

@@ -1,0 +1,246 @@
+"""What the REST gateway backends share (slurmrest, unicore, firecrest).
+
+- **Errors.** :class:`GatewayError` is one line that names the backend and what to do;
+  :func:`http_error` turns a refused request (401/403/404/5xx) into one.
+- **Retries.** :func:`with_retries` repeats a call while the gateway cannot be reached (connection
+  refused, timeouts, 502/503/504), with exponential backoff, then gives up with a clear error.
+- **Jobs without a shared filesystem** (unicore, firecrest). The job runs in a directory on the
+  target that the submitting side reaches only through the gateway. What is uploaded is
+  :func:`remote_inputs`: a copy of the spec whose ``run_dir`` is ``.`` and whose ``code_dir`` is
+  relative (the worker resolves both against the directory of ``spec.yaml``), the pickled task of a
+  Hydra job, and the code snapshot under ``code/``. The local run directory (``spec.run_dir``) stays
+  the mirror: once a job has ended, :data:`MIRRORED` files are copied into it, so ``read_result``
+  and the Hydra launcher work as with a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..config import ConfigError
+from ..launch.files import RESULT
+from ..launch.spec import SPEC_FILE, RunSpec
+from .base import JobState, JobStatus
+from .staging import repository_root, snapshot_files
+
+T = TypeVar("T")
+
+#: Files copied from the remote run directory into the local one once a job has ended.
+MIRRORED = (RESULT, "job_return.pkl")
+#: HTTP statuses that mean "try again later" rather than "this request is wrong".
+RETRY_STATUSES = (502, 503, 504)
+
+
+class GatewayError(ConfigError):
+    """A REST gateway refused a request or cannot be reached (one line, with what to do)."""
+
+
+class Unreachable(Exception):
+    """Raised inside a call given to :func:`with_retries` for a transient failure (retried)."""
+
+
+def transient(exc: BaseException) -> bool:
+    """Connection refused or reset, DNS failure, timeout: worth retrying (requests and httpx)."""
+    if isinstance(exc, Unreachable | ConnectionError | TimeoutError):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    # requests.ConnectionError / Timeout, httpx.TransportError (ConnectError, ReadTimeout, ...)
+    return bool(names & {"ConnectionError", "Timeout", "TransportError", "TimeoutException"})
+
+
+def with_retries(
+    call: Callable[[], T],
+    *,
+    backend: str,
+    what: str,
+    attempts: int = 4,
+    first_delay: float = 1.0,
+) -> T:
+    """``call()``, repeated with backoff (1, 2, 4 s ...) while the gateway is unreachable."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            if attempt == attempts:
+                raise GatewayError(
+                    f"backend {backend}: {what} failed, the gateway could not be reached after "
+                    f"{attempts} tries ({_first_line(exc)}); check backend.url and the network, then "
+                    "retry (a sweep cut short continues with `maelstrom runs resume SWEEP_ID`)"
+                ) from None
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def http_error(backend: str, what: str, status: int, detail: str = "") -> GatewayError:
+    """One line for a refused request, by HTTP status."""
+    detail = _first_line(detail) if detail else ""
+    tail = f" ({detail})" if detail else ""
+    if status in (401, 403):
+        return GatewayError(
+            f"backend {backend}: {what} was refused, HTTP {status}{tail}; the credentials in "
+            "backend.credentials are wrong, expired or not allowed here (nothing was submitted)"
+        )
+    if status == 404:
+        return GatewayError(f"backend {backend}: {what}: not found on the gateway, HTTP 404{tail}")
+    if status >= 500:
+        return GatewayError(
+            f"backend {backend}: {what} failed on the gateway, HTTP {status}{tail}; retry later "
+            "(a sweep cut short continues with `maelstrom runs resume SWEEP_ID`)"
+        )
+    return GatewayError(f"backend {backend}: {what} was rejected, HTTP {status}{tail}")
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0][:300] if text else type(value).__name__
+
+
+# -- jobs without a shared filesystem ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """One file of a job's inputs: ``remote`` is relative to the job's remote directory."""
+
+    remote: str
+    source: Path | None = None
+    data: bytes | None = None
+
+    def read(self) -> bytes:
+        return self.data if self.data is not None else Path(str(self.source)).read_bytes()
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else os.path.getsize(str(self.source))
+
+
+def remote_inputs(spec: RunSpec, exclude: Sequence[str]) -> list[Upload]:
+    """What a job uploads: ``spec.yaml`` for the remote side, the Hydra payload, the code snapshot.
+
+    A pure function of the spec and the working tree (the dry run lists exactly these).
+    """
+    code: Path | None = Path(spec.code_dir) if spec.code_dir else None
+    root = repository_root(code) if code is not None and spec.kind == "app" else None
+    files = snapshot_files(root, exclude) if root is not None else []
+    remote_code = None
+    if root is not None and code is not None:
+        remote_code = os.path.normpath(os.path.join("code", os.path.relpath(code, root)))
+    remote = dataclasses.replace(spec, run_dir=".", code_dir=remote_code or spec.code_dir)
+    out = [Upload(SPEC_FILE, data=remote.to_yaml().encode())]
+    if spec.payload:
+        out.append(Upload(spec.payload, source=Path(spec.run_dir) / spec.payload))
+    out += [Upload(f"code/{name}", source=root / name) for name in files if root is not None]
+    return out
+
+
+def job_status(
+    state: JobState,
+    *,
+    exit_code: int | None,
+    result: dict[str, Any] | None,
+    native: str,
+    why: str = "",
+) -> JobStatus:
+    """The contract's status from a gateway's state and the worker's ``result.json``.
+
+    A job the gateway calls successful without a worker result failed; a failure carries the
+    worker's error, else ``why``, else the native state.
+    """
+    message = ""
+    if state is JobState.SUCCEEDED and not (result and result.get("state") == "succeeded"):
+        state, message = JobState.FAILED, "the job ended without a result from the worker"
+    if state is JobState.FAILED:
+        error = (result or {}).get("error")
+        message = why or error or message or f"{native} (exit code {exit_code})"
+        if error and why and error not in why:
+            message = f"{why}: {error}"
+    if state is JobState.CANCELLED:
+        message = "cancelled"
+    return JobStatus(state, exit_code, message, result)
+
+
+# -- files on the target (``maelstrom data copy``, downloads) -------------------------------------
+
+#: ``progress(n)``: n more bytes have moved.
+Progress = Callable[[int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteEntry:
+    path: str  #: absolute on the target
+    size: int
+
+
+class RemoteFiles:
+    """Files on a backend's side of the wire; paths are absolute paths on the target.
+
+    Every backend offers one through ``Backend.files()``: the local filesystem for local and
+    Slurm (a shared filesystem), the storage API of UNICORE, FirecREST's filesystem API.
+    """
+
+    #: Whether :meth:`download` can continue a partial file from ``offset`` (HTTP Range).
+    resumable_download = False
+    #: Whether :meth:`upload` can continue a partial remote file from ``offset``.
+    resumable_upload = False
+
+    def walk(self, path: str) -> list[RemoteEntry]:
+        """Every file at or under ``path`` (a file gives itself); a missing path raises FileNotFoundError."""
+        raise NotImplementedError
+
+    def size(self, path: str) -> int | None:
+        """The size of the file at ``path``, None when there is none."""
+        raise NotImplementedError
+
+    def download(self, path: str, dest: Path, *, offset: int = 0, progress: Progress | None = None) -> None:
+        """Copy ``path`` to ``dest``; with ``offset`` > 0 (when resumable) append from there."""
+        raise NotImplementedError
+
+    def upload(self, source: Path, path: str, *, offset: int = 0, progress: Progress | None = None) -> None:
+        """Copy ``source`` to ``path`` (parents created); with ``offset`` > 0 (when resumable) append."""
+        raise NotImplementedError
+
+
+class LocalFiles(RemoteFiles):
+    """This machine's filesystem (local runs, and clusters whose filesystem is shared with it)."""
+
+    resumable_download = True
+    resumable_upload = True
+
+    def walk(self, path: str) -> list[RemoteEntry]:
+        root = Path(path)
+        if root.is_file():
+            return [RemoteEntry(str(root), root.stat().st_size)]
+        if not root.is_dir():
+            raise FileNotFoundError(path)
+        return [RemoteEntry(str(p), p.stat().st_size) for p in sorted(root.rglob("*")) if p.is_file()]
+
+    def size(self, path: str) -> int | None:
+        p = Path(path)
+        return p.stat().st_size if p.is_file() else None
+
+    def download(self, path: str, dest: Path, *, offset: int = 0, progress: Progress | None = None) -> None:
+        _copy(Path(path), Path(dest), offset, progress)
+
+    def upload(self, source: Path, path: str, *, offset: int = 0, progress: Progress | None = None) -> None:
+        _copy(Path(source), Path(path), offset, progress)
+
+
+def _copy(source: Path, dest: Path, offset: int, progress: Progress | None, chunk: int = 8 << 20) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as src, open(dest, "r+b" if offset and dest.exists() else "wb") as out:
+        src.seek(offset)
+        out.seek(offset)
+        out.truncate()
+        while block := src.read(chunk):
+            out.write(block)
+            if progress:
+                progress(len(block))
