@@ -167,6 +167,8 @@ def add_commands(groups: Any) -> None:
     # subcommands, one line per module
     add_get(sub)
     add_cache(sub)
+    from .copy import add_copy_command
     from .preprocess import add_preprocess_command
 
+    add_copy_command(sub)
     add_preprocess_command(sub)

@@ -650,29 +650,15 @@ class NetCDFENS10(_Loader):
 # -- maelstrom data preprocess ------------------------------------------------------------------
 
 
-def compose(overrides: Sequence[str]) -> dict[str, Any]:
-    """Compose, resolve and validate the config of ``overrides`` as ``maelstrom-run`` would (no run)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    from ..config import validate
-    from ..config.resolvers import register
-    from ..launch.spec import resolve_config
-
-    register()
-    with initialize_config_module("maelstrom_run.conf", version_base="1.3"):
-        config = resolve_config(hydra_compose("config", overrides=list(overrides)))
-    validate(config)
-    return config
-
-
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from ..console import make_console
 
     overrides = list(args.overrides)
     if not any(o.split("=", 1)[0].lstrip("+~") == "app" for o in overrides):
         overrides.insert(0, "app=ap4")
-    config = compose(overrides)
+    from ..launch.compose import compose_config
+
+    config = compose_config(overrides)
     console = make_console(stderr=True)
     p = plan(config)
     output = Path(args.output).expanduser().absolute() if args.output else default_output(p)
