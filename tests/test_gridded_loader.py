@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from maelstrom_run.config import ConfigError
+from maelstrom_run.data import gridded
 from maelstrom_run.data.gridded import BASE, GriddedLoader, GriddedOptions, LoaderError
 from maelstrom_run.data.samples import generate_ap1
 
@@ -67,7 +68,10 @@ def collect(batches):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_values_match_numpy(files, threads):
+@pytest.mark.parametrize("block_rows", [None, 3], ids=["whole-patches", "blocks-of-3-rows"])
+def test_values_match_numpy(files, threads, block_rows, monkeypatch):
+    if block_rows:  # patches copied in blocks of rows that do not divide the patch
+        monkeypatch.setattr(gridded, "_BLOCK_BYTES", block_rows * 16 * 8 * 4)
     loader = GriddedLoader(files, options(threads=threads, features=FEATURES))
     got_x, got_t = collect(loader)
     want_x, want_t = expected_batches(files, loader)
@@ -87,6 +91,21 @@ def test_selected_predictors_raw_values_and_absolute_target(files):
     np.testing.assert_array_equal(got_x[5], pred[window][..., [names.index(n) for n in chosen]])
     np.testing.assert_array_equal(got_t[5], mean[window])
     assert loader.stats is None and loader.channels == 2
+
+
+@pytest.mark.parametrize(
+    "chosen", [("bias_recent", BASE), ("bias_recent",)], ids=["base-picked", "base-not-picked"]
+)
+def test_difference_target_with_picked_predictors_in_blocks(files, chosen, monkeypatch):
+    monkeypatch.setattr(gridded, "_BLOCK_BYTES", 5 * 16 * len(chosen) * 4)  # blocks of 5 rows
+    loader = GriddedLoader(files, options(normalise=False, predictors=chosen, target="difference"))
+    got_x, got_t = collect(loader)
+    with netCDF4.Dataset(files[1]) as nc:
+        names = list(nc["predictor"][:])
+        pred, mean = nc["predictors"][2], nc["target_mean"][2]
+    window = np.s_[16:32, 0:16]  # the fourth tile of the last field
+    np.testing.assert_array_equal(got_x[-3], pred[window][..., [names.index(n) for n in chosen]])
+    np.testing.assert_allclose(got_t[-3], mean[window] - pred[window][..., names.index(BASE)], atol=1e-6)
 
 
 def test_shuffle_is_deterministic_in_the_seed_and_covers_every_field(files):

@@ -57,6 +57,10 @@ LAYOUT = {
 }
 
 
+#: Rows of a patch go over in blocks of about this size (copy, then work on the copy in the cache).
+_BLOCK_BYTES = 1 << 20
+
+
 class LoaderError(ValueError):
     """An input file that cannot be loaded; the message names the file and the key."""
 
@@ -573,39 +577,51 @@ class GriddedLoader:
 
     def _assemble(self, plan: _Plan, k: int, rows: np.ndarray, out: Batch, buf: _Buffers) -> None:
         """select -> normalise -> patch -> feature -> batch: the patches ``rows`` of batch ``k``
-        (all from one field, in ``buf``) into ``out``. Each patch is copied into ``out`` and
-        normalised there while it is in the cache: only the regions delivered are normalised, and
-        the copy stays a plain memory copy (a ufunc writing into memory not in the cache would
-        read it first)."""
+        (all from one field, in ``buf``) into ``out``.
+
+        A patch goes over in blocks of rows of about 1 MB (half a core's L2): each block is copied into ``out``
+        (a plain memory copy), and the target difference and the normalisation then work on the
+        copy while it is in the core's cache. So the field is read once and ``out`` written
+        once from memory's point of view, and only the regions delivered are normalised.
+        """
         (py, px), sel = self.patch, self._selected_slice
         scale, shift = (self._scale, self._shift) if self.stats is not None else (None, None)
         patches = plan.patches[k * plan.batch_size : (k + 1) * plan.batch_size]
         n_sel, n_extra = len(self.selected), self._extra.shape[-1]
         with_lead = "leadtime" in self.options.features
         difference = self.options.target == "difference"
+        base = (
+            int(np.flatnonzero(self.selected == self.base)[0])
+            if difference and self.base in self.selected
+            else None
+        )
+        block = max(1, _BLOCK_BYTES // (px * n_sel * 4))
         for n in rows.tolist():
             pos, row, col = patches[n]
             y0, x0 = int(row), int(col)
-            window = (slice(y0, y0 + py), slice(x0, x0 + px))
-            source = buf.predictors[window]
-            if sel is not None:
-                out.inputs[n, ..., :n_sel] = source[..., sel]
-            else:
-                for j, i in enumerate(self.selected):
-                    out.inputs[n, ..., j] = source[..., i]
-            # the raw forecast is in the cache now, just copied
-            if difference:
-                np.subtract(buf.target[window], source[..., self.base], out=out.target[n])
-            else:
-                out.target[n] = buf.target[window]
-            if scale is not None:
-                dest = out.inputs[n, ..., :n_sel]
-                np.multiply(dest, scale, out=dest)
-                np.add(dest, shift, out=dest)
+            inputs, target = out.inputs[n], out.target[n]
+            for r in range(0, py, block):
+                r1 = min(py, r + block)
+                window = (slice(y0 + r, y0 + r1), slice(x0, x0 + px))
+                source = buf.predictors[window]
+                dest = inputs[r:r1, :, :n_sel]
+                if sel is not None:
+                    dest[...] = source[..., sel]
+                else:
+                    for j, i in enumerate(self.selected):
+                        dest[..., j] = source[..., i]
+                if difference:  # the raw forecast: from the copy, in the cache, before normalising
+                    raw = dest[..., base] if base is not None else source[..., self.base]
+                    np.subtract(buf.target[window], raw, out=target[r:r1])
+                else:
+                    target[r:r1] = buf.target[window]
+                if scale is not None:
+                    np.multiply(dest, scale, out=dest)
+                    np.add(dest, shift, out=dest)
             if n_extra:
-                out.inputs[n, ..., n_sel : n_sel + n_extra] = self._extra[window]
+                inputs[..., n_sel : n_sel + n_extra] = self._extra[y0 : y0 + py, x0 : x0 + px]
             if with_lead:
-                out.inputs[n, ..., -1] = self._lead_values[plan.fields[pos][1]]
+                inputs[..., -1] = self._lead_values[plan.fields[pos][1]]
 
 
 class _Pass:
