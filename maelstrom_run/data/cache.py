@@ -252,28 +252,12 @@ class Cache:
         description: str = "downloading",
     ) -> list[Path]:
         """Fetch ``requests`` with at most ``jobs`` downloads at once, showing a progress bar."""
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        from ..console import make_console
+        from ..console import byte_progress
 
         known = [r.size for r in requests]
         total = sum(s for s in known if s) if all(known) else None
         lock = threading.Lock()
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=False),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=make_console(stderr=True), disable=not show_progress) as bar:
+        with byte_progress(show_progress) as bar:
             overall = bar.add_task(f"{description} {len(requests)} file(s)", total=total)
 
             def one(request: Request) -> Path:

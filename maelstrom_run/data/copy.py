@@ -126,28 +126,12 @@ def plan(src: Side, dst: Side, exclude: Sequence[str]) -> tuple[list[tuple[str, 
 
 def copy(src: Side, dst: Side, exclude: Sequence[str] = (), progress: bool = True) -> CopyResult:
     """Copy every file of ``src`` to ``dst``; skip complete files, resume partial ones."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    from ..console import make_console
+    from ..console import byte_progress
 
     files, excluded_count = plan(src, dst, exclude)
     result = CopyResult(excluded=excluded_count)
     total = sum(size for _, _, size in files)
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=make_console(stderr=True), disable=not progress, transient=True) as bar:
+    with byte_progress(progress, transient=True) as bar:
         task = bar.add_task(f"{src} -> {dst}", total=total)
 
         def moved(n: int) -> None:
