@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A single-node Slurm (with slurmdbd + MariaDB accounting) on localhost, for tests and CI.
+# A single-node Slurm (with slurmdbd + MariaDB accounting) on localhost, for tests and CI,
+# with Slurm's REST daemon (slurmrestd, JWT authentication) on 127.0.0.1.
 #
 #   scripts/local-slurm.sh start     install what is missing, configure, start; no-op when healthy
 #   scripts/local-slurm.sh stop      stop every daemon this script starts
@@ -13,10 +14,16 @@
 #   LOCAL_SLURM_CPUS            CPUs the node advertises (default: the machine's real count)
 #   LOCAL_SLURM_CLUSTER         ClusterName (default maelstrom)
 #   LOCAL_SLURM_USERS           more users (comma-separated) to associate with every account
+#   LOCAL_SLURM_REST_PORT       port of slurmrestd on 127.0.0.1 (default 6820)
 #
 # status needs no root. Partitions: debug (default) and long. Accounts: maelstrom and other
 # (root, the user behind sudo and LOCAL_SLURM_USERS belong to both;
 # AccountingStorageEnforce=associations, so an unknown --account is rejected at submission).
+#
+# REST: slurmrestd serves openapi/v0.0.38 and openapi/dbv0.0.38 at http://127.0.0.1:PORT as the
+# unprivileged user slurmrest (it refuses root and SlurmUser), with SLURM_JWT=daemon: every request
+# carries a token from `scontrol token` (headers X-SLURM-USER-NAME, X-SLURM-USER-TOKEN). The HS256
+# key that signs the tokens is $STATE_DIR/jwt_hs256.key, readable only by SlurmUser.
 set -euo pipefail
 
 CLUSTER="${LOCAL_SLURM_CLUSTER:-maelstrom}"
@@ -29,7 +36,12 @@ DB_NAME=slurm_acct_db
 DB_USER=slurm
 DB_PASS=maelstrom-local-slurm
 ACCOUNTS=(maelstrom other)
-PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server procps)
+PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server procps
+    slurmrestd slurm-wlm-jwt-plugin curl)
+REST_PORT="${LOCAL_SLURM_REST_PORT:-6820}"
+REST_USER=slurmrest
+REST_PLUGINS=(openapi/v0.0.38 openapi/dbv0.0.38)
+JWT_KEY=$STATE_DIR/jwt_hs256.key
 
 log() { printf 'local-slurm: %s\n' "$*" >&2; }
 die() {
@@ -96,6 +108,8 @@ SlurmctldHost=$node(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthAltTypes=auth/jwt
+AuthAltParameters=jwt_key=$JWT_KEY
 StateSaveLocation=$STATE_DIR/slurmctld
 SlurmdSpoolDir=$STATE_DIR/slurmd
 SlurmctldPidFile=$RUN_DIR/slurmctld.pid
@@ -135,6 +149,8 @@ render_slurmdbd_conf() {
     cat <<EOF
 # Written by scripts/local-slurm.sh.
 AuthType=auth/munge
+AuthAltTypes=auth/jwt
+AuthAltParameters=jwt_key=$JWT_KEY
 DbdHost=localhost
 SlurmUser=root
 PidFile=$RUN_DIR/slurmdbd.pid
@@ -145,6 +161,17 @@ StorageUser=$DB_USER
 StoragePass=$DB_PASS
 StorageLoc=$DB_NAME
 EOF
+}
+
+# The HS256 key slurmctld and slurmdbd sign and check tokens with (created once; 0600, SlurmUser).
+ensure_jwt_key() {
+    mkdir -p "$STATE_DIR"
+    if [[ ! -s "$JWT_KEY" ]]; then
+        (umask 077 && dd if=/dev/urandom of="$JWT_KEY.tmp" bs=32 count=1 status=none)
+        mv "$JWT_KEY.tmp" "$JWT_KEY"
+    fi
+    chown root:root "$JWT_KEY"
+    chmod 600 "$JWT_KEY"
 }
 
 # Writes $2 (content) to $1 when it differs; returns 0 if the file changed.
@@ -272,8 +299,37 @@ stop_daemons() { # names...: SIGTERM to all at once, then wait (SIGKILL after 10
     kill -9 $pids 2>/dev/null || true
 }
 
+# slurmrestd answers a request made with a token: the controller is reachable through it.
+rest_ok() {
+    local token
+    token=$(scontrol token lifespan=60 2>/dev/null | sed -n 's/^SLURM_JWT=//p')
+    [[ -n "$token" ]] || return 1
+    curl -fsS --max-time 5 -H "X-SLURM-USER-NAME: $(id -un)" -H "X-SLURM-USER-TOKEN: $token" \
+        "http://127.0.0.1:$REST_PORT/slurm/v0.0.38/ping" | grep -q '"ping": *"UP"'
+}
+
+start_slurmrestd() {
+    rest_ok >/dev/null 2>&1 && return 0
+    stop_daemons slurmrestd # one on another port, or one that no longer answers
+    id -u "$REST_USER" >/dev/null 2>&1 ||
+        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$REST_USER"
+    local available plugins=() plugin
+    available=$(runuser -u "$REST_USER" -- slurmrestd -s list 2>&1 || true)
+    for plugin in "${REST_PLUGINS[@]}"; do
+        grep -qx "slurmrestd: $plugin" <<<"$available" && plugins+=("$plugin")
+    done
+    ((${#plugins[@]})) || die "slurmrestd offers none of ${REST_PLUGINS[*]} ($available)"
+    # slurmrestd binds as root and then runs as $REST_USER; SLURM_JWT=daemon makes it pass each
+    # client's token on to slurmctld and slurmdbd instead of using munge.
+    local joined
+    joined=$(IFS=, && echo "${plugins[*]}")
+    SLURM_JWT=daemon setsid nohup /usr/sbin/slurmrestd -u "$REST_USER" -a rest_auth/jwt -s "$joined" \
+        "127.0.0.1:$REST_PORT" </dev/null >>"$LOG_DIR/slurmrestd.log" 2>&1 &
+    wait_for 30 "slurmrestd on 127.0.0.1:$REST_PORT" rest_ok
+}
+
 stop_slurm() {
-    stop_daemons slurmd slurmctld slurmdbd
+    stop_daemons slurmrestd slurmd slurmctld slurmdbd
 }
 
 stop_all() {
@@ -293,6 +349,7 @@ healthy() {
         running slurmd &&
         ctld_ok && node_ok &&
         sacct -n -X -S now >/dev/null &&
+        rest_ok &&
         [[ "$(cat "$CONF_DIR/slurm.conf" 2>/dev/null)" == "$(render_slurm_conf)" ]]
 }
 
@@ -302,7 +359,8 @@ summary() {
     printf 'local-slurm: cluster %s up: node %s (%s CPUs, %s MB), partitions %s, MaxArraySize=%s, ' \
         "$CLUSTER" "$(node_name)" "$(sinfo -h -N -o '%c' | head -n1)" "$(sinfo -h -N -o '%m' | head -n1)" \
         "$parts" "$(scontrol show config | sed -n 's/^MaxArraySize *= *//p')"
-    printf 'accounts %s; stop with: scripts/local-slurm.sh stop\n' "${ACCOUNTS[*]}"
+    printf 'accounts %s; REST http://127.0.0.1:%s (slurmrestd, JWT); stop with: scripts/local-slurm.sh stop\n' \
+        "${ACCOUNTS[*]}" "$REST_PORT"
 }
 
 # --- commands ---------------------------------------------------------------------------------
@@ -313,6 +371,7 @@ cmd_start() {
         return 0
     fi
     install_missing
+    ensure_jwt_key
     mkdir -p "$CONF_DIR"
     local changed=0
     write_if_changed "$CONF_DIR/slurm.conf" "$(render_slurm_conf)" 644 && changed=1
@@ -326,6 +385,7 @@ cmd_start() {
     start_slurmdbd
     start_slurm
     sacct -n -X -S now >/dev/null || die "sacct does not work (log: $LOG_DIR/slurmdbd.log)"
+    start_slurmrestd
     summary
 }
 

@@ -1,10 +1,11 @@
 """The local single-node Slurm of ``scripts/local-slurm.sh`` as a pytest fixture.
 
 ``slurm`` (session scope) makes sure the cluster runs (starting it, installing the packages if
-needed, when the tests run as root) and returns a :class:`SlurmCluster`. The tests are skipped,
-with the reason, when there is no Slurm and the script cannot start one (not root), or when
-``MAELSTROM_TEST_SLURM=0``. CI always has it. Jobs submitted through :meth:`SlurmCluster.submit`
-that are still queued or running at the end of the session are cancelled.
+needed, when the tests run as root) and returns a :class:`SlurmCluster`. Its REST daemon
+(slurmrestd) answers at :attr:`SlurmCluster.rest_url` to tokens from :meth:`SlurmCluster.token`.
+The tests are skipped, with the reason, when there is no Slurm and the script cannot start one
+(not root), or when ``MAELSTROM_TEST_SLURM=0``. CI always has it. Jobs submitted through
+:meth:`SlurmCluster.submit` that are still queued or running at the end of the session are cancelled.
 
 Import the fixture from ``conftest.py`` (``from slurm_cluster import slurm``) or from a test module.
 """
@@ -23,6 +24,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "local-slurm.sh"
+#: slurmrestd of the local cluster (``LOCAL_SLURM_REST_PORT`` as in the script).
+REST_URL = f"http://127.0.0.1:{os.environ.get('LOCAL_SLURM_REST_PORT', '6820')}"
 
 #: sacct states after which a job (or array task) does not run again by itself.
 TERMINAL_STATES = frozenset(
@@ -63,6 +66,7 @@ class SlurmCluster:
     max_array_size: int
     cluster_name: str
     submitted: list[str] = field(default_factory=list)
+    rest_url: str = REST_URL
 
     def run(self, *args: str, check: bool = True, timeout: float = 60) -> str:
         """Run a Slurm command (``sbatch``, ``squeue``, ...) and return its stdout."""
@@ -134,6 +138,11 @@ class SlurmCluster:
     def cancel(self, *job_ids: str) -> None:
         if job_ids:
             self.run("scancel", *job_ids, check=False)
+
+    def token(self, user: str | None = None, lifespan: int = 3600) -> str:
+        """A JWT for slurmrestd (``scontrol token``) of ``user``, by default the current user."""
+        out = self.run("scontrol", "token", f"username={user or getpass.getuser()}", f"lifespan={lifespan}")
+        return out.strip().partition("SLURM_JWT=")[2]
 
     def config(self, key: str) -> str:
         """A value of ``scontrol show config`` (e.g. ``MaxArraySize``)."""

@@ -22,6 +22,12 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from maelstrom_run.config.resolvers import register
+
+# ``hydra.launcher.backend`` may hold secret references (``${secret:env:NAME}``): Hydra resolves the
+# launcher's config before the launcher exists, so the resolvers must be there when the plugin is.
+register()
+
 
 @dataclass
 class MaelstromLauncherConf:

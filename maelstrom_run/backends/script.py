@@ -22,7 +22,10 @@ WARNING_SECONDS = 90
 
 @dataclass(frozen=True)
 class Target:
-    """Which run a script runs: one run directory, or one line of an array's map file per task."""
+    """Which run a script runs: one run directory, or one line of an array's map file per task.
+
+    Neither: the job's working directory, which a gateway creates and starts the script in (UNICORE).
+    """
 
     run_dir: str | None = None
     map_file: str | None = None
@@ -74,11 +77,18 @@ def render_batch_script(
     output: str,
     code_dir: str,
     python: str,
+    steps: bool = False,
+    sbatch: bool = True,
 ) -> str:
-    """The complete sbatch script: directives, environment, the worker, post-commands, exit status."""
+    """The complete sbatch script: directives, environment, the worker, post-commands, exit status.
+
+    The worker runs through ``srun`` (as a job step) for several tasks, in a container, and with
+    ``steps``: then signals that Slurm sends to a job's steps only reach it too. Without ``sbatch``
+    there are no ``#SBATCH`` lines: a gateway that takes the resources apart (UNICORE) runs the script.
+    """
     env = conf.get("environment") or {}
     apptainer = env.get("apptainer") or {}
-    out = ["#!/bin/bash", *directives(conf, job_name, output, target.array), ""]
+    out = ["#!/bin/bash", *(directives(conf, job_name, output, target.array) if sbatch else []), ""]
     out.append("# maelstrom-run job: runs `python -m maelstrom_run.worker RUN_DIR/spec.yaml`")
     if target.map_file:
         out.append(f"MAP={shlex.quote(target.map_file)}")
@@ -86,6 +96,8 @@ def render_batch_script(
         out.append(
             '[ -n "$RUN_DIR" ] || { echo "no run for array task $SLURM_ARRAY_TASK_ID in $MAP" >&2; exit 2; }'
         )
+    elif target.run_dir is None:
+        out.append('RUN_DIR="$PWD"')
     else:
         out.append(f"RUN_DIR={shlex.quote(str(target.run_dir))}")
     out.append('exec >>"$RUN_DIR/stdout.log" 2>>"$RUN_DIR/stderr.log"')
@@ -111,7 +123,7 @@ def render_batch_script(
             str(apptainer["image"]),
             *worker,
         ]
-    if parallel(conf) or apptainer.get("image"):
+    if steps or parallel(conf) or apptainer.get("image"):
         out += [
             'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
             "export MASTER_PORT=${MASTER_PORT:-29500}",

@@ -81,6 +81,9 @@ def _base_id(job_id: str) -> str:
 
 
 class SlurmBackend(Backend):
+    #: Run the worker as a job step (``srun``) even for one task: signals sent to a job's steps reach it.
+    steps = False
+
     def __init__(self, conf: dict[str, Any]) -> None:
         super().__init__(conf)
         self._cached: dict[tuple[str, ...], tuple[float, dict[str, JobStatus]]] = {}
@@ -189,7 +192,13 @@ class SlurmBackend(Backend):
             output = str(Path(spec.run_dir) / "slurm-%j.out")
             name = spec.run_id
         return render_batch_script(
-            self.conf, job_name=name, target=target, output=output, code_dir=code_dir, python=self._python()
+            self.conf,
+            job_name=name,
+            target=target,
+            output=output,
+            code_dir=code_dir,
+            python=self._python(),
+            steps=self.steps,
         )
 
     def render(self, spec: RunSpec) -> Rendered:
@@ -238,18 +247,19 @@ class SlurmBackend(Backend):
     ) -> list[str]:
         if not specs:
             return []
-        env = {**os.environ, **job_environment([s.config for s in specs])}
+        secrets = job_environment([s.config for s in specs])
         staged: set[Path] = set()
         ids: dict[int, str] = {}
         for spec in specs:
             Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
         for spec in (s for s in specs if not s.sweep_id):  # single runs: one job each
-            text = self.render(spec).text  # rendered from the spec as submitted, before staging
+            # rendered from the spec as submitted, before staging
+            text = self._script(spec, Target(run_dir=spec.run_dir), self._share_dir(spec))
             self._stage(spec, staged)
             spec.write()
             script = Path(spec.run_dir) / "job.sbatch"
             write_atomic(script, text)
-            ids[id(spec)] = self._sbatch(script, env)
+            ids[id(spec)] = self._sbatch(script, secrets)
             if on_submitted:
                 on_submitted([spec], [ids[id(spec)]])
         for chunk in self._chunks([s for s in specs if s.sweep_id]):
@@ -263,7 +273,7 @@ class SlurmBackend(Backend):
             write_atomic(Path(str(target.map_file)), "".join(f"{s.run_dir}\n" for s in chunk))
             script = Path(str(target.map_file)).with_suffix(".sbatch")
             write_atomic(script, text)
-            array_id = self._sbatch(script, env)
+            array_id = self._sbatch(script, secrets)
             chunk_ids = [f"{array_id}_{i}" for i in range(len(chunk))]
             if on_submitted:
                 on_submitted(chunk, chunk_ids)
@@ -279,7 +289,9 @@ class SlurmBackend(Backend):
             done.add(share)
         spec.code_dir = self._code_dir(spec, share)
 
-    def _sbatch(self, script: Path, env: dict[str, str]) -> str:
+    def _sbatch(self, script: Path, secrets: dict[str, str]) -> str:
+        """Submit a written batch script; ``secrets`` join the job's environment. Returns the job id."""
+        env = {**os.environ, **secrets}
         proc = self._run(["sbatch", "--parsable", "--export=ALL", str(script)], env=env)
         return proc.stdout.strip().split(";")[0]
 
@@ -319,25 +331,7 @@ class SlurmBackend(Backend):
         if not names:
             return {}
         found: dict[str, list[str]] = {}
-        proc = self._run(["squeue", "-h", "-o", "%F|%j", f"--name={','.join(names)}"], check=False)
-        lines = proc.stdout.splitlines()
-        proc = self._run(
-            [
-                "sacct",
-                "-X",
-                "-P",
-                "-n",
-                "-o",
-                "JobID,JobName",
-                f"--name={','.join(names)}",
-                "-S",
-                "now-30days",
-            ],
-            check=False,
-        )
-        if proc.returncode == 0:
-            lines += proc.stdout.splitlines()
-        for line in lines:
+        for line in self._listing(list(names)):
             job_id, _, name = line.partition("|")
             if name in names:
                 found.setdefault(str(names[name]), [])
@@ -459,13 +453,7 @@ class SlurmBackend(Backend):
             if Path(job.run_dir).is_dir():
                 (Path(job.run_dir) / CANCELLED).touch()
         ids = sorted({j.job_id for j in jobs})
-        proc = self._run(["scancel", *ids], check=False)
-        if (
-            proc.returncode != 0
-            and "Invalid job id" not in proc.stderr
-            and "already completing" not in proc.stderr
-        ):
-            self._raise(["scancel"], proc.stderr)
+        self._scancel(ids)
         self._cached.clear()
         # scancel returns before slurmctld has moved the jobs on: wait (briefly) until it has
         deadline = time.monotonic() + _CANCEL_WAIT_S
@@ -476,6 +464,16 @@ class SlurmBackend(Backend):
             ):
                 break
             time.sleep(0.3)
+
+    def _scancel(self, ids: Sequence[str]) -> None:
+        """Cancel jobs; ids Slurm does not know, or jobs already ending, are no error."""
+        proc = self._run(["scancel", *ids], check=False)
+        if (
+            proc.returncode != 0
+            and "Invalid job id" not in proc.stderr
+            and "already completing" not in proc.stderr
+        ):
+            self._raise(["scancel"], proc.stderr)
 
     def download(self, job: JobRef, dest: Path) -> Path:
         target = Path(dest) / job.run_id

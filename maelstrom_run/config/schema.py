@@ -296,6 +296,11 @@ class BackendConf:
     url: str | None = None
     machine: str | None = None
     token_url: str | None = None
+    #: slurmrest: the slurmrestd OpenAPI version in the request paths.
+    api_version: str | None = None
+    #: REST gateways: tries while the gateway cannot be reached, and the first wait between them (doubling).
+    retries: int = 4
+    retry_delay: float = 1.0
     #: Where run directories live on the target; default ``$MAELSTROM_HOME/runs``.
     workdir: str | None = None
     #: Secret references only, e.g. ``${secret:env:NAME}``.

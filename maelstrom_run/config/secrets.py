@@ -84,13 +84,14 @@ def references(node: Any) -> set[str]:
     return {node} if is_reference(node) else set()
 
 
-def job_environment(configs: list[dict[str, Any]]) -> dict[str, str]:
+def job_environment(configs: list[dict[str, Any]], *, resolved: bool = True) -> dict[str, str]:
     """Environment that hands a job the secrets its config refers to, resolved now, in memory.
 
     ``backend.environment.variables`` that are references arrive under their own name; every
     other reference (tracking credentials, app settings) under :func:`env_name`. References to
     files are left to the job (the file may exist only on the cluster), as are environment
-    references not set here; ``backend.credentials`` stay with the submitting side.
+    references not set here; ``backend.credentials`` stay with the submitting side. With
+    ``resolved=False`` each value is the reference itself (what a dry run may show).
     """
     out: dict[str, str] = {}
     for config in configs:
@@ -102,7 +103,7 @@ def job_environment(configs: list[dict[str, Any]]) -> dict[str, str]:
             kind = _kind(ref)
             if kind == "file" or (kind == "env" and ref[len("${secret:env:") : -1] not in os.environ):
                 continue
-            out[env_name(ref)] = resolve(ref)
+            out[env_name(ref)] = resolve(ref) if resolved else ref
         for name, value in variables.items():
             if is_reference(value) and env_name(value) in out:
                 out[name] = out[env_name(value)]
