@@ -72,6 +72,14 @@ class Backend(ABC):
         self.conf = conf
         self.name: str = conf.get("name") or conf.get("kind", "?")
 
+    def connect(self) -> None:
+        """Reach the target and have the credentials accepted; raise a clear error otherwise.
+
+        Called before a submission is recorded, so refused credentials or a dead gateway leave
+        the registry as it was. Nothing to do for targets without a login (local, sbatch).
+        """
+        return None
+
     @abstractmethod
     def render(self, spec: RunSpec) -> Rendered:
         """The exact job script / description that ``submit`` sends (the dry run)."""

@@ -87,7 +87,7 @@ def http_error(backend: str, what: str, status: int, detail: str = "") -> Gatewa
     if status in (401, 403):
         return GatewayError(
             f"backend {backend}: {what} was refused, HTTP {status}{tail}; the credentials in "
-            "backend.credentials are wrong, expired or not allowed here (nothing was submitted)"
+            "backend.credentials are wrong, expired or not allowed here"
         )
     if status == 404:
         return GatewayError(f"backend {backend}: {what}: not found on the gateway, HTTP 404{tail}")
@@ -123,14 +123,21 @@ class Upload:
         return len(self.data) if self.data is not None else os.path.getsize(str(self.source))
 
 
-def remote_inputs(spec: RunSpec, exclude: Sequence[str]) -> list[Upload]:
+def remote_inputs(
+    spec: RunSpec, exclude: Sequence[str], snapshots: dict[Any, Any] | None = None
+) -> list[Upload]:
     """What a job uploads: ``spec.yaml`` for the remote side, the Hydra payload, the code snapshot.
 
     A pure function of the spec and the working tree (the dry run lists exactly these).
+    ``snapshots``: a dict kept for one submission, so a sweep lists its repository once.
     """
+    snapshots = {} if snapshots is None else snapshots
     code: Path | None = Path(spec.code_dir) if spec.code_dir else None
-    root = repository_root(code) if code is not None and spec.kind == "app" else None
-    files = snapshot_files(root, exclude) if root is not None else []
+    key = (spec.code_dir, spec.kind, tuple(exclude))
+    if key not in snapshots:
+        root = repository_root(code) if code is not None and spec.kind == "app" else None
+        snapshots[key] = (root, snapshot_files(root, exclude) if root is not None else [])
+    root, files = snapshots[key]
     remote_code = None
     if root is not None and code is not None:
         remote_code = os.path.normpath(os.path.join("code", os.path.relpath(code, root)))

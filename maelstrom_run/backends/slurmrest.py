@@ -246,6 +246,10 @@ class SlurmRestBackend(SlurmBackend):
             self._fail("GET", path, what, status, data)
         return data
 
+    def connect(self) -> None:
+        """The token is checked and slurmctld reached (a refused token is told apart, as in submit)."""
+        self._get("slurm", "ping", what="connecting")
+
     def partitions(self) -> list[str]:
         try:
             data = self._get("slurm", "partitions", what="listing partitions")

@@ -327,6 +327,9 @@ class UnicoreBackend(Backend):
                 self._site = self._call(f"connecting to {url}", lambda: Client(transport, url))
             return self._site
 
+    def connect(self) -> None:
+        self._client()
+
     def _workers(self, n: int) -> int:
         return max(1, min(n, int(self.conf.get("max_parallel") or 1)))
 
@@ -373,8 +376,8 @@ class UnicoreBackend(Backend):
 
     # -- rendering -------------------------------------------------------------------------------
 
-    def render(self, spec: RunSpec) -> Rendered:
-        inputs = remote.remote_inputs(spec, self.conf.get("exclude") or [])
+    def render(self, spec: RunSpec, snapshots: dict[Any, Any] | None = None) -> Rendered:
+        inputs = remote.remote_inputs(spec, self.conf.get("exclude") or [], snapshots)
         secrets = job_environment([spec.config], resolved=False)
         description = job_description(self.conf, spec, inputs, secrets)
         return Rendered(
@@ -383,6 +386,10 @@ class UnicoreBackend(Backend):
             meta={"syntax": "json"},
         )
 
+    def render_many(self, specs: Sequence[RunSpec]) -> list[Rendered]:
+        snapshots: dict[Any, Any] = {}  # the repository listed once
+        return [self.render(s, snapshots) for s in specs]
+
     # -- submitting ------------------------------------------------------------------------------
 
     def submit_many(self, specs: Sequence[RunSpec], on_submitted: Submitted | None = None) -> list[str]:
@@ -390,6 +397,7 @@ class UnicoreBackend(Backend):
             return []
         self._client()  # refused credentials or an unreachable gateway: nothing is created
         secrets = job_environment([s.config for s in specs])
+        snapshots: dict[Any, Any] = {}  # the repository listed once per submission
         for spec in specs:
             Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
             spec.write()
@@ -402,7 +410,7 @@ class UnicoreBackend(Backend):
             while True:
                 # at most ``max_parallel`` in flight; after a refusal nothing new starts
                 while len(running) < width and not errors and (spec := next(waiting, None)) is not None:
-                    running[pool.submit(self._submit_one, spec, secrets)] = spec
+                    running[pool.submit(self._submit_one, spec, secrets, snapshots)] = spec
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -420,12 +428,12 @@ class UnicoreBackend(Backend):
             raise errors[0]
         return [ids[s.run_id] for s in specs]
 
-    def _submit_one(self, spec: RunSpec, secrets: Mapping[str, str]) -> str:
+    def _submit_one(self, spec: RunSpec, secrets: Mapping[str, str], snapshots: dict[Any, Any]) -> str:
         """Create the job, upload its inputs, start it; a job that cannot be started is removed."""
         from pyunicore.client import Storage
 
         client = self._client()
-        inputs = remote.remote_inputs(spec, self.conf.get("exclude") or [])
+        inputs = remote.remote_inputs(spec, self.conf.get("exclude") or [], snapshots)
         description = job_description(self.conf, spec, inputs, secrets)
         job = self._call(f"submitting {spec.run_id}", lambda: client.new_job(description, autostart=False))
         try:

@@ -17,15 +17,39 @@ def default_wait(backend: dict, wait: bool | None) -> bool:
     return (backend.get("kind", "local") == "local") if wait is None else bool(wait)
 
 
+def connect(specs: Sequence[RunSpec], known: dict[str, Backend] | None = None) -> dict[str, Backend]:
+    """The backends of ``specs`` by name, each connected (credentials accepted) before anything is
+    recorded: refused credentials or a dead gateway leave the registry as it was. ``known``: those
+    connected already."""
+    backends: dict[str, Backend] = dict(known or {})
+    for spec in specs:
+        name = spec.backend.get("name", "local")
+        if name not in backends:
+            backends[name] = get_backend(spec.backend)
+            try:
+                backends[name].connect()
+            except ConfigError as exc:
+                raise type(exc)(f"{exc}; nothing was submitted or recorded") from None
+    return backends
+
+
 def submit(
-    specs: Sequence[RunSpec], *, wait: bool, follow: bool = False, registry: Registry | None = None
+    specs: Sequence[RunSpec],
+    *,
+    wait: bool,
+    follow: bool = False,
+    registry: Registry | None = None,
+    backends: dict[str, Backend] | None = None,
 ) -> list[RunRecord]:
-    """Record, submit (one ``submit_many`` per backend) and, with ``wait``, block until done."""
+    """Record, submit (one ``submit_many`` per backend) and, with ``wait``, block until done.
+
+    ``backends``: from :func:`connect`, when the caller connected before recording anything itself.
+    """
     registry = registry or Registry()
     groups: dict[str, list[RunSpec]] = {}
     for spec in specs:
         groups.setdefault(spec.backend.get("name", "local"), []).append(spec)
-    backends = {name: get_backend(group[0].backend) for name, group in groups.items()}
+    backends = connect(specs, backends)
     registry.add_runs(list(specs))
     for name, group in groups.items():
         submit_group(registry, backends[name], group)

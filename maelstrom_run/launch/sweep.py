@@ -53,13 +53,14 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     from ..tracking.mlflow_run import TrackingError, start_parent_run_async
     from .compose import compose_jobs
     from .gitinfo import capture
-    from .submit import default_wait, print_dry_run, submit
+    from .submit import connect, default_wait, print_dry_run, submit
 
     registry = Registry()
     size = initial_job_idx + len(job_overrides)
     git = capture(Path.cwd())  # every job of the sweep runs the same code
     jobs, specs = [], []
     parent, error, pending = getattr(launcher, "parent_run", None), None, None
+    backends: dict[str, Any] = {}
     for index, job in enumerate(compose_jobs(launcher.config_loader, launcher.config, job_overrides)):
         sweep_id = _sweep_id(launcher, job.config["app"]["name"])
         spec = from_config(
@@ -72,8 +73,10 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
         )
         jobs.append(job)
         specs.append(spec)
-        if index == 0 and parent is None and not spec.config.get("dry_run"):
-            pending = start_parent_run_async(spec, size)  # in parallel with composing the other jobs
+        if index == 0 and not spec.config.get("dry_run"):
+            backends = connect([spec])  # refused credentials: nothing recorded, no MLflow run
+            if parent is None:
+                pending = start_parent_run_async(spec, size)  # in parallel with composing the others
     app, sweep_id = specs[0].app, specs[0].sweep_id
     if any(s.config.get("dry_run") for s in specs):
         if pending is not None:
@@ -103,7 +106,7 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     launcher.parent_run = parent
     for spec in specs:
         spec.parent_run_id = parent[0]
-    records = submit(specs, wait=wait, registry=registry)
+    records = submit(specs, wait=wait, registry=registry, backends=backends)
     results = [(read_result(r.run_dir) or {}) if wait else {} for r in records]
     _print_sweep_summary(sweep_id, records, job_overrides, results, wait)
     returns = []
@@ -286,7 +289,7 @@ def _launch_hydra_tasks(
     from hydra.core.utils import configure_log
     from omegaconf import OmegaConf
 
-    from .submit import default_wait, submit
+    from .submit import connect, default_wait, submit
 
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -332,10 +335,11 @@ def _launch_hydra_tasks(
         )
         configs.append(cfg)
     registry = Registry()
+    backends = connect(specs)  # refused credentials: nothing recorded
     size = initial_job_idx + len(specs)
     registry.add_sweep(sweep_id, name, size, backend["name"], [list(o) for o in job_overrides], None, None)
     wait = default_wait(backend, launcher.wait)
-    records = submit(specs, wait=wait, registry=registry)
+    records = submit(specs, wait=wait, registry=registry, backends=backends)
     returns = []
     for cfg, overrides, record in zip(configs, job_overrides, records, strict=True):
         pickled = Path(record.run_dir) / "job_return.pkl"
