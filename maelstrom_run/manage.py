@@ -16,6 +16,8 @@
     maelstrom labels list
     maelstrom search --label K=V [--text WORDS]
     maelstrom recommend --label K=V | app=APP
+    maelstrom import mantik MLproject [BACKEND_CONFIG] [--name NAME] [--out conf]
+    maelstrom export mlproject app=APP [KEY=VALUE ...] [--out DIR]
 
 IDs may be abbreviated to a unique prefix. State lives in $MAELSTROM_HOME (default ~/.maelstrom).
 Each command has its own --help.
@@ -310,12 +312,14 @@ def parser() -> argparse.ArgumentParser:
     )
     groups = root.add_subparsers(dest="group", required=True)
     from .data.commands import add_commands as add_data_commands
+    from .interop.commands import add_commands as add_interop_commands
     from .labels.commands import add_commands as add_label_commands
     from .schedule.commands import add_commands as add_schedule_commands
 
     add_data_commands(groups)
     add_schedule_commands(groups)
     add_label_commands(groups)
+    add_interop_commands(groups)
     runs = groups.add_parser("runs", help="list, inspect, cancel and re-run runs")
     sub = runs.add_subparsers(dest="command", required=True)
 

@@ -25,6 +25,15 @@ class AppConf:
     description: str = ""
     #: Top-level config sections of the app's own (e.g. ``augment``), passed to it unchecked.
     sections: list[str] = field(default_factory=list)
+    #: For the entry ``maelstrom_run.interop.command:main`` (e.g. an imported MLproject entry
+    #: point): the shell command to run; ``{name}`` placeholders take ``params``, shell-quoted.
+    command: str | None = None
+    #: Values of the command's parameters (``app.params.lr=0.01`` on the command line).
+    params: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+    #: MLproject type of each parameter, checked when the command runs.
+    param_types: dict[str, Literal["string", "float", "int", "path", "uri", "bool"]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass
