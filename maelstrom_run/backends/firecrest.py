@@ -1,0 +1,707 @@
+"""The FirecREST backend: jobs and files through a site's FirecREST v2 API, with pyfirecrest.
+
+- **Connecting.** ``backend.url`` is the FirecREST v2 base URL (``https://HOST/.../firecrest/v2``),
+  ``backend.machine`` the system's name there, ``backend.token_url`` the OIDC token endpoint.
+  ``backend.credentials`` holds secret references ``client_id`` and ``client_secret`` (the
+  client-credentials grant; pyfirecrest renews the access token). They are resolved when the backend
+  first talks to the gateway, never for a dry run. Connecting (``GET /status/systems``, then
+  ``GET /status/SYSTEM/userinfo``) checks them, the system name, that the client may use the system
+  and, when the gateway lists accounts, ``resources.account``, before anything is created.
+- **The job directory** on the target is ``backend.workdir/RUN_ID``. Its inputs
+  (:func:`remote.remote_inputs`: ``spec.yaml``, the Hydra payload, the code snapshot under ``code/``)
+  travel as one gzip'd tar archive: ``mkdir``, upload (a file of 1 MiB or more goes through
+  FirecREST's staged transfer, as pyfirecrest does it), ``extract``, ``rm`` of the archive.
+- **The request** (:meth:`FirecrestBackend.render`, shown exactly by the dry run) is
+  ``POST /compute/SYSTEM/jobs`` with the job directory as working directory, the Slurm backend's
+  batch script for that directory (:func:`script.render_batch_script`: ``#SBATCH`` lines from
+  ``backend.resources``, modules, venv, container, variables, the worker) and, in ``env``, the
+  secrets the job needs: named by their references in the dry run, their values only in what is sent.
+- **Submitting.** One job per run; a sweep has ``backend.max_parallel`` runs uploading and submitting
+  at once. Each accepted job is reported as it is accepted; a refusal part-way raises once the jobs
+  in flight are in, so ``maelstrom runs resume SWEEP_ID`` submits only the rest, after
+  :meth:`FirecrestBackend.adopt` has found, by job name (= run id) in the job listing, the jobs
+  the gateway accepted but the registry never recorded.
+- **Job ids** are ``JOBID@JOBDIR``: the Slurm job id and the job directory on the target (see
+  :func:`job_ref`), so status, logs, cancel and download need nothing else.
+- **Status** is one ``GET /compute/SYSTEM/jobs`` per call (a job missing from it is asked for by
+  id); Slurm states map through :data:`slurm.STATES`. Once a job has ended, the worker's
+  :data:`remote.MIRRORED` files are copied into the local run directory (``spec.run_dir``). A job
+  the gateway no longer knows is unknown, unless its result was mirrored before; a job cancelled
+  from here (the ``cancelled`` marker in the local run directory) is cancelled.
+- **Logs** are ``stdout.log`` and ``stderr.log`` of the job directory (``ops/view``, the first
+  5 MiB); **cancel** is ``DELETE /compute/SYSTEM/jobs/JOBID``; **download** copies the job directory
+  without ``code/``.
+- **Files** (``maelstrom data copy daint:/scratch/...``): :class:`FirecrestFiles` over ``ls``,
+  ``stat``, download and upload. A large download is staged by the gateway and fetched from its
+  presigned URL with HTTP ``Range``, so it resumes; an upload always sends the whole file.
+
+Only the v2 API is spoken: FirecREST v1 has other endpoints and an asynchronous task model for
+every call, and the sites that ran it move to v2.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import shlex
+import stat
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from ..config import ConfigError
+from ..config.secrets import job_environment, resolve_mapping
+from ..launch.files import CANCELLED, REQUEUES, count_requeues, read_result
+from ..launch.spec import SPEC_FILE, RunSpec
+from . import remote
+from .base import Backend, JobRef, JobState, JobStatus, Rendered, Submitted
+from .script import Target, render_batch_script
+from .slurm import _WHY as WHY
+from .slurm import STATES
+
+T = TypeVar("T")
+
+#: The archive of a job's inputs while it is uploaded (removed once unpacked).
+ARCHIVE = ".maelstrom-inputs.tar.gz"
+STDOUT, STDERR = "stdout.log", "stderr.log"
+#: Seconds pyfirecrest waits on one HTTP request.
+TIMEOUT_S = 60
+#: How far back the job listing looks for jobs that have ended.
+LISTING_WINDOW = "7d"
+#: How long ``cancel`` waits for Slurm to confirm.
+_CANCEL_WAIT_S = 10.0
+_TERMINAL_RESULTS = ("succeeded", "failed", "cancelled")
+_MISSING = object()
+
+
+def job_ref(job_id: str, job_dir: str) -> str:
+    """The job id the registry keeps: ``JOBID@JOBDIR``."""
+    return f"{job_id}@{job_dir}"
+
+
+def parse_job_ref(ref: str) -> tuple[str, str]:
+    """``(Slurm job id, job directory on the target)`` of a job id made by :func:`job_ref`."""
+    job_id, sep, job_dir = ref.partition("@")
+    if not sep or not job_id or not job_dir.startswith("/"):
+        raise ConfigError(f"job id {ref!r} is not a FirecREST job id of maelstrom-run (JOBID@/job/dir)")
+    return job_id, job_dir
+
+
+def python_command(conf: Mapping[str, Any]) -> str:
+    """The interpreter the job runs the worker with: the venv's or container's, else ``python3``."""
+    env = conf.get("environment") or {}
+    return "python" if env.get("venv") or (env.get("apptainer") or {}).get("image") else "python3"
+
+
+def _archive(inputs: Sequence[remote.Upload]) -> bytes:
+    """The job's inputs as one gzip'd tar archive, paths relative to the job directory."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for item in inputs:
+            if item.source is not None:
+                tar.add(str(item.source), arcname=item.remote, recursive=False)
+                continue
+            data = item.read()
+            info = tarfile.TarInfo(item.remote)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _detail(response: Any) -> str:
+    """The gateway's own message of a refused request (FirecREST ``message``, OIDC ``error_description``)."""
+    try:
+        body = response.json()
+    except Exception:  # noqa: BLE001 - not JSON: the text is the message
+        return str(getattr(response, "text", "") or "")[:300]
+    if isinstance(body, dict):
+        for key in ("message", "error_description", "detail", "error"):
+            if body.get(key):
+                return str(body[key])
+    return str(body)[:300]
+
+
+class _Counting:
+    """A file handed to pyfirecrest as an upload, counting what is read."""
+
+    def __init__(self, fh: IO[bytes], progress: remote.Progress | None) -> None:
+        self.fh, self.progress = fh, progress
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.fh.read(size)
+        if block and self.progress:
+            self.progress(len(block))
+        return block
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class FirecrestBackend(Backend):
+    def __init__(self, conf: dict[str, Any]) -> None:
+        super().__init__(conf)
+        self._firecrest: Any = None
+        self._lock = threading.Lock()
+        self._cached: dict[tuple[str, ...], tuple[float, dict[str, JobStatus]]] = {}
+        self._interval = 1.0
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    @property
+    def system(self) -> str:
+        machine = self.conf.get("machine")
+        if not machine:
+            raise ConfigError(
+                f"backend.machine: backend {self.name} needs the FirecREST system name (e.g. daint)"
+            )
+        return str(machine)
+
+    def job_dir(self, spec: RunSpec) -> str:
+        """The job directory on the target: ``backend.workdir/RUN_ID``."""
+        workdir = str(self.conf.get("workdir") or "")
+        if not workdir.startswith("/"):
+            raise ConfigError(
+                f"backend.workdir: backend {self.name} needs an absolute directory on {self.conf.get('machine')} "
+                f"for the job directories (e.g. /scratch/USER/maelstrom), not {workdir or 'null'!r}"
+            )
+        return posixpath.join(posixpath.normpath(workdir), spec.run_id)
+
+    @property
+    def _account(self) -> str | None:
+        account = (self.conf.get("resources") or {}).get("account")
+        return str(account) if account else None
+
+    # -- connection and errors -------------------------------------------------------------------
+
+    def _call(self, what: str, call: Callable[[], T], *, missing: Any = _MISSING) -> T:
+        """``call()`` with retries while the gateway is unreachable; a refusal as one clear line.
+
+        With ``missing``, an HTTP 404 returns it instead of raising.
+        """
+        from firecrest import FirecrestException
+        from firecrest.FirecrestException import MultipartUploadException, TransferJobFailedException
+
+        def once() -> T:
+            try:
+                return call()
+            except FirecrestException as exc:
+                response = exc.responses[-1] if exc.responses else None
+                status = int(getattr(response, "status_code", 0) or 0)
+                detail = _detail(response) if response is not None else str(exc)
+                if status in remote.RETRY_STATUSES:
+                    raise remote.Unreachable(f"HTTP {status}: {detail}") from None
+                if status == 404 and missing is not _MISSING:
+                    return missing  # type: ignore[no-any-return]
+                raise remote.http_error(self.name, what, status, detail) from None
+            except (TransferJobFailedException, MultipartUploadException) as exc:
+                text = str(exc).splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise remote.GatewayError(
+                    f"backend {self.name}: {what} failed in the gateway's transfer ({text})"
+                ) from None
+
+        return remote.with_retries(
+            once,
+            backend=self.name,
+            what=what,
+            attempts=int(self.conf.get("retries") or 4),
+            first_delay=float(self.conf.get("retry_delay") or 1.0),
+        )
+
+    def _credentials(self) -> dict[str, str]:
+        given = dict(self.conf.get("credentials") or {})
+        unknown = sorted(set(given) - {"client_id", "client_secret"})
+        if unknown:
+            raise ConfigError(
+                f"backend.credentials.{unknown[0]}: unknown for a FirecREST backend; give client_id and "
+                "client_secret"
+            )
+        values = resolve_mapping(given)
+        if not (values.get("client_id") and values.get("client_secret")):
+            raise ConfigError(
+                f"backend.credentials: backend {self.name} needs client_id and client_secret as secret "
+                "references (e.g. client_secret: ${secret:env:FIRECREST_CLIENT_SECRET})"
+            )
+        return values
+
+    def _client(self) -> Any:
+        """The pyfirecrest v2 client (checked once; refused credentials raise here, before any job)."""
+        with self._lock:
+            if self._firecrest is None:
+                from firecrest import ClientCredentialsAuth
+                from firecrest.v2 import Firecrest
+
+                url = str(self.conf.get("url") or "").rstrip("/")
+                token_url = str(self.conf.get("token_url") or "")
+                if not url:
+                    raise ConfigError(
+                        f"backend.url: backend {self.name} needs the FirecREST v2 base URL "
+                        "(e.g. https://api.cscs.ch/hpc/firecrest/v2)"
+                    )
+                if not token_url:
+                    raise ConfigError(
+                        f"backend.token_url: backend {self.name} needs the OIDC token endpoint of its "
+                        "client credentials"
+                    )
+                system = self.system
+                credentials = self._credentials()
+                # one line per request is httpx's business, not the output of a run (Hydra apps log INFO)
+                logging.getLogger("httpx").setLevel(logging.WARNING)
+                auth = ClientCredentialsAuth(
+                    credentials["client_id"], credentials["client_secret"], token_url
+                )
+                auth.timeout = TIMEOUT_S
+                auth.disable_client_logging = True
+                client = Firecrest(firecrest_url=url, authorization=auth)
+                client.timeout = TIMEOUT_S
+                client.disable_client_logging = True
+                client.num_retries_rate_limit = 5
+                systems = self._call(f"connecting to {url} (signing in at {token_url})", client.systems)
+                names = [str(s.get("name")) for s in systems or []]
+                if system not in names:
+                    raise ConfigError(
+                        f"backend.machine: {system!r} is not a system of {url} (systems: "
+                        f"{', '.join(names) or 'none'})"
+                    )
+                # the client may use the system (403 otherwise) and charge the account
+                info = self._call(f"signing in to {system}", lambda: client.userinfo(system))
+                accounts = sorted(str(a.get("name")) for a in info.get("accounts") or [])
+                if accounts and self._account and self._account not in accounts:
+                    raise ConfigError(
+                        f"backend.resources.account: {self._account!r} is not an account you may charge on "
+                        f"{system} (accounts: {', '.join(accounts)})"
+                    )
+                self._firecrest = client
+            return self._firecrest
+
+    def connect(self) -> None:
+        self._client()
+
+    def _workers(self, n: int) -> int:
+        return max(1, min(int(self.conf.get("max_parallel") or 1), n))
+
+    # -- rendering -------------------------------------------------------------------------------
+
+    def _script(self, spec: RunSpec, job_dir: str, inputs: Sequence[remote.Upload]) -> str:
+        """The batch script for the job directory; it changes into the uploaded code snapshot.
+
+        A spec that uploads no code (a Hydra task) names an absolute directory: the job runs
+        there when the target has it (a shared filesystem), else in its job directory.
+        """
+        uploaded = next(u for u in inputs if u.remote == SPEC_FILE)
+        code_dir = RunSpec.parse(uploaded.read().decode()).code_dir or "."
+        env = dict(self.conf.get("environment") or {})
+        if posixpath.isabs(code_dir):
+            first = f"[ -d {shlex.quote(code_dir)} ] && cd {shlex.quote(code_dir)}"
+            env["pre_commands"] = [first, *(env.get("pre_commands") or [])]
+            code_dir = job_dir
+        return render_batch_script(
+            {**self.conf, "environment": env},
+            job_name=spec.run_id,
+            target=Target(run_dir=job_dir),
+            output=posixpath.join(job_dir, "slurm-%j.out"),
+            code_dir=posixpath.normpath(posixpath.join(job_dir, code_dir)),
+            python=python_command(self.conf),
+        )
+
+    def render(self, spec: RunSpec, snapshots: dict[Any, Any] | None = None) -> Rendered:
+        job_dir = self.job_dir(spec)
+        inputs = remote.remote_inputs(spec, self.conf.get("exclude") or [], snapshots)
+        script = self._script(spec, job_dir, inputs)
+        secrets = job_environment([spec.config], resolved=False)
+        url = str(self.conf.get("url") or "<backend.url>").rstrip("/")
+        lines = [
+            "# The FirecREST v2 request (secrets by reference here, by value in what is sent):",
+            f"#   POST {url}/compute/{self.conf.get('machine') or '<backend.machine>'}/jobs",
+            f"#   job.working_directory: {job_dir}",
+            "#   job.env: " + (", ".join(f"{k}={v}" for k, v in sorted(secrets.items())) or "(none)"),
+            "#   job.script: the batch script below",
+            f"# Before it the files listed below are uploaded to {job_dir} as one archive and unpacked there.",
+            "",
+        ]
+        return Rendered(
+            text="\n".join(lines) + script,
+            files=[posixpath.join(job_dir, u.remote) for u in inputs],
+            meta={"job_dir": job_dir},
+        )
+
+    def render_many(self, specs: Sequence[RunSpec]) -> list[Rendered]:
+        snapshots: dict[Any, Any] = {}  # the repository listed once
+        return [self.render(s, snapshots) for s in specs]
+
+    # -- submitting ------------------------------------------------------------------------------
+
+    def submit_many(self, specs: Sequence[RunSpec], on_submitted: Submitted | None = None) -> list[str]:
+        if not specs:
+            return []
+        self._client()  # refused credentials or an unreachable gateway: nothing is created
+        secrets = job_environment([s.config for s in specs])
+        for spec in specs:
+            Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+            spec.write()
+        snapshots: dict[Any, Any] = {}  # the repository listed once per submission
+        ids: dict[str, str] = {}
+        errors: list[Exception] = []
+        waiting = iter(specs)
+        width = self._workers(len(specs))
+        with ThreadPoolExecutor(max_workers=width) as pool:
+            running: dict[Future[str], RunSpec] = {}
+            while True:
+                # at most ``max_parallel`` in flight; after a refusal nothing new starts
+                while len(running) < width and not errors and (spec := next(waiting, None)) is not None:
+                    running[pool.submit(self._submit_one, spec, secrets, snapshots)] = spec
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    spec = running.pop(future)
+                    try:
+                        ref = future.result()
+                    except Exception as exc:  # reported once the jobs in flight are in
+                        errors.append(exc)
+                        continue
+                    ids[spec.run_id] = ref
+                    if on_submitted:
+                        on_submitted([spec], [ref])
+        if errors:
+            raise errors[0]
+        return [ids[s.run_id] for s in specs]
+
+    def _submit_one(self, spec: RunSpec, secrets: Mapping[str, str], snapshots: dict[Any, Any]) -> str:
+        """Upload the inputs into the job directory, then submit the batch script there."""
+        client, system, account = self._client(), self.system, self._account
+        job_dir = self.job_dir(spec)
+        inputs = remote.remote_inputs(spec, self.conf.get("exclude") or [], snapshots)
+        script = self._script(spec, job_dir, inputs)
+        self._call(f"creating {job_dir}", lambda: client.mkdir(system, job_dir, create_parents=True))
+        archive = _archive(inputs)
+        self._put(
+            lambda: io.BytesIO(archive),
+            len(archive),
+            job_dir,
+            ARCHIVE,
+            f"uploading the inputs of {spec.run_id}",
+        )
+        packed = posixpath.join(job_dir, ARCHIVE)
+        self._call(
+            f"unpacking the inputs of {spec.run_id}",
+            lambda: client.extract(system, packed, job_dir, compression="gzip", account=account),
+        )
+        self._call(f"removing {packed}", lambda: client.rm(system, packed, account=account), missing=None)
+        env = dict(secrets)
+        answer = self._call(
+            f"submitting {spec.run_id}",
+            lambda: client.submit(system, working_dir=job_dir, script_str=script, env_vars=env or None),
+        )
+        return job_ref(str(answer["jobId"]), job_dir)
+
+    def adopt(self, specs: Sequence[RunSpec]) -> dict[str, str]:
+        """Jobs the gateway lists for these runs (by job name = run id), the latest of each."""
+        if not specs:
+            return {}
+        wanted = {s.run_id: self.job_dir(s) for s in specs}
+        found: dict[str, tuple[int, str]] = {}
+        for job_id, info in self._listing().items():
+            name = str(info.get("name") or "")
+            if name in wanted and job_id.isdigit():
+                if name not in found or int(job_id) > found[name][0]:
+                    found[name] = (int(job_id), job_ref(job_id, wanted[name]))
+        return {run_id: ref for run_id, (_, ref) in found.items()}
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def _listing(self) -> dict[str, dict[str, Any]]:
+        """The caller's jobs on the system (one request): job id -> job."""
+        from firecrest import NotImplementedOnAPIversion
+
+        client, system = self._client(), self.system
+
+        def ask() -> list[dict[str, Any]]:
+            try:
+                return list(client.job_info(system, time_window=LISTING_WINDOW))
+            except (NotImplementedOnAPIversion, TypeError):  # a gateway before 2.6, an older pyfirecrest
+                return list(client.job_info(system))
+
+        jobs = self._call(f"listing the jobs on {system}", ask)
+        return {str(j.get("jobId")): j for j in jobs}
+
+    def _job_info(self, job_id: str) -> dict[str, Any] | None:
+        client, system = self._client(), self.system
+        jobs = self._call(f"reading job {job_id}", lambda: client.job_info(system, job_id), missing=None)
+        return jobs[0] if jobs else None
+
+    def status(self, jobs: Sequence[JobRef]) -> dict[str, JobStatus]:
+        if not jobs:
+            return {}
+        key = tuple(sorted(j.job_id for j in jobs))
+        cached = self._cached.get(key)
+        if cached and time.monotonic() - cached[0] < self._interval:
+            return cached[1]
+        listing = self._listing()
+        out = {job.run_id: self._status_one(job, listing) for job in jobs}
+        changed = not cached or {k: v.state for k, v in cached[1].items()} != {
+            k: v.state for k, v in out.items()
+        }
+        # back off while nothing changes: 1 s, then up to 30 s between queries
+        self._interval = 1.0 if changed else min(30.0, self._interval * 1.5)
+        self._cached = {key: (time.monotonic(), out)}
+        return out
+
+    def _status_one(self, job: JobRef, listing: Mapping[str, dict[str, Any]]) -> JobStatus:
+        run_dir = Path(job.run_dir)
+        job_id, _ = parse_job_ref(job.job_id)
+        result = read_result(run_dir)
+        ended = bool(result and result.get("state") in _TERMINAL_RESULTS)
+        info = listing.get(job_id)
+        if info is None and not ended:  # older than the listing looks back, or gone
+            info = self._job_info(job_id)
+        if info is None:
+            if ended and result:  # ended, mirrored, then forgotten by the gateway
+                state = JobState(result["state"])
+                return JobStatus(state, result.get("exit_code"), result.get("error") or "", result)
+            return JobStatus(
+                JobState.UNKNOWN, message=f"the gateway no longer knows job {job_id}", result=result
+            )
+        status = info.get("status") or {}
+        native = (str(status.get("state") or "").split() or ["UNKNOWN"])[0]  # "CANCELLED by 0"
+        state = STATES.get(native, JobState.UNKNOWN)
+        code = status.get("exitCode")
+        code = int(code) if isinstance(code, int | str) and str(code).lstrip("-").isdigit() else None
+        if state.terminal:
+            if not ended:
+                self._mirror(job)
+                result = read_result(run_dir)
+            if (run_dir / CANCELLED).exists() and not (result and result.get("state") == "succeeded"):
+                state = JobState.CANCELLED
+        out = remote.job_status(state, exit_code=code, result=result, native=native, why=WHY.get(native, ""))
+        reason = str(status.get("stateReason") or "")
+        if state is JobState.QUEUED and reason and reason not in ("None", "(null)"):
+            out.message = "held" if "Held" in reason else f"waiting: {reason}"
+        out.requeues = count_requeues(run_dir)
+        return out
+
+    def _mirror(self, job: JobRef) -> None:
+        """Copy the worker's result files from the job directory into the local run directory."""
+        _, job_dir = parse_job_ref(job.job_id)
+        for name in (*remote.MIRRORED, REQUEUES):
+            target = Path(job.run_dir) / name
+            partial = target.with_name(f".{name}.part")
+            try:
+                self._fetch(posixpath.join(job_dir, name), partial, 0, None)
+            except FileNotFoundError:
+                continue
+            os.replace(partial, target)
+
+    # -- logs, cancel, download ------------------------------------------------------------------
+
+    def logs(self, job: JobRef, stream: str = "stdout") -> str:
+        client, system = self._client(), self.system
+        job_id, job_dir = parse_job_ref(job.job_id)
+        names = [STDOUT if stream == "stdout" else STDERR]
+        if stream == "stderr":  # what Slurm itself wrote before the job redirected its output
+            names.insert(0, f"slurm-{job_id}.out")
+        text = ""
+        for name in names:
+            path = posixpath.join(job_dir, name)
+            part = self._call(f"reading {path}", lambda path=path: client.view(system, path), missing=None)
+            text += part or ""
+        return text
+
+    def cancel(self, jobs: Sequence[JobRef]) -> None:
+        """Cancel the jobs that have not ended (marked cancelled in their local run directories)."""
+        if not jobs:
+            return
+        client, system = self._client(), self.system
+        listing = self._listing()
+        asked: list[str] = []
+        for job in jobs:
+            job_id, _ = parse_job_ref(job.job_id)
+            info = listing.get(job_id)
+            native = (str((info or {}).get("status", {}).get("state") or "").split() or [""])[0]
+            if info is None or STATES.get(native, JobState.UNKNOWN).terminal:
+                continue
+            Path(job.run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(job.run_dir) / CANCELLED).touch()
+            try:
+                self._call(
+                    f"cancelling {job.run_id}",
+                    lambda job_id=job_id: client.cancel_job(system, job_id),
+                    missing=None,
+                )
+            except remote.GatewayError:
+                # ended meanwhile ("already completing or completed"): nothing to cancel
+                again = self._job_info(job_id)
+                state = (str((again or {}).get("status", {}).get("state") or "").split() or [""])[0]
+                if again is not None and not STATES.get(state, JobState.UNKNOWN).terminal:
+                    raise
+            asked.append(job_id)
+        self._cached.clear()
+        # the gateway answers before Slurm has moved the jobs on: wait (briefly) until it has
+        deadline = time.monotonic() + _CANCEL_WAIT_S
+        while asked and time.monotonic() < deadline:
+            listing = self._listing()
+            states = [
+                STATES.get((str(listing[i].get("status", {}).get("state") or "").split() or [""])[0])
+                for i in asked
+                if i in listing
+            ]
+            if not any(s in (JobState.QUEUED, JobState.RUNNING) for s in states):
+                break
+            time.sleep(0.3)
+
+    def download(self, job: JobRef, dest: Path) -> Path:
+        """The job directory (without the ``code/`` snapshot) into ``dest/RUN_ID``."""
+        client, system = self._client(), self.system
+        _, job_dir = parse_job_ref(job.job_id)
+        entries = self._call(
+            f"listing {job_dir}",
+            lambda: client.list_files(system, job_dir, show_hidden=True, recursive=True),
+            missing=None,
+        )
+        if entries is None:
+            raise remote.GatewayError(
+                f"backend {self.name}: the job directory {job_dir} of {job.run_id} is gone from {system}"
+            )
+        target = Path(dest) / job.run_id
+        target.mkdir(parents=True, exist_ok=True)
+        for entry in entries:
+            name = str(entry.get("name"))
+            if entry.get("type") != "-" or name == "code" or name.startswith("code/"):
+                continue
+            self._fetch(posixpath.join(job_dir, name), target / name, 0, None)
+        return target
+
+    def files(self) -> FirecrestFiles:
+        return FirecrestFiles(self)
+
+    # -- moving files ----------------------------------------------------------------------------
+
+    def _put(
+        self, open_data: Callable[[], IO[bytes]], size: int, directory: str, filename: str, what: str
+    ) -> None:
+        """Upload ``size`` bytes as ``directory/filename`` (staged by the gateway from 1 MiB on)."""
+        client, system, account = self._client(), self.system, self._account
+
+        def send() -> None:
+            data = open_data()
+            try:
+                client.upload(system, data, directory, filename, account=account, file_size=size)
+            finally:
+                close = getattr(data, "close", None)
+                if close is not None:
+                    close()
+
+        self._call(what, send)
+
+    def _fetch(self, path: str, dest: Path, offset: int, progress: remote.Progress | None) -> None:
+        """Copy ``path`` to ``dest``: a small file whole, a large one staged and read from ``offset`` on.
+
+        A missing ``path`` raises FileNotFoundError.
+        """
+        client, system, account = self._client(), self.system, self._account
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        operation = self._call(
+            f"downloading {path}",
+            lambda: client.download(system, path, str(dest), account=account, blocking=False),
+        )
+        if operation is None:  # small: pyfirecrest wrote the whole file
+            if progress:
+                progress(max(dest.stat().st_size - offset, 0))
+            return
+        self._call(f"staging {path} for download", operation.wait_for_transfer_job)
+        info = operation.transfer_data
+        directives = info.get("transferDirectives") or {}
+        url = info.get("downloadUrl") or directives.get("download_url") or directives.get("downloadUrl")
+        if not url:
+            raise remote.GatewayError(
+                f"backend {self.name}: downloading {path}: the gateway staged it but named no download URL"
+            )
+        self._call(f"downloading {path}", lambda: self._ranged_get(str(url), dest, offset, progress))
+
+    def _ranged_get(self, url: str, dest: Path, offset: int, progress: remote.Progress | None) -> None:
+        """GET a staged file's presigned URL into ``dest`` from ``offset`` (or whole when not served in part)."""
+        import httpx
+
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        with httpx.stream("GET", url, headers=headers, timeout=TIMEOUT_S) as response:
+            if response.status_code in remote.RETRY_STATUSES:
+                raise remote.Unreachable(f"HTTP {response.status_code} from the staging area")
+            if response.status_code >= 400:
+                response.read()
+                raise remote.http_error(
+                    self.name, "reading the staged file", response.status_code, response.text[:300]
+                )
+            start = offset if response.status_code == 206 else 0
+            with open(dest, "r+b" if start and dest.exists() else "wb") as out:
+                out.seek(start)
+                out.truncate()
+                for block in response.iter_bytes(1 << 20):
+                    out.write(block)
+                    if progress:
+                        progress(len(block))
+
+    def _stat(self, path: str) -> dict[str, Any] | None:
+        client, system = self._client(), self.system
+        info: dict[str, Any] | None = self._call(
+            f"reading {path}", lambda: client.stat(system, path, dereference=True), missing=None
+        )
+        return info
+
+
+class FirecrestFiles(remote.RemoteFiles):
+    """Files on a FirecREST system, by absolute path."""
+
+    resumable_download = True  # large files: staged by the gateway, read with HTTP Range
+    resumable_upload = False  # an upload replaces the whole file
+
+    def __init__(self, backend: FirecrestBackend) -> None:
+        self.backend = backend
+
+    def walk(self, path: str) -> list[remote.RemoteEntry]:
+        info = self.backend._stat(path)
+        if info is None:
+            raise FileNotFoundError(path)
+        if not stat.S_ISDIR(int(info["mode"])):
+            return [remote.RemoteEntry(path, int(info["size"]))]
+        client, system = self.backend._client(), self.backend.system
+        entries = self.backend._call(
+            f"listing {path}",
+            lambda: client.list_files(system, path, show_hidden=True, recursive=True),
+            missing=None,
+        )
+        if entries is None:
+            raise FileNotFoundError(path)
+        return sorted(
+            (
+                remote.RemoteEntry(posixpath.join(path, str(e["name"])), int(e.get("size") or 0))
+                for e in entries
+                if e.get("type") == "-"
+            ),
+            key=lambda e: e.path,
+        )
+
+    def size(self, path: str) -> int | None:
+        info = self.backend._stat(path)
+        return None if info is None or not stat.S_ISREG(int(info["mode"])) else int(info["size"])
+
+    def download(
+        self, path: str, dest: Path, *, offset: int = 0, progress: remote.Progress | None = None
+    ) -> None:
+        self.backend._fetch(path, Path(dest), offset, progress)
+
+    def upload(
+        self, source: Path, path: str, *, offset: int = 0, progress: remote.Progress | None = None
+    ) -> None:
+        backend = self.backend
+        client, system = backend._client(), backend.system
+        directory, filename = posixpath.split(path)
+        backend._call(f"creating {directory}", lambda: client.mkdir(system, directory, create_parents=True))
+        size = os.path.getsize(source)
+        backend._put(
+            lambda: _Counting(open(source, "rb"), progress), size, directory, filename, f"uploading {path}"
+        )
