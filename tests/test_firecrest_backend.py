@@ -148,7 +148,7 @@ class TestOnTheSystem:
             f"RUN_DIR={job_dir}",
             f"cd {job_dir}/code/tests || exit 2",
             "module load cray-python",
-            "source /users/me/venv/bin/activate",
+            'source "/users/me/venv"/bin/activate',
             "export OMP_NUM_THREADS=12",
             "# TOKEN: a secret, passed in the job's environment at submission",
         ):
@@ -266,7 +266,7 @@ class TestOnTheSystem:
         ref = _ref(spec, backend.submit(spec))
         wait_state(backend, ref, JobState.RUNNING)
         firecrest.vanish(parse_job_ref(ref.job_id)[0])
-        backend._cached.clear()
+        backend._statuses.clear()
         status = backend.status([ref])[spec.run_id]
         assert status.state is JobState.UNKNOWN and "no longer knows" in status.message
 

@@ -91,7 +91,7 @@ def test_script_has_every_resource_and_environment_setting() -> None:
         "#SBATCH --signal=B:USR1@90",
         "module load Stages/2024",
         "module load CUDA/12",
-        "source /p/venv/bin/activate",
+        'source "/p/venv"/bin/activate',
         "export OMP_NUM_THREADS=12",
         "echo before",
         "echo after",

@@ -316,8 +316,7 @@ def test_slurmrestd_down_is_a_clear_error_after_retries(
     assert result.returncode == 2
     assert "the gateway could not be reached after 3 tries" in result.stderr
     assert "check backend.url" in result.stderr and "Traceback" not in result.stderr
-    (record,) = Registry().list(limit=None)
-    assert record.job_id is None and record.state == "failed"
+    assert Registry().list(limit=None) == []  # nothing recorded
 
 
 def test_5xx_in_the_middle_of_a_sweep_then_resume_submits_only_the_rest(

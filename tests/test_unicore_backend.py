@@ -167,7 +167,7 @@ class TestOnTheSite:
         for line in (
             "module load Stages/2024",
             "module load CUDA/12",
-            "source /p/venv/bin/activate",
+            'source "/p/venv"/bin/activate',
             "export OMP_NUM_THREADS=12",
             "echo before",
             "echo after",
@@ -283,7 +283,7 @@ class TestOnTheSite:
         ref = _ref(spec, backend.submit(spec))
         wait_state(backend, ref, JobState.RUNNING)
         unicore.vanish(ref.job_id)
-        backend._cached.clear()
+        backend._statuses.clear()
         status = backend.status([ref])[spec.run_id]
         assert status.state is JobState.UNKNOWN and "no longer knows" in status.message
         with pytest.raises(GatewayError, match="HTTP 404"):
@@ -384,7 +384,7 @@ def test_dry_run_with_the_shipped_juwels_config_submits_nothing(
     assert description["Environment"] == {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}
     script = description["Imports"][0]["Data"]
     assert "module load Stages/2024" in script
-    assert "source /p/project/deepacf/maelstrom/venvs/maelstrom-run/bin/activate" in script
+    assert 'source "/p/project/deepacf/maelstrom/venvs/maelstrom-run"/bin/activate' in script
     assert "spec.yaml" in out and "code/toyapp.py" in out and "nothing was submitted" in out
     assert len(unicore.requests) == seen, "a dry run does not talk to the gateway"
     assert Registry().list(limit=None) == []

@@ -7,6 +7,7 @@ function of the spec and feeds both the dry run and the real submission.
 from __future__ import annotations
 
 import enum
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,31 @@ class Rendered:
     files: list[str] = field(default_factory=list)
     #: ``syntax``: how the dry run highlights ``text`` (bash by default, json for job descriptions).
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+class StatusCache:
+    """States of a set of jobs, queried again only after an interval that grows while nothing changes
+    (1 s, then up to 30 s), so watching a sweep costs the target little."""
+
+    def __init__(self) -> None:
+        self._cached: dict[tuple[str, ...], tuple[float, dict[str, JobStatus]]] = {}
+        self._interval = 1.0
+
+    def get(self, jobs: Sequence[JobRef], query: Callable[[], dict[str, JobStatus]]) -> dict[str, JobStatus]:
+        key = tuple(sorted(j.job_id for j in jobs))
+        cached = self._cached.get(key)
+        if cached and time.monotonic() - cached[0] < self._interval:
+            return cached[1]
+        out = query()
+        changed = not cached or {k: v.state for k, v in cached[1].items()} != {
+            k: v.state for k, v in out.items()
+        }
+        self._interval = 1.0 if changed else min(30.0, self._interval * 1.5)
+        self._cached = {key: (time.monotonic(), out)}
+        return out
+
+    def clear(self) -> None:
+        self._cached.clear()
 
 
 class Backend(ABC):

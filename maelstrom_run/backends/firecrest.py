@@ -51,7 +51,6 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -60,10 +59,9 @@ from ..config.secrets import job_environment, resolve_mapping
 from ..launch.files import CANCELLED, REQUEUES, count_requeues, read_result
 from ..launch.spec import SPEC_FILE, RunSpec
 from . import remote
-from .base import Backend, JobRef, JobState, JobStatus, Rendered, Submitted
-from .script import Target, render_batch_script
-from .slurm import _WHY as WHY
-from .slurm import STATES
+from .base import Backend, JobRef, JobState, JobStatus, Rendered, StatusCache, Submitted
+from .script import Target, render_batch_script, worker_python
+from .slurm import STATES, WHY
 
 T = TypeVar("T")
 
@@ -91,12 +89,6 @@ def parse_job_ref(ref: str) -> tuple[str, str]:
     if not sep or not job_id or not job_dir.startswith("/"):
         raise ConfigError(f"job id {ref!r} is not a FirecREST job id of maelstrom-run (JOBID@/job/dir)")
     return job_id, job_dir
-
-
-def python_command(conf: Mapping[str, Any]) -> str:
-    """The interpreter the job runs the worker with: the venv's or container's, else ``python3``."""
-    env = conf.get("environment") or {}
-    return "python" if env.get("venv") or (env.get("apptainer") or {}).get("image") else "python3"
 
 
 def _archive(inputs: Sequence[remote.Upload]) -> bytes:
@@ -127,29 +119,12 @@ def _detail(response: Any) -> str:
     return str(body)[:300]
 
 
-class _Counting:
-    """A file handed to pyfirecrest as an upload, counting what is read."""
-
-    def __init__(self, fh: IO[bytes], progress: remote.Progress | None) -> None:
-        self.fh, self.progress = fh, progress
-
-    def read(self, size: int = -1) -> bytes:
-        block = self.fh.read(size)
-        if block and self.progress:
-            self.progress(len(block))
-        return block
-
-    def close(self) -> None:
-        self.fh.close()
-
-
 class FirecrestBackend(Backend):
     def __init__(self, conf: dict[str, Any]) -> None:
         super().__init__(conf)
         self._firecrest: Any = None
         self._lock = threading.Lock()
-        self._cached: dict[tuple[str, ...], tuple[float, dict[str, JobStatus]]] = {}
-        self._interval = 1.0
+        self._statuses = StatusCache()
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -306,7 +281,7 @@ class FirecrestBackend(Backend):
             target=Target(run_dir=job_dir),
             output=posixpath.join(job_dir, "slurm-%j.out"),
             code_dir=posixpath.normpath(posixpath.join(job_dir, code_dir)),
-            python=python_command(self.conf),
+            python=worker_python(self.conf),
         )
 
     def render(self, spec: RunSpec, snapshots: dict[Any, Any] | None = None) -> Rendered:
@@ -345,32 +320,12 @@ class FirecrestBackend(Backend):
             Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
             spec.write()
         snapshots: dict[Any, Any] = {}  # the repository listed once per submission
-        ids: dict[str, str] = {}
-        errors: list[Exception] = []
-        waiting = iter(specs)
-        width = self._workers(len(specs))
-        with ThreadPoolExecutor(max_workers=width) as pool:
-            running: dict[Future[str], RunSpec] = {}
-            while True:
-                # at most ``max_parallel`` in flight; after a refusal nothing new starts
-                while len(running) < width and not errors and (spec := next(waiting, None)) is not None:
-                    running[pool.submit(self._submit_one, spec, secrets, snapshots)] = spec
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    spec = running.pop(future)
-                    try:
-                        ref = future.result()
-                    except Exception as exc:  # reported once the jobs in flight are in
-                        errors.append(exc)
-                        continue
-                    ids[spec.run_id] = ref
-                    if on_submitted:
-                        on_submitted([spec], [ref])
-        if errors:
-            raise errors[0]
-        return [ids[s.run_id] for s in specs]
+        return remote.submit_each(
+            specs,
+            lambda spec: self._submit_one(spec, secrets, snapshots),
+            width=self._workers(len(specs)),
+            on_submitted=on_submitted,
+        )
 
     def _submit_one(self, spec: RunSpec, secrets: Mapping[str, str], snapshots: dict[Any, Any]) -> str:
         """Upload the inputs into the job directory, then submit the batch script there."""
@@ -438,19 +393,13 @@ class FirecrestBackend(Backend):
     def status(self, jobs: Sequence[JobRef]) -> dict[str, JobStatus]:
         if not jobs:
             return {}
-        key = tuple(sorted(j.job_id for j in jobs))
-        cached = self._cached.get(key)
-        if cached and time.monotonic() - cached[0] < self._interval:
-            return cached[1]
-        listing = self._listing()
-        out = {job.run_id: self._status_one(job, listing) for job in jobs}
-        changed = not cached or {k: v.state for k, v in cached[1].items()} != {
-            k: v.state for k, v in out.items()
-        }
-        # back off while nothing changes: 1 s, then up to 30 s between queries
-        self._interval = 1.0 if changed else min(30.0, self._interval * 1.5)
-        self._cached = {key: (time.monotonic(), out)}
-        return out
+
+        def query() -> dict[str, JobStatus]:
+            listing = self._listing()
+            out = {job.run_id: self._status_one(job, listing) for job in jobs}
+            return out
+
+        return self._statuses.get(jobs, query)
 
     def _status_one(self, job: JobRef, listing: Mapping[str, dict[str, Any]]) -> JobStatus:
         run_dir = Path(job.run_dir)
@@ -540,7 +489,7 @@ class FirecrestBackend(Backend):
                 if again is not None and not STATES.get(state, JobState.UNKNOWN).terminal:
                     raise
             asked.append(job_id)
-        self._cached.clear()
+        self._statuses.clear()
         # the gateway answers before Slurm has moved the jobs on: wait (briefly) until it has
         deadline = time.monotonic() + _CANCEL_WAIT_S
         while asked and time.monotonic() < deadline:
@@ -703,5 +652,9 @@ class FirecrestFiles(remote.RemoteFiles):
         backend._call(f"creating {directory}", lambda: client.mkdir(system, directory, create_parents=True))
         size = os.path.getsize(source)
         backend._put(
-            lambda: _Counting(open(source, "rb"), progress), size, directory, filename, f"uploading {path}"
+            lambda: remote.Reading(open(source, "rb"), progress),
+            size,
+            directory,
+            filename,
+            f"uploading {path}",
         )

@@ -18,17 +18,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import ConfigError
 from ..launch.files import RESULT
 from ..launch.spec import SPEC_FILE, RunSpec
-from .base import JobState, JobStatus
+from .base import JobState, JobStatus, Submitted
 from .staging import repository_root, snapshot_files
 
 T = TypeVar("T")
+#: ``progress(n)``: n more bytes have moved.
+Progress = Callable[[int], None]
 
 #: Files copied from the remote run directory into the local one once a job has ended.
 MIRRORED = (RESULT, "job_return.pkl")
@@ -149,6 +152,69 @@ def remote_inputs(
     return out
 
 
+def submit_each(
+    specs: Sequence[RunSpec],
+    submit_one: Callable[[RunSpec], str],
+    *,
+    width: int,
+    on_submitted: Submitted | None = None,
+) -> list[str]:
+    """``submit_one(spec)`` for every spec, ``width`` at once; job ids in the order of ``specs``.
+
+    Each accepted job is reported through ``on_submitted`` in this (the calling) thread as it is
+    accepted. After a refusal nothing new starts; the jobs in flight are waited for and reported,
+    then the first error is raised, so ``maelstrom runs resume`` submits only the rest.
+    """
+    ids: dict[str, str] = {}
+    errors: list[Exception] = []
+    waiting = iter(specs)
+    width = max(1, width)
+    with ThreadPoolExecutor(max_workers=width) as pool:
+        running: dict[Future[str], RunSpec] = {}
+        while True:
+            while len(running) < width and not errors and (spec := next(waiting, None)) is not None:
+                running[pool.submit(submit_one, spec)] = spec
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                spec = running.pop(future)
+                try:
+                    job_id = future.result()
+                except Exception as exc:  # raised once the jobs in flight are in
+                    errors.append(exc)
+                    continue
+                ids[spec.run_id] = job_id
+                if on_submitted:
+                    on_submitted([spec], [job_id])
+    if errors:
+        raise errors[0]
+    return [ids[s.run_id] for s in specs]
+
+
+class Reading:
+    """A local file handed to an HTTP client as an upload body, counting what is read."""
+
+    def __init__(self, fh: Any, progress: Progress | None = None) -> None:
+        self.fh, self.progress = fh, progress
+
+    def fileno(self) -> int:
+        return int(self.fh.fileno())
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.fh.read(size)
+        if block and self.progress:
+            self.progress(len(block))
+        return block
+
+    def __iter__(self) -> Iterator[bytes]:
+        while block := self.read(1 << 20):
+            yield block
+
+    def close(self) -> None:
+        self.fh.close()
+
+
 def job_status(
     state: JobState,
     *,
@@ -176,9 +242,6 @@ def job_status(
 
 
 # -- files on the target (``maelstrom data copy``, downloads) -------------------------------------
-
-#: ``progress(n)``: n more bytes have moved.
-Progress = Callable[[int], None]
 
 
 @dataclasses.dataclass(frozen=True)

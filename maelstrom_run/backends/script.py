@@ -64,6 +64,17 @@ def directives(conf: Mapping[str, Any], job_name: str, output: str, array: str |
     return [f"#SBATCH {shlex.quote(line) if ' ' in line else line}" for line in lines]
 
 
+def expandable(value: str) -> str:
+    """``value`` double-quoted for bash: ``$SCRATCH``/``${HOME}`` still expand on the target, nothing else does."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
+
+
+def worker_python(conf: Mapping[str, Any], default: str = "python3") -> str:
+    """The interpreter the job runs the worker with: the venv's or container's ``python``, else ``default``."""
+    env = conf.get("environment") or {}
+    return "python" if env.get("venv") or (env.get("apptainer") or {}).get("image") else default
+
+
 def parallel(conf: Mapping[str, Any]) -> bool:
     res = conf.get("resources") or {}
     return int(res.get("nodes") or 1) * int(res.get("tasks_per_node") or 1) > 1
@@ -105,7 +116,7 @@ def render_batch_script(
     for module in env.get("modules") or []:
         out.append(f"module load {shlex.quote(str(module))}")
     if env.get("venv"):
-        out.append(f"source {shlex.quote(str(env['venv']))}/bin/activate")
+        out.append(f"source {expandable(str(env['venv']))}/bin/activate")
     for name, value in sorted((env.get("variables") or {}).items()):
         if is_reference(value):
             out.append(f"# {name}: a secret, passed in the job's environment at submission")

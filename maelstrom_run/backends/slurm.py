@@ -30,8 +30,8 @@ from ..config import ConfigError
 from ..config.secrets import job_environment
 from ..launch.files import CANCELLED, count_requeues, read_result, write_atomic
 from ..launch.spec import SPEC_FILE, RunSpec
-from .base import Backend, JobRef, JobState, JobStatus, Rendered, Submitted
-from .script import Target, render_batch_script
+from .base import Backend, JobRef, JobState, JobStatus, Rendered, StatusCache, Submitted
+from .script import Target, render_batch_script, worker_python
 from .staging import repository_root, snapshot_files, stage
 
 #: Slurm job states (``squeue %T`` / ``sacct State``) onto the contract's states, once.
@@ -60,7 +60,7 @@ STATES: dict[str, JobState] = {
     ),
     "CANCELLED": JobState.CANCELLED,
 }
-_WHY = {
+WHY = {
     "TIMEOUT": "the time limit was reached (raise backend.resources.time)",
     "OUT_OF_MEMORY": "out of memory (raise backend.resources.memory)",
     "NODE_FAIL": "a node failed",
@@ -86,8 +86,7 @@ class SlurmBackend(Backend):
 
     def __init__(self, conf: dict[str, Any]) -> None:
         super().__init__(conf)
-        self._cached: dict[tuple[str, ...], tuple[float, dict[str, JobStatus]]] = {}
-        self._interval = 1.0
+        self._statuses = StatusCache()
         self._snapshots: dict[str, tuple[Path | None, list[str], str]] = {}
 
     # -- talking to Slurm ------------------------------------------------------------------------
@@ -156,8 +155,7 @@ class SlurmBackend(Backend):
     # -- rendering -------------------------------------------------------------------------------
 
     def _python(self) -> str:
-        env = self.conf.get("environment") or {}
-        return "python" if env.get("venv") or (env.get("apptainer") or {}).get("image") else sys.executable
+        return worker_python(self.conf, sys.executable)
 
     def _staging(self, spec: RunSpec) -> tuple[Path | None, list[str], str]:
         """(repository root, files to stage, code dir relative to the snapshot) of a spec."""
@@ -343,19 +341,12 @@ class SlurmBackend(Backend):
     # -- status ----------------------------------------------------------------------------------
 
     def status(self, jobs: Sequence[JobRef]) -> dict[str, JobStatus]:
-        key = tuple(sorted(j.job_id for j in jobs))
-        cached = self._cached.get(key)
-        if cached and time.monotonic() - cached[0] < self._interval:
-            return cached[1]
-        states = self._query([j.job_id for j in jobs])
-        out = {job.run_id: self._combine(job, states) for job in jobs}
-        changed = not cached or {k: v.state for k, v in cached[1].items()} != {
-            k: v.state for k, v in out.items()
-        }
-        # back off while nothing changes: 1 s, then up to 30 s between queries
-        self._interval = 1.0 if changed else min(30.0, self._interval * 1.5)
-        self._cached = {key: (time.monotonic(), out)}
-        return out
+        def query() -> dict[str, JobStatus]:
+            states = self._query([j.job_id for j in jobs])
+            out = {job.run_id: self._combine(job, states) for job in jobs}
+            return out
+
+        return self._statuses.get(jobs, query)
 
     def _query(self, job_ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
         """``job id -> (STATE, reason, exit code)`` from one squeue and (for the rest) one sacct call."""
@@ -425,7 +416,7 @@ class SlurmBackend(Backend):
             state, message = JobState.FAILED, "the job ended without a result from the worker"
         if state is JobState.FAILED:
             error = (result or {}).get("error")
-            message = _WHY.get(slurm_state) or error or f"Slurm state {slurm_state} (exit code {code})"
+            message = WHY.get(slurm_state) or error or f"Slurm state {slurm_state} (exit code {code})"
         if state is JobState.CANCELLED:
             message = "cancelled"
         return JobStatus(state, code, message, result, requeues)
@@ -454,7 +445,7 @@ class SlurmBackend(Backend):
                 (Path(job.run_dir) / CANCELLED).touch()
         ids = sorted({j.job_id for j in jobs})
         self._scancel(ids)
-        self._cached.clear()
+        self._statuses.clear()
         # scancel returns before slurmctld has moved the jobs on: wait (briefly) until it has
         deadline = time.monotonic() + _CANCEL_WAIT_S
         while time.monotonic() < deadline:

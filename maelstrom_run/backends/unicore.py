@@ -40,9 +40,8 @@ import os
 import re
 import shlex
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,8 +52,8 @@ from ..config.units import time_limit_seconds
 from ..launch.files import CANCELLED, read_result
 from ..launch.spec import SPEC_FILE, RunSpec
 from . import remote
-from .base import Backend, JobRef, JobState, JobStatus, Rendered, Submitted
-from .script import Target, parallel, render_batch_script
+from .base import Backend, JobRef, JobState, JobStatus, Rendered, StatusCache, Submitted
+from .script import Target, parallel, render_batch_script, worker_python
 
 T = TypeVar("T")
 
@@ -111,12 +110,6 @@ def resources(conf: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def python_command(conf: Mapping[str, Any]) -> str:
-    """The interpreter the job runs the worker with: the venv's or container's, else ``python3``."""
-    env = conf.get("environment") or {}
-    return "python" if env.get("venv") or (env.get("apptainer") or {}).get("image") else "python3"
-
-
 def job_script(conf: Mapping[str, Any], job_name: str, code_dir: str) -> str:
     """``job.sh``: the Slurm backend's batch script for the job's working directory, without directives.
 
@@ -145,7 +138,7 @@ def job_script(conf: Mapping[str, Any], job_name: str, code_dir: str) -> str:
         target=Target(),
         output="",
         code_dir="." if os.path.isabs(code_dir) else code_dir,
-        python=python_command(conf),
+        python=worker_python(conf),
         sbatch=False,
     )
 
@@ -220,34 +213,13 @@ def _stream(transport: Any, url: str, offset: int = 0) -> Iterator[Any]:
         yield response
 
 
-class _Reading:
-    """A file handed to httpx as an upload body (its length known), counting what is read."""
-
-    def __init__(self, fh: Any, progress: remote.Progress | None) -> None:
-        self.fh, self.progress = fh, progress
-
-    def fileno(self) -> int:
-        return int(self.fh.fileno())
-
-    def read(self, size: int = -1) -> bytes:
-        block = self.fh.read(size)
-        if block and self.progress:
-            self.progress(len(block))
-        return block
-
-    def __iter__(self) -> Iterator[bytes]:
-        while block := self.read(1 << 20):
-            yield block
-
-
 class UnicoreBackend(Backend):
     def __init__(self, conf: dict[str, Any]) -> None:
         super().__init__(conf)
         self._site: Any = None
         self._lock = threading.Lock()
         self._workdirs: dict[str, str] = {}
-        self._cached: dict[tuple[str, ...], tuple[float, dict[str, JobStatus]]] = {}
-        self._interval = 1.0
+        self._statuses = StatusCache()
 
     # -- connection and errors -------------------------------------------------------------------
 
@@ -401,32 +373,12 @@ class UnicoreBackend(Backend):
         for spec in specs:
             Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
             spec.write()
-        ids: dict[str, str] = {}
-        errors: list[Exception] = []
-        waiting = iter(specs)
-        width = self._workers(len(specs))
-        with ThreadPoolExecutor(max_workers=width) as pool:
-            running: dict[Future[str], RunSpec] = {}
-            while True:
-                # at most ``max_parallel`` in flight; after a refusal nothing new starts
-                while len(running) < width and not errors and (spec := next(waiting, None)) is not None:
-                    running[pool.submit(self._submit_one, spec, secrets, snapshots)] = spec
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    spec = running.pop(future)
-                    try:
-                        job_url = future.result()
-                    except Exception as exc:  # reported once the jobs in flight are in
-                        errors.append(exc)
-                        continue
-                    ids[spec.run_id] = job_url
-                    if on_submitted:
-                        on_submitted([spec], [job_url])
-        if errors:
-            raise errors[0]
-        return [ids[s.run_id] for s in specs]
+        return remote.submit_each(
+            specs,
+            lambda spec: self._submit_one(spec, secrets, snapshots),
+            width=self._workers(len(specs)),
+            on_submitted=on_submitted,
+        )
 
     def _submit_one(self, spec: RunSpec, secrets: Mapping[str, str], snapshots: dict[Any, Any]) -> str:
         """Create the job, upload its inputs, start it; a job that cannot be started is removed."""
@@ -459,7 +411,7 @@ class UnicoreBackend(Backend):
             storage.put(item.data, item.remote)
             return
         with open(str(item.source), "rb") as fh:
-            storage.put(_Reading(fh, None), item.remote)
+            storage.put(remote.Reading(fh, None), item.remote)
 
     def adopt(self, specs: Sequence[RunSpec]) -> dict[str, str]:
         """Jobs the gateway has for these runs (by the run id tag); a job never started is removed."""
@@ -491,19 +443,13 @@ class UnicoreBackend(Backend):
     def status(self, jobs: Sequence[JobRef]) -> dict[str, JobStatus]:
         if not jobs:
             return {}
-        key = tuple(sorted(j.job_id for j in jobs))
-        cached = self._cached.get(key)
-        if cached and time.monotonic() - cached[0] < self._interval:
-            return cached[1]
-        with ThreadPoolExecutor(max_workers=self._workers(len(jobs))) as pool:
-            out = dict(zip([j.run_id for j in jobs], pool.map(self._status_one, jobs), strict=True))
-        changed = not cached or {k: v.state for k, v in cached[1].items()} != {
-            k: v.state for k, v in out.items()
-        }
-        # one GET per job: back off while nothing changes, 1 s up to 30 s between queries
-        self._interval = 1.0 if changed else min(30.0, self._interval * 1.5)
-        self._cached = {key: (time.monotonic(), out)}
-        return out
+
+        def query() -> dict[str, JobStatus]:
+            with ThreadPoolExecutor(max_workers=self._workers(len(jobs))) as pool:
+                out = dict(zip([j.run_id for j in jobs], pool.map(self._status_one, jobs), strict=True))
+            return out
+
+        return self._statuses.get(jobs, query)
 
     def _status_one(self, job: JobRef) -> JobStatus:
         run_dir = Path(job.run_dir)
@@ -575,7 +521,7 @@ class UnicoreBackend(Backend):
 
         with ThreadPoolExecutor(max_workers=self._workers(len(jobs))) as pool:
             list(pool.map(abort, jobs))
-        self._cached.clear()
+        self._statuses.clear()
 
     def download(self, job: JobRef, dest: Path) -> Path:
         """The job's working directory (without the ``code/`` snapshot) into ``dest/RUN_ID``."""
@@ -699,6 +645,6 @@ class UnicoreFiles(remote.RemoteFiles):
 
         def send() -> None:
             with open(source, "rb") as fh:
-                storage.put(_Reading(fh, progress), rel)
+                storage.put(remote.Reading(fh, progress), rel)
 
         self.backend._call(f"uploading {path}", send)
