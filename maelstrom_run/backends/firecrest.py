@@ -59,7 +59,7 @@ from ..config.secrets import job_environment, resolve_mapping
 from ..launch.files import CANCELLED, REQUEUES, count_requeues, read_result
 from ..launch.spec import SPEC_FILE, RunSpec
 from . import remote
-from .base import Backend, JobRef, JobState, JobStatus, Rendered, StatusCache, Submitted
+from .base import JobRef, JobState, JobStatus, Rendered, StatusCache
 from .script import Target, render_batch_script, worker_python
 from .slurm import STATES, WHY
 
@@ -119,7 +119,7 @@ def _detail(response: Any) -> str:
     return str(body)[:300]
 
 
-class FirecrestBackend(Backend):
+class FirecrestBackend(remote.GatewayBackend):
     def __init__(self, conf: dict[str, Any]) -> None:
         super().__init__(conf)
         self._firecrest: Any = None
@@ -180,13 +180,7 @@ class FirecrestBackend(Backend):
                     f"backend {self.name}: {what} failed in the gateway's transfer ({text})"
                 ) from None
 
-        return remote.with_retries(
-            once,
-            backend=self.name,
-            what=what,
-            attempts=int(self.conf.get("retries") or 4),
-            first_delay=float(self.conf.get("retry_delay") or 1.0),
-        )
+        return self.retrying(once, what)
 
     def _credentials(self) -> dict[str, str]:
         given = dict(self.conf.get("credentials") or {})
@@ -257,9 +251,6 @@ class FirecrestBackend(Backend):
     def connect(self) -> None:
         self._client()
 
-    def _workers(self, n: int) -> int:
-        return max(1, min(int(self.conf.get("max_parallel") or 1), n))
-
     # -- rendering -------------------------------------------------------------------------------
 
     def _script(self, spec: RunSpec, job_dir: str, inputs: Sequence[remote.Upload]) -> str:
@@ -305,27 +296,7 @@ class FirecrestBackend(Backend):
             meta={"job_dir": job_dir},
         )
 
-    def render_many(self, specs: Sequence[RunSpec]) -> list[Rendered]:
-        snapshots: dict[Any, Any] = {}  # the repository listed once
-        return [self.render(s, snapshots) for s in specs]
-
     # -- submitting ------------------------------------------------------------------------------
-
-    def submit_many(self, specs: Sequence[RunSpec], on_submitted: Submitted | None = None) -> list[str]:
-        if not specs:
-            return []
-        self._client()  # refused credentials or an unreachable gateway: nothing is created
-        secrets = job_environment([s.config for s in specs])
-        for spec in specs:
-            Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
-            spec.write()
-        snapshots: dict[Any, Any] = {}  # the repository listed once per submission
-        return remote.submit_each(
-            specs,
-            lambda spec: self._submit_one(spec, secrets, snapshots),
-            width=self._workers(len(specs)),
-            on_submitted=on_submitted,
-        )
 
     def _submit_one(self, spec: RunSpec, secrets: Mapping[str, str], snapshots: dict[Any, Any]) -> str:
         """Upload the inputs into the job directory, then submit the batch script there."""

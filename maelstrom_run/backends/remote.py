@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import ConfigError
+from ..config.secrets import job_environment
 from ..launch.files import RESULT
 from ..launch.spec import SPEC_FILE, RunSpec
-from .base import JobState, JobStatus, Submitted
+from .base import Backend, JobState, JobStatus, Rendered, Submitted
 from .staging import repository_root, snapshot_files
 
 T = TypeVar("T")
@@ -239,6 +240,56 @@ def job_status(
     if state is JobState.CANCELLED:
         message = "cancelled"
     return JobStatus(state, exit_code, message, result)
+
+
+class GatewayBackend(Backend):
+    """What the UNICORE and FirecREST backends share: connecting before anything is recorded,
+    retries with the backend's ``retries``/``retry_delay``, and a sweep submitted ``max_parallel``
+    jobs at a time, each job's inputs from one listing of the repository.
+
+    A subclass connects in :meth:`connect` (refused credentials raise there), renders with
+    ``render(spec, snapshots)`` and submits one job with ``_submit_one(spec, secrets, snapshots)``.
+    """
+
+    def retrying(self, call: Callable[[], T], what: str) -> T:
+        """``call()``, retried with backoff while the gateway cannot be reached."""
+        return with_retries(
+            call,
+            backend=self.name,
+            what=what,
+            attempts=int(self.conf.get("retries") or 4),
+            first_delay=float(self.conf.get("retry_delay") or 1.0),
+        )
+
+    def workers(self, n: int) -> int:
+        """Threads for ``n`` requests: at most ``backend.max_parallel``."""
+        return max(1, min(n, int(self.conf.get("max_parallel") or 1)))
+
+    def render(self, spec: RunSpec, snapshots: dict[Any, Any] | None = None) -> Rendered:
+        raise NotImplementedError
+
+    def render_many(self, specs: Sequence[RunSpec]) -> list[Rendered]:
+        snapshots: dict[Any, Any] = {}  # the repository listed once
+        return [self.render(s, snapshots) for s in specs]
+
+    def _submit_one(self, spec: RunSpec, secrets: dict[str, str], snapshots: dict[Any, Any]) -> str:
+        raise NotImplementedError
+
+    def submit_many(self, specs: Sequence[RunSpec], on_submitted: Submitted | None = None) -> list[str]:
+        if not specs:
+            return []
+        self.connect()  # refused credentials or an unreachable gateway: nothing is created
+        secrets = job_environment([s.config for s in specs])
+        snapshots: dict[Any, Any] = {}  # the repository listed once per submission
+        for spec in specs:
+            Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+            spec.write()
+        return submit_each(
+            specs,
+            lambda spec: self._submit_one(spec, secrets, snapshots),
+            width=self.workers(len(specs)),
+            on_submitted=on_submitted,
+        )
 
 
 # -- files on the target (``maelstrom data copy``, downloads) -------------------------------------

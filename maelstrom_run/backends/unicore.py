@@ -52,7 +52,7 @@ from ..config.units import time_limit_seconds
 from ..launch.files import CANCELLED, read_result
 from ..launch.spec import SPEC_FILE, RunSpec
 from . import remote
-from .base import Backend, JobRef, JobState, JobStatus, Rendered, StatusCache, Submitted
+from .base import JobRef, JobState, JobStatus, Rendered, StatusCache
 from .script import Target, parallel, render_batch_script, worker_python
 
 T = TypeVar("T")
@@ -213,7 +213,7 @@ def _stream(transport: Any, url: str, offset: int = 0) -> Iterator[Any]:
         yield response
 
 
-class UnicoreBackend(Backend):
+class UnicoreBackend(remote.GatewayBackend):
     def __init__(self, conf: dict[str, Any]) -> None:
         super().__init__(conf)
         self._site: Any = None
@@ -247,13 +247,7 @@ class UnicoreBackend(Backend):
                     return missing
                 raise remote.http_error(self.name, what, status, _detail(exc)) from None
 
-        return remote.with_retries(
-            once,
-            backend=self.name,
-            what=what,
-            attempts=int(self.conf.get("retries") or 4),
-            first_delay=float(self.conf.get("retry_delay") or 1.0),
-        )
+        return self.retrying(once, what)
 
     def _credential(self) -> Any:
         from pyunicore import credentials
@@ -301,9 +295,6 @@ class UnicoreBackend(Backend):
 
     def connect(self) -> None:
         self._client()
-
-    def _workers(self, n: int) -> int:
-        return max(1, min(n, int(self.conf.get("max_parallel") or 1)))
 
     def _properties(self, job_url: str) -> dict[str, Any] | None:
         """A job's properties, None when the gateway no longer knows it."""
@@ -358,27 +349,7 @@ class UnicoreBackend(Backend):
             meta={"syntax": "json"},
         )
 
-    def render_many(self, specs: Sequence[RunSpec]) -> list[Rendered]:
-        snapshots: dict[Any, Any] = {}  # the repository listed once
-        return [self.render(s, snapshots) for s in specs]
-
     # -- submitting ------------------------------------------------------------------------------
-
-    def submit_many(self, specs: Sequence[RunSpec], on_submitted: Submitted | None = None) -> list[str]:
-        if not specs:
-            return []
-        self._client()  # refused credentials or an unreachable gateway: nothing is created
-        secrets = job_environment([s.config for s in specs])
-        snapshots: dict[Any, Any] = {}  # the repository listed once per submission
-        for spec in specs:
-            Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
-            spec.write()
-        return remote.submit_each(
-            specs,
-            lambda spec: self._submit_one(spec, secrets, snapshots),
-            width=self._workers(len(specs)),
-            on_submitted=on_submitted,
-        )
 
     def _submit_one(self, spec: RunSpec, secrets: Mapping[str, str], snapshots: dict[Any, Any]) -> str:
         """Create the job, upload its inputs, start it; a job that cannot be started is removed."""
@@ -434,7 +405,7 @@ class UnicoreBackend(Backend):
                     found = str(job.resource_url)
             return found
 
-        with ThreadPoolExecutor(max_workers=self._workers(len(specs))) as pool:
+        with ThreadPoolExecutor(max_workers=self.workers(len(specs))) as pool:
             found = list(pool.map(find, specs))
         return {s.run_id: url for s, url in zip(specs, found, strict=True) if url}
 
@@ -445,7 +416,7 @@ class UnicoreBackend(Backend):
             return {}
 
         def query() -> dict[str, JobStatus]:
-            with ThreadPoolExecutor(max_workers=self._workers(len(jobs))) as pool:
+            with ThreadPoolExecutor(max_workers=self.workers(len(jobs))) as pool:
                 out = dict(zip([j.run_id for j in jobs], pool.map(self._status_one, jobs), strict=True))
             return out
 
@@ -519,7 +490,7 @@ class UnicoreBackend(Backend):
                 Path(job.run_dir).mkdir(parents=True, exist_ok=True)
                 (Path(job.run_dir) / CANCELLED).touch()
 
-        with ThreadPoolExecutor(max_workers=self._workers(len(jobs))) as pool:
+        with ThreadPoolExecutor(max_workers=self.workers(len(jobs))) as pool:
             list(pool.map(abort, jobs))
         self._statuses.clear()
 
