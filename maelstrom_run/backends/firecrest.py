@@ -556,14 +556,7 @@ class FirecrestBackend(remote.GatewayBackend):
                 raise remote.http_error(
                     self.name, "reading the staged file", response.status_code, response.text[:300]
                 )
-            start = offset if response.status_code == 206 else 0
-            with open(dest, "r+b" if start and dest.exists() else "wb") as out:
-                out.seek(start)
-                out.truncate()
-                for block in response.iter_bytes(1 << 20):
-                    out.write(block)
-                    if progress:
-                        progress(len(block))
+            remote.write_response(response, dest, offset, progress)
 
     def _stat(self, path: str) -> dict[str, Any] | None:
         client, system = self._client(), self.system

@@ -193,6 +193,20 @@ def submit_each(
     return [ids[s.run_id] for s in specs]
 
 
+def write_response(response: Any, dest: Path, offset: int, progress: Progress | None) -> None:
+    """An httpx streamed response into ``dest``: appended at ``offset`` when the server answered a
+    Range request (206), else the whole file."""
+    start = offset if response.status_code == 206 else 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "r+b" if start and dest.exists() else "wb") as out:
+        out.seek(start)
+        out.truncate()
+        for block in response.iter_bytes(1 << 20):
+            out.write(block)
+            if progress:
+                progress(len(block))
+
+
 class Reading:
     """A local file handed to an HTTP client as an upload body, counting what is read."""
 

@@ -530,15 +530,7 @@ def _fetch(
 
     def once() -> bool:
         with _stream(transport, url, offset) as response:
-            start = offset if response.status_code == 206 else 0
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(dest, "r+b" if start and dest.exists() else "wb") as out:
-                out.seek(start)
-                out.truncate()
-                for block in response.iter_bytes(1 << 20):
-                    out.write(block)
-                    if progress:
-                        progress(len(block))
+            remote.write_response(response, dest, offset, progress)
         return True
 
     if backend._call(f"downloading {what}", once, missing=None) is None:
