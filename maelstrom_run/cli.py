@@ -51,7 +51,7 @@ def _run_single(cfg: Any) -> Any:
         return record.schedule_id if record else None
     spec = build(cfg, list(hydra_cfg.overrides.task))
     if spec.config.get("dry_run"):
-        print_dry_run(spec)
+        print_dry_run([spec])
         return None
     wait = default_wait(spec.backend, hydra_cfg.launcher.get("wait") if "launcher" in hydra_cfg else None)
     (record,) = submit([spec], wait=wait, follow=True)

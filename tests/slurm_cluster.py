@@ -135,6 +135,17 @@ class SlurmCluster:
                 raise AssertionError(f"job {job_id} is not waiting for its begin time: {state!r}")
             time.sleep(0.2)
 
+    def jobs_named(self, prefix: str) -> dict[str, str]:
+        """Job id -> name of every job (queued or finished) whose name starts with ``prefix``."""
+        lines = self.run("squeue", "-h", "-o", "%F|%j").splitlines()
+        lines += self.run("sacct", "-X", "-P", "-n", "-S", "now-2hours", "-o", "JobID,JobName").splitlines()
+        found = {}
+        for line in lines:
+            job_id, _, name = line.partition("|")
+            if name.startswith(prefix):
+                found[job_id.split("_")[0]] = name
+        return found
+
     def cancel(self, *job_ids: str) -> None:
         if job_ids:
             self.run("scancel", *job_ids, check=False)

@@ -298,7 +298,7 @@ def test_resume_after_the_submitting_process_was_killed(
     arrays = {j.split("_")[0] for j in job_ids}
     slurm.submitted.extend(arrays)
     assert len(arrays) == 3, "three arrays of two"
-    on_cluster = _jobs_named(slurm, sweep_id)
+    on_cluster = slurm.jobs_named(sweep_id)
     assert set(on_cluster) == arrays, "no part of the sweep was submitted twice"
     assert sorted(on_cluster.values()) == [f"{sweep_id}.000", f"{sweep_id}.001", f"{sweep_id}.002"]
     again = run_cli(["maelstrom", "runs", "resume", sweep_id], toy_project, toy_env, check=True)
@@ -329,19 +329,7 @@ def test_dry_run_prints_the_script_and_staged_files_and_submits_nothing(
     assert Registry().list(limit=None) == []
     run_id = result.stdout.split("dry run: ", 1)[1].split()[0]
     sweep_id = sweep.stdout.split("dry run: ", 1)[1].split()[0]
-    assert not _jobs_named(slurm, run_id) and not _jobs_named(slurm, sweep_id)
-
-
-def _jobs_named(slurm: SlurmCluster, prefix: str) -> dict[str, str]:  # noqa: F811
-    """Job id -> name of every job (queued or finished) whose name starts with ``prefix``."""
-    lines = slurm.run("squeue", "-h", "-o", "%F|%j").splitlines()
-    lines += slurm.run("sacct", "-X", "-P", "-n", "-S", "now-2hours", "-o", "JobID,JobName").splitlines()
-    found = {}
-    for line in lines:
-        job_id, _, name = line.partition("|")
-        if name.startswith(prefix):
-            found[job_id.split("_")[0]] = name
-    return found
+    assert not slurm.jobs_named(run_id) and not slurm.jobs_named(sweep_id)
 
 
 # -- requeue ------------------------------------------------------------------------------------

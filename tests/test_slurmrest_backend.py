@@ -169,18 +169,6 @@ def toy_env(
     return {**cli_env, "MAELSTROM_CONFIG_PATH": str(toy_project / "conf"), "SLURM_JWT": slurm_jwt}
 
 
-def _jobs_named(slurm: SlurmCluster, prefix: str) -> dict[str, str]:  # noqa: F811
-    """Job id -> name of every job (queued or finished) whose name starts with ``prefix``."""
-    lines = slurm.run("squeue", "-h", "-o", "%F|%j").splitlines()
-    lines += slurm.run("sacct", "-X", "-P", "-n", "-S", "now-2hours", "-o", "JobID,JobName").splitlines()
-    found = {}
-    for line in lines:
-        job_id, _, name = line.partition("|")
-        if name.startswith(prefix):
-            found[job_id.split("_")[0]] = name
-    return found
-
-
 def test_sweep_is_one_job_array(
     run_cli,
     toy_env: dict[str, str],
@@ -198,7 +186,7 @@ def test_sweep_is_one_job_array(
     slurm.submitted.extend(arrays)
     assert len(records) == 3 and len(arrays) == 1, "a sweep is one job array"
     assert [r.job_id.split("_")[1] for r in records] == ["0", "1", "2"]
-    assert _jobs_named(slurm, records[0].sweep_id) == {arrays.pop(): f"{records[0].sweep_id}.000"}
+    assert slurm.jobs_named(records[0].sweep_id) == {arrays.pop(): f"{records[0].sweep_id}.000"}
     share = Path(records[0].run_dir).parent / records[0].sweep_id
     assert (share / "code" / "toyapp.py").exists() and (share / "arrays" / "000.txt").exists()
 
@@ -237,7 +225,7 @@ def test_dry_run_prints_the_payload_and_submits_nothing(
     assert Registry().list(limit=None) == []
     run_id = single.stdout.split("dry run: ", 1)[1].split()[0]
     sweep_id = sweep.stdout.split("dry run: ", 1)[1].split()[0]
-    assert not _jobs_named(slurm, run_id) and not _jobs_named(slurm, sweep_id)
+    assert not slurm.jobs_named(run_id) and not slurm.jobs_named(sweep_id)
 
 
 # -- refused, unusable and unreachable ------------------------------------------------------------------
@@ -357,7 +345,7 @@ def test_5xx_in_the_middle_of_a_sweep_then_resume_submits_only_the_rest(
     slurm.submitted.extend(arrays)
     assert all(job_ids) and len(set(job_ids)) == 6 and len(arrays) == 3
     assert faulty_slurmrest.forwarded_submits == 3, "no part of the sweep was submitted twice"
-    assert set(_jobs_named(slurm, sweep_id)) == arrays
+    assert set(slurm.jobs_named(sweep_id)) == arrays
     watch = run_cli(
         ["maelstrom", "runs", "watch", sweep_id, "--interval", "1"], toy_project, toy_env, timeout=180
     )

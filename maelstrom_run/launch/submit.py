@@ -98,10 +98,8 @@ def _mark_failed(registry: Registry, specs: Sequence[RunSpec], message: str) -> 
     registry.update_many([(s.run_id, {"state": "failed", "message": first, "ended": now}) for s in specs])
 
 
-def print_dry_run(specs: Sequence[RunSpec] | RunSpec) -> None:
+def print_dry_run(specs: Sequence[RunSpec]) -> None:
     """Show exactly what ``submit`` would send (the backend's render) and submit nothing."""
-    if isinstance(specs, RunSpec):
-        specs = [specs]
     from rich.markup import escape
     from rich.syntax import Syntax
 

@@ -100,7 +100,7 @@ def register(cfg: Any, overrides: list[str], store: ScheduleStore | None = None)
     if spec.config.get("dry_run"):
         from ..launch.submit import print_dry_run
 
-        print_dry_run(spec)
+        print_dry_run([spec])
         _print_registered(record, registered=False)
         return None
     (store or ScheduleStore()).add(record)
