@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config.errors import EXIT_FAILED, explain
-from .paths import user_config_dirs
+from .config.errors import explain
+from .core.errors import EXIT_FAILED
+from .core.paths import user_config_dirs
 
 
 def _exit_for(exc: BaseException) -> None:

@@ -39,13 +39,13 @@ def byte_progress(show: bool = True, transient: bool = False) -> Any:
 
 def print_run_summary(record: Any) -> None:
     """How a run ended: state, metrics, MLflow run, run directory, and what to run next."""
-    from .launch.files import read_result
+    from .core.rundir import RunDir
 
     console = make_console(stderr=True)
-    result = read_result(record.run_dir) or {}
+    result = RunDir(record.run_dir).read_result()
     colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(record.state, "cyan")
     console.rule(f"[bold {colour}]{record.run_id} {record.state}[/]")
-    metrics = result.get("metrics") or {}
+    metrics = result.metrics if result else {}
     if metrics:
         console.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     if record.message and record.state != "succeeded":

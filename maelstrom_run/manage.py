@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config.errors import EXIT_FAILED, explain
+from .config.errors import explain
+from .core.errors import EXIT_FAILED
 
 
 def _console(stderr: bool = False) -> Any:
@@ -63,7 +64,7 @@ def _selected(registry: Any, args: argparse.Namespace) -> list[Any]:
         sweep = registry.sweep(args.sweep)
         return registry.list(sweep_id=sweep.sweep_id, limit=None)
     if not args.id:
-        from .config import ConfigError
+        from .core.errors import ConfigError
 
         raise ConfigError("give a run id, or --sweep SWEEP_ID; see `maelstrom runs list`")
     return [registry.get(args.id)]
@@ -128,14 +129,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import yaml
 
-    from .launch.files import read_result
+    from .core.rundir import RunDir
     from .launch.monitor import refresh
 
     registry = _registry()
     (r,) = refresh(registry, [registry.get(args.id)])
     spec = yaml.safe_load(r.spec)
     git = spec.get("git") or {}
-    result = read_result(r.run_dir) or {}
+    result = RunDir(r.run_dir).read_result()
     rows = [
         ("run id", r.run_id),
         ("state", _state(r.state)),
@@ -159,7 +160,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("MLflow", f"run {r.mlflow_run_id} in {r.tracking_uri}" if r.mlflow_run_id else "-"),
         (
             "metrics",
-            ", ".join(f"{k}={v:.4g}" for k, v in sorted((result.get("metrics") or {}).items())) or "-",
+            ", ".join(f"{k}={v:.4g}" for k, v in sorted((result.metrics if result else {}).items())) or "-",
         ),
         ("run dir", r.run_dir),
     ]
@@ -170,7 +171,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from .backends import JobRef
+    from .core.states import JobRef
     from .launch.monitor import TERMINAL, backend_of, refresh
 
     registry = _registry()
@@ -209,7 +210,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from .config import ConfigError
+    from .core.errors import ConfigError
     from .launch.monitor import wait
 
     registry = _registry()
@@ -257,7 +258,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .backends import JobRef
+    from .core.states import JobRef
     from .launch.monitor import backend_of
 
     registry = _registry()
@@ -270,7 +271,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from .config import ConfigError
+    from .core.errors import ConfigError
     from .launch.rerun import rerun_one, rerun_sweep
     from .launch.submit import submit
 

@@ -22,8 +22,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .launch.files import CANCELLED, REQUEUES, count_requeues, read_result, write_result
-from .launch.spec import RunSpec
+from .core.rundir import Result, RunDir
+from .core.spec import RunSpec
+from .core.states import JobState
 
 EXIT_APP_FAILED, EXIT_SETUP_FAILED = 1, 3
 
@@ -36,11 +37,10 @@ def _warned(signum: int, frame: Any) -> None:
     raise Requeue()
 
 
-def _requeue(run_dir: Path) -> None:
+def _requeue(run_dir: RunDir) -> None:
     """Ask Slurm to requeue this job (it is stopped and starts again later) and record it."""
     job = os.environ.get("SLURM_JOB_ID", "")
-    with open(run_dir / REQUEUES, "a") as fh:
-        fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} job {job}\n")
+    run_dir.add_requeue(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} job {job}")
     proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"maelstrom-run: could not requeue job {job}: {proc.stderr.strip()}", file=sys.stderr)
@@ -85,16 +85,16 @@ def run_app(spec: RunSpec) -> int:
 
     from .tracking import mlflow_run
 
-    run_dir = Path(spec.run_dir)
+    run_dir = RunDir(spec.run_dir)
     if _rank() > 0:
         return run_rank(spec)
-    previous = read_result(run_dir) or {}
-    requeues = count_requeues(run_dir)
-    resumed = previous.get("mlflow_run_id") if requeues else None
-    result: dict[str, Any] = {"run_id": spec.run_id, "state": "running", "started": time.time()}
+    previous = run_dir.read_result() or Result()
+    requeues = run_dir.requeues()
+    resumed = previous.mlflow_run_id if requeues else None
+    result = Result(run_id=spec.run_id, state=JobState.RUNNING, started=time.time())
     if resumed:
-        result.update(started=previous.get("started") or result["started"], requeues=requeues)
-    write_result(run_dir, result)
+        result.started, result.requeues = previous.started or result.started, requeues
+    run_dir.write_result(result)
     try:
         uri = mlflow_run.connect(spec.tracking)
         import mlflow
@@ -112,12 +112,11 @@ def run_app(spec: RunSpec) -> int:
     except Exception as exc:  # noqa: BLE001 - any tracking failure fails the run cleanly
         message = f"tracking: {exc}".splitlines()[0]
         print(f"maelstrom-run: {message}", file=sys.stderr)
-        result.update(state="failed", exit_code=EXIT_SETUP_FAILED, error=message, ended=time.time())
-        write_result(run_dir, result)
+        _finish(run_dir, result, JobState.FAILED, EXIT_SETUP_FAILED, error=message)
         return EXIT_SETUP_FAILED
 
-    result.update(mlflow_run_id=run.info.run_id, experiment_id=experiment_id, tracking_uri=uri)
-    write_result(run_dir, result)
+    result.mlflow_run_id, result.experiment_id, result.tracking_uri = run.info.run_id, experiment_id, uri
+    run_dir.write_result(result)
     history: dict[str, list[tuple[int, float]]] = {}
 
     def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
@@ -149,8 +148,8 @@ def run_app(spec: RunSpec) -> int:
             ctx.checkpoint_hook()
         mlflow.set_tag("maelstrom.requeues", str(requeues + 1))
         mlflow.end_run("SCHEDULED")
-        result.update(state="queued", message="requeued")
-        write_result(run_dir, result)
+        result.state, result.message = JobState.QUEUED, "requeued"
+        run_dir.write_result(result)
         _requeue(run_dir)
         return EXIT_APP_FAILED
     except BaseException as exc:  # noqa: BLE001 - the app's failure is the run's failure
@@ -163,26 +162,27 @@ def run_app(spec: RunSpec) -> int:
             mlflow.log_text(trace, "maelstrom/error.txt")
             mlflow.end_run(status)
         finally:
-            cancelled = (run_dir / CANCELLED).exists()
-            result.update(
-                state="cancelled" if cancelled else "failed",
-                exit_code=EXIT_APP_FAILED,
-                error=message,
-                ended=time.time(),
-            )
-            write_result(run_dir, result)
+            state = JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
+            _finish(run_dir, result, state, EXIT_APP_FAILED, error=message)
         return EXIT_APP_FAILED
     mlflow.end_run("FINISHED")
-    result.update(state="succeeded", exit_code=0, metrics=final, ended=time.time())
-    write_result(run_dir, result)
+    result.metrics = final
+    _finish(run_dir, result, JobState.SUCCEEDED, 0)
     return 0
+
+
+def _finish(
+    run_dir: RunDir, result: Result, state: JobState, exit_code: int, error: str | None = None
+) -> None:
+    result.state, result.exit_code, result.error, result.ended = state, exit_code, error, time.time()
+    run_dir.write_result(result)
 
 
 def _context(spec: RunSpec, **extra: Any) -> Any:
     """The :class:`RunContext` an entry point receives (config read-only, references kept as text)."""
     from omegaconf import OmegaConf
 
-    from . import paths
+    from .core import paths
     from .tracking.context import RunContext
 
     return RunContext(
@@ -197,7 +197,7 @@ def _context(spec: RunSpec, **extra: Any) -> Any:
 def run_rank(spec: RunSpec) -> int:
     """A rank > 0 of a multi-task job: the same entry point, reporting nothing (rank 0 tracks the run)."""
 
-    ctx = _context(spec, requeues=count_requeues(Path(spec.run_dir)), rank=_rank())
+    ctx = _context(spec, requeues=RunDir(spec.run_dir).requeues(), rank=_rank())
     try:
         load_entry(spec.entry, spec.code_dir)(ctx)
     except Requeue:
@@ -236,9 +236,10 @@ def run_hydra(spec: RunSpec) -> int:
     from hydra.core.singleton import Singleton
     from hydra.core.utils import JobStatus, run_job, setup_globals
 
-    run_dir = Path(spec.run_dir)
-    write_result(run_dir, {"run_id": spec.run_id, "state": "running", "started": time.time()})
-    with open(run_dir / spec.payload, "rb") as fh:
+    run_dir = RunDir(spec.run_dir)
+    result = Result(run_id=spec.run_id, state=JobState.RUNNING, started=time.time())
+    run_dir.write_result(result)
+    with open(run_dir.path / spec.payload, "rb") as fh:
         payload = cloudpickle.load(fh)
     Singleton.set_state(payload["singleton_state"])
     setup_globals()
@@ -259,18 +260,10 @@ def run_hydra(spec: RunSpec) -> int:
         )
         ret.status = JobStatus.FAILED
         data = pickle.dumps(ret)
-    (run_dir / "job_return.pkl").write_bytes(data)
+    run_dir.job_return.write_bytes(data)
     ok = ret.status == JobStatus.COMPLETED
-    result = {
-        "run_id": spec.run_id,
-        "state": "succeeded" if ok else "failed",
-        "exit_code": 0 if ok else 1,
-        "started": (read_result(run_dir) or {}).get("started"),
-        "ended": time.time(),
-    }
-    if not ok:
-        result["error"] = f"{type(ret._return_value).__name__}: {ret._return_value}"
-    write_result(run_dir, result)
+    error = None if ok else f"{type(ret._return_value).__name__}: {ret._return_value}"
+    _finish(run_dir, result, JobState.SUCCEEDED if ok else JobState.FAILED, 0 if ok else 1, error)
     return 0 if ok else EXIT_APP_FAILED
 
 
@@ -294,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if "SLURM_JOB_ID" in os.environ:  # Slurm's warning before the time limit or preemption
         signal.signal(signal.SIGUSR1, _warned)
-    if (Path(spec.run_dir) / CANCELLED).exists():
-        write_result(Path(spec.run_dir), {"run_id": spec.run_id, "state": "cancelled", "ended": time.time()})
+    run_dir = RunDir(spec.run_dir)
+    if run_dir.cancelled:
+        run_dir.write_result(Result(run_id=spec.run_id, state=JobState.CANCELLED, ended=time.time()))
         return 0
     return run_hydra(spec) if spec.kind == "hydra" else run_app(spec)
 

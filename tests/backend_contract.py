@@ -15,8 +15,10 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from maelstrom_run.backends import Backend, JobRef, JobState, get_backend
-from maelstrom_run.launch.spec import RunSpec, build
+from maelstrom_run.backends import Backend, get_backend
+from maelstrom_run.core.spec import RunSpec
+from maelstrom_run.core.states import JobRef, JobState
+from maelstrom_run.launch.spec import build
 
 TESTS = Path(__file__).parent
 
@@ -81,7 +83,7 @@ class BackendContract:
         ref = self.ref(spec, backend.submit(spec))
         assert wait_all(backend, [ref]) == {spec.run_id: JobState.SUCCEEDED}
         status = backend.status([ref])[spec.run_id]
-        assert status.result and status.result["mlflow_run_id"] and status.result["metrics"]["loss"] == 0.25
+        assert status.result and status.result.mlflow_run_id and status.result.metrics["loss"] == 0.25
         assert f"hello from {spec.run_id}" in backend.logs(ref, "stdout")
 
     def test_failure_is_reported(self, backend: Backend, make_spec: Callable[..., RunSpec]) -> None:
@@ -105,8 +107,8 @@ class BackendContract:
         assert set(states.values()) == {JobState.SUCCEEDED}, states
         spans = sorted(
             (
-                backend.status([r])[r.run_id].result["metrics"]["started"],
-                backend.status([r])[r.run_id].result["metrics"]["ended"],
+                backend.status([r])[r.run_id].result.metrics["started"],
+                backend.status([r])[r.run_id].result.metrics["ended"],
             )
             for r in refs
         )

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from maelstrom_run.config import ConfigError
+from maelstrom_run.core.errors import ConfigError
 from maelstrom_run.data import ens10
 from maelstrom_run.data.preprocess import (
     NetCDFENS10,

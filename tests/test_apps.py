@@ -97,7 +97,7 @@ def test_ap2_tiny(tmp_path):
 
 def test_ap2_pretrained_needs_transformers_and_weights(tmp_path):
     from maelstrom_run.apps.ap2.model import load_pretrained
-    from maelstrom_run.config import ConfigError
+    from maelstrom_run.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"model.pretrained: .*'transformers'.* weights at /no/such/dir"):
         load_pretrained("/no/such/dir", max_len=16)

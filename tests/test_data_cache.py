@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from maelstrom_run.core.errors import DataError
 from maelstrom_run.data.cache import Cache, Request, parse_size, sha256
 from maelstrom_run.data.datasets import dataset_config, load_dataset
 from maelstrom_run.data.samples import generate_ap5
-from maelstrom_run.data.sources import DataError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data_server import DataServer  # noqa: E402

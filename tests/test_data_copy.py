@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from maelstrom_run.backends.remote import LocalFiles
+from maelstrom_run.backends.files import LocalFiles
 from maelstrom_run.data.copy import Side, copy
 
 MAELSTROM = [sys.executable, "-m", "maelstrom_run.manage"]

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from maelstrom_run.core.errors import DataError
 from maelstrom_run.data.cache import Cache, Request, sha256
 from maelstrom_run.data.datasets import load_dataset
 from maelstrom_run.data.samples import generate_ap5
-from maelstrom_run.data.sources import DataError, Retry, list_objects
+from maelstrom_run.data.sources import Retry, list_objects
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data_server import DataServer  # noqa: E402

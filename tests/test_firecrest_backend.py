@@ -23,14 +23,16 @@ from firecrest_server import PREFIX, SYSTEM, FirecrestServer
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (fixture)
 
-from maelstrom_run.backends import JobRef, JobState, get_backend
+from maelstrom_run.backends import get_backend
+from maelstrom_run.backends.files import LocalFiles
 from maelstrom_run.backends.firecrest import parse_job_ref
-from maelstrom_run.backends.remote import GatewayError, LocalFiles
-from maelstrom_run.config import ConfigError
+from maelstrom_run.backends.remote import GatewayError
 from maelstrom_run.config.resolvers import register
+from maelstrom_run.core.errors import ConfigError
+from maelstrom_run.core.spec import RunSpec
+from maelstrom_run.core.states import JobRef, JobState
 from maelstrom_run.data.copy import Side, copy
 from maelstrom_run.launch.registry import Registry
-from maelstrom_run.launch.spec import RunSpec
 from maelstrom_run.launch.submit import submit
 
 pytestmark = pytest.mark.slow
@@ -185,7 +187,7 @@ class TestOnTheSystem:
         assert wait_all(backend, [ref]) == {spec.run_id: JobState.SUCCEEDED}
         assert "token length 23" in backend.logs(ref)
         # the worker's result reached the local run directory; the job directory comes back whole
-        assert backend.status([ref])[spec.run_id].result["state"] == "succeeded"
+        assert backend.status([ref])[spec.run_id].result.state == "succeeded"
         assert (Path(spec.run_dir) / "result.json").exists()
         target = backend.download(ref, tmp_path / "download")
         names = {p.name for p in target.iterdir()}

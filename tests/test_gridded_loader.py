@@ -8,7 +8,7 @@ import netCDF4
 import numpy as np
 import pytest
 
-from maelstrom_run.config import ConfigError
+from maelstrom_run.core.errors import ConfigError
 from maelstrom_run.data import gridded
 from maelstrom_run.data.gridded import BASE, GriddedLoader, GriddedOptions, LoaderError
 from maelstrom_run.data.samples import generate_ap1

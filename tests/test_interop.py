@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from maelstrom_run.config import ConfigError
 from maelstrom_run.config.units import time_limit_seconds
+from maelstrom_run.core.errors import ConfigError
 from maelstrom_run.interop import command, mantik, mlproject
 
 DATA = Path(__file__).parent / "data" / "interop"

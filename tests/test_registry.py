@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from maelstrom_run.config import ConfigError
+from maelstrom_run.core.errors import ConfigError
+from maelstrom_run.core.spec import RunSpec
 from maelstrom_run.launch.registry import Registry
-from maelstrom_run.launch.spec import RunSpec
 
 
 def make_spec(

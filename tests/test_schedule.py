@@ -17,10 +17,12 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_module
 
-from maelstrom_run.config import ConfigError, validate
+from maelstrom_run.config import validate
+from maelstrom_run.config.compose import resolve_config
+from maelstrom_run.core.errors import ConfigError
+from maelstrom_run.core.spec import RunSpec
 from maelstrom_run.launch.gitinfo import capture
 from maelstrom_run.launch.registry import Registry
-from maelstrom_run.launch.spec import RunSpec, resolve_config
 from maelstrom_run.schedule import timing
 from maelstrom_run.schedule.export import export, on_calendar
 from maelstrom_run.schedule.scheduler import TAG, make_spec, tick, upcoming
@@ -468,8 +470,8 @@ def test_end_to_end_a_scheduled_toy_run_is_submitted_tagged_and_finishes(
 ) -> None:
     import mlflow
 
+    from maelstrom_run.core.paths import default_tracking_uri
     from maelstrom_run.launch.monitor import TERMINAL, refresh
-    from maelstrom_run.paths import default_tracking_uri
 
     env = {**cli_env, "MAELSTROM_CONFIG_PATH": str(toy_project / "conf")}
     run_cli(

@@ -12,8 +12,10 @@ import pytest
 from hydra import compose, initialize_config_module
 from vault_server import VaultServer, free_port, start_dev_server, vault_server  # noqa: F401  (fixture)
 
-from maelstrom_run.config import ConfigError, secrets
-from maelstrom_run.launch.spec import RunSpec, build
+from maelstrom_run.config import secrets
+from maelstrom_run.core.errors import ConfigError
+from maelstrom_run.core.spec import RunSpec
+from maelstrom_run.launch.spec import build
 
 VAULT_VARS = (
     "VAULT_ADDR",

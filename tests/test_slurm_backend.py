@@ -19,10 +19,11 @@ import pytest
 from backend_contract import TESTS, BackendContract, wait_all, wait_state
 from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (fixture)
 
-from maelstrom_run.backends import JobRef, JobState, get_backend
+from maelstrom_run.backends import get_backend
 from maelstrom_run.backends.script import Target, render_batch_script
+from maelstrom_run.core.spec import RunSpec
+from maelstrom_run.core.states import JobRef, JobState
 from maelstrom_run.launch.registry import Registry
-from maelstrom_run.launch.spec import RunSpec
 
 pytestmark = pytest.mark.slow
 
@@ -356,7 +357,7 @@ def test_usr1_checkpoints_and_requeues_into_the_same_mlflow_run(
     slurm.make_eligible(job_id)
     assert wait_all(backend, [ref], timeout=120) == {spec.run_id: JobState.SUCCEEDED}
     status = backend.status([ref])[spec.run_id]
-    assert status.requeues == 1 and status.result["mlflow_run_id"] == first
+    assert status.requeues == 1 and status.result.mlflow_run_id == first
     assert (Path(spec.run_dir) / "checkpoint.txt").read_text() == "epoch 0\n"
     assert "resumed after 1 requeue(s) from epoch 0" in backend.logs(ref)
     assert _mlflow_statuses(maelstrom_home)[first] == "FINISHED"

@@ -21,13 +21,14 @@ from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, Launche
 from slurm_cluster import REST_URL, SlurmCluster, slurm  # noqa: F401  (fixture)
 from slurmrest_service import FaultyProxy, faulty_slurmrest, slurm_jwt  # noqa: F401  (fixtures)
 
-from maelstrom_run.backends import JobRef, JobState, get_backend
+from maelstrom_run.backends import get_backend
 from maelstrom_run.backends.script import Target, render_batch_script
 from maelstrom_run.backends.slurmrest import job_properties
-from maelstrom_run.config import ConfigError
 from maelstrom_run.config.resolvers import register as register_resolvers
+from maelstrom_run.core.errors import ConfigError
+from maelstrom_run.core.spec import RunSpec
+from maelstrom_run.core.states import JobRef, JobState
 from maelstrom_run.launch.registry import Registry
-from maelstrom_run.launch.spec import RunSpec
 
 pytestmark = pytest.mark.slow
 
@@ -413,5 +414,5 @@ def test_the_time_limit_warning_reaches_the_worker_through_its_step(
     slurm.make_eligible(job_id)
     assert wait_all(backend, [ref], timeout=120) == {spec.run_id: JobState.SUCCEEDED}
     status = backend.status([ref])[spec.run_id]
-    assert status.requeues == 1 and status.result["mlflow_run_id"] == first
+    assert status.requeues == 1 and status.result.mlflow_run_id == first
     assert "resumed after 1 requeue(s) from epoch 0" in backend.logs(ref)

@@ -15,9 +15,12 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_module
 
-from maelstrom_run.config import ConfigError, secrets
+from maelstrom_run.config import secrets
+from maelstrom_run.config.compose import resolve_config
+from maelstrom_run.core.errors import ConfigError
+from maelstrom_run.core.spec import SPEC_FILE, RunSpec
 from maelstrom_run.launch.gitinfo import MAX_UNTRACKED_BYTES, capture, materialise
-from maelstrom_run.launch.spec import SPEC_FILE, RunSpec, build, resolve_config
+from maelstrom_run.launch.spec import build
 
 SECRET_USER = "alice-S3CRET-user"
 SECRET_PASSWORD = "hunter2-S3CRET-password"

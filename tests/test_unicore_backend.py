@@ -23,14 +23,16 @@ from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, Launche
 from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (fixture)
 from unicore_server import UnicoreServer
 
-from maelstrom_run.backends import JobRef, JobState, get_backend
-from maelstrom_run.backends.remote import GatewayError, LocalFiles
+from maelstrom_run.backends import get_backend
+from maelstrom_run.backends.files import LocalFiles
+from maelstrom_run.backends.remote import GatewayError
 from maelstrom_run.backends.unicore import TAG, resources
-from maelstrom_run.config import ConfigError
 from maelstrom_run.config.resolvers import register
+from maelstrom_run.core.errors import ConfigError
+from maelstrom_run.core.spec import RunSpec
+from maelstrom_run.core.states import JobRef, JobState
 from maelstrom_run.data.copy import Side, copy
 from maelstrom_run.launch.registry import Registry
-from maelstrom_run.launch.spec import RunSpec
 from maelstrom_run.launch.submit import submit
 
 pytestmark = pytest.mark.slow

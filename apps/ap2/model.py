@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maelstrom_run.config import ConfigError
+from maelstrom_run.core.errors import ConfigError
 
 Encoder = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
 

@@ -17,7 +17,7 @@ class MaelstromSearchPathPlugin(SearchPathPlugin):
             for e in search_path.get_path()
         ):
             return
-        from maelstrom_run.paths import user_config_dirs
+        from maelstrom_run.core.paths import user_config_dirs
 
         for directory in reversed(user_config_dirs()):
             search_path.prepend(provider="maelstrom-env", path=f"file://{directory}")

@@ -6,54 +6,21 @@ function of the spec and feeds both the dry run and the real submission.
 
 from __future__ import annotations
 
-import enum
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..launch.spec import RunSpec
-
-if TYPE_CHECKING:
-    from .remote import RemoteFiles
+from ..config.schema import BackendConf
+from ..core.spec import RunSpec
+from ..core.states import JobRef
+from ..core.status import JobStatus
+from .files import LocalFiles, RemoteFiles
 
 #: ``on_submitted(specs, job_ids)``: called as each part of a submission is accepted.
 Submitted = Callable[[Sequence[RunSpec], Sequence[str]], None]
-
-
-class JobState(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    UNKNOWN = "unknown"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-
-
-@dataclass(frozen=True)
-class JobRef:
-    """What the registry knows of a submitted job, handed back to its backend."""
-
-    run_id: str
-    job_id: str
-    run_dir: str
-
-
-@dataclass
-class JobStatus:
-    state: JobState
-    exit_code: int | None = None
-    message: str = ""
-    #: The worker's ``result.json`` when the backend could read it (MLflow run id, metrics, times).
-    result: dict[str, Any] | None = None
-    #: Times the job was requeued (preemption, time limit) and started again.
-    requeues: int = 0
 
 
 @dataclass
@@ -92,11 +59,17 @@ class StatusCache:
 
 
 class Backend(ABC):
-    """One compute target, configured by a ``backend`` config group entry."""
+    """One compute target, configured by a ``backend`` config group entry.
 
-    def __init__(self, conf: dict[str, Any]) -> None:
+    ``Conf`` is the config dataclass of the kind: the backend receives its config as one, validated
+    and with every default filled (:func:`maelstrom_run.backends.get_backend`).
+    """
+
+    Conf: type[BackendConf] = BackendConf
+
+    def __init__(self, conf: BackendConf) -> None:
         self.conf = conf
-        self.name: str = conf.get("name") or conf.get("kind", "?")
+        self.name: str = conf.name or conf.kind
 
     def connect(self) -> None:
         """Reach the target and have the credentials accepted; raise a clear error otherwise.
@@ -151,6 +124,4 @@ class Backend(ABC):
 
     def files(self) -> RemoteFiles:
         """The target's files, for ``maelstrom data copy``; by default a filesystem shared with this machine."""
-        from .remote import LocalFiles
-
         return LocalFiles()

@@ -41,6 +41,7 @@ every call, and the sites that ran it move to v2.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -54,12 +55,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from ..config import ConfigError
+from ..config.schema import FirecrestConf
 from ..config.secrets import job_environment, resolve_mapping
-from ..launch.files import CANCELLED, REQUEUES, count_requeues, read_result
-from ..launch.spec import SPEC_FILE, RunSpec
+from ..core.errors import ConfigError
+from ..core.retry import RETRY_STATUSES, Transient
+from ..core.rundir import REQUEUES, RunDir
+from ..core.spec import SPEC_FILE, RunSpec
+from ..core.states import JobRef, JobState
+from ..core.status import JobStatus, reconcile
 from . import remote
-from .base import JobRef, JobState, JobStatus, Rendered, StatusCache
+from .base import Rendered, StatusCache
+from .files import Progress, RemoteEntry, RemoteFiles
 from .script import Target, render_batch_script, worker_python
 from .slurm import STATES, WHY
 
@@ -74,7 +80,6 @@ TIMEOUT_S = 60
 LISTING_WINDOW = "7d"
 #: How long ``cancel`` waits for Slurm to confirm.
 _CANCEL_WAIT_S = 10.0
-_TERMINAL_RESULTS = ("succeeded", "failed", "cancelled")
 _MISSING = object()
 
 
@@ -120,7 +125,10 @@ def _detail(response: Any) -> str:
 
 
 class FirecrestBackend(remote.GatewayBackend):
-    def __init__(self, conf: dict[str, Any]) -> None:
+    Conf = FirecrestConf
+    conf: FirecrestConf
+
+    def __init__(self, conf: FirecrestConf) -> None:
         super().__init__(conf)
         self._firecrest: Any = None
         self._lock = threading.Lock()
@@ -130,26 +138,21 @@ class FirecrestBackend(remote.GatewayBackend):
 
     @property
     def system(self) -> str:
-        machine = self.conf.get("machine")
-        if not machine:
-            raise ConfigError(
-                f"backend.machine: backend {self.name} needs the FirecREST system name (e.g. daint)"
-            )
-        return str(machine)
+        return self.conf.machine
 
     def job_dir(self, spec: RunSpec) -> str:
         """The job directory on the target: ``backend.workdir/RUN_ID``."""
-        workdir = str(self.conf.get("workdir") or "")
+        workdir = self.conf.workdir or ""
         if not workdir.startswith("/"):
             raise ConfigError(
-                f"backend.workdir: backend {self.name} needs an absolute directory on {self.conf.get('machine')} "
+                f"backend.workdir: backend {self.name} needs an absolute directory on {self.conf.machine} "
                 f"for the job directories (e.g. /scratch/USER/maelstrom), not {workdir or 'null'!r}"
             )
         return posixpath.join(posixpath.normpath(workdir), spec.run_id)
 
     @property
     def _account(self) -> str | None:
-        account = (self.conf.get("resources") or {}).get("account")
+        account = self.conf.resources.account
         return str(account) if account else None
 
     # -- connection and errors -------------------------------------------------------------------
@@ -169,8 +172,8 @@ class FirecrestBackend(remote.GatewayBackend):
                 response = exc.responses[-1] if exc.responses else None
                 status = int(getattr(response, "status_code", 0) or 0)
                 detail = _detail(response) if response is not None else str(exc)
-                if status in remote.RETRY_STATUSES:
-                    raise remote.Unreachable(f"HTTP {status}: {detail}") from None
+                if status in RETRY_STATUSES:
+                    raise Transient(f"HTTP {status}: {detail}") from None
                 if status == 404 and missing is not _MISSING:
                     return missing  # type: ignore[no-any-return]
                 raise remote.http_error(self.name, what, status, detail) from None
@@ -183,7 +186,7 @@ class FirecrestBackend(remote.GatewayBackend):
         return self.retrying(once, what)
 
     def _credentials(self) -> dict[str, str]:
-        given = dict(self.conf.get("credentials") or {})
+        given = dict(self.conf.credentials)
         unknown = sorted(set(given) - {"client_id", "client_secret"})
         if unknown:
             raise ConfigError(
@@ -205,18 +208,7 @@ class FirecrestBackend(remote.GatewayBackend):
                 from firecrest import ClientCredentialsAuth
                 from firecrest.v2 import Firecrest
 
-                url = str(self.conf.get("url") or "").rstrip("/")
-                token_url = str(self.conf.get("token_url") or "")
-                if not url:
-                    raise ConfigError(
-                        f"backend.url: backend {self.name} needs the FirecREST v2 base URL "
-                        "(e.g. https://api.cscs.ch/hpc/firecrest/v2)"
-                    )
-                if not token_url:
-                    raise ConfigError(
-                        f"backend.token_url: backend {self.name} needs the OIDC token endpoint of its "
-                        "client credentials"
-                    )
+                url, token_url = self.conf.url.rstrip("/"), self.conf.token_url
                 system = self.system
                 credentials = self._credentials()
                 # one line per request is httpx's business, not the output of a run (Hydra apps log INFO)
@@ -261,13 +253,13 @@ class FirecrestBackend(remote.GatewayBackend):
         """
         uploaded = next(u for u in inputs if u.remote == SPEC_FILE)
         code_dir = RunSpec.parse(uploaded.read().decode()).code_dir or "."
-        env = dict(self.conf.get("environment") or {})
+        env = self.conf.environment
         if posixpath.isabs(code_dir):
             first = f"[ -d {shlex.quote(code_dir)} ] && cd {shlex.quote(code_dir)}"
-            env["pre_commands"] = [first, *(env.get("pre_commands") or [])]
+            env = dataclasses.replace(env, pre_commands=[first, *env.pre_commands])
             code_dir = job_dir
         return render_batch_script(
-            {**self.conf, "environment": env},
+            dataclasses.replace(self.conf, environment=env),
             job_name=spec.run_id,
             target=Target(run_dir=job_dir),
             output=posixpath.join(job_dir, "slurm-%j.out"),
@@ -277,13 +269,13 @@ class FirecrestBackend(remote.GatewayBackend):
 
     def render(self, spec: RunSpec, snapshots: dict[Any, Any] | None = None) -> Rendered:
         job_dir = self.job_dir(spec)
-        inputs = remote.remote_inputs(spec, self.conf.get("exclude") or [], snapshots)
+        inputs = remote.remote_inputs(spec, self.conf.exclude, snapshots)
         script = self._script(spec, job_dir, inputs)
         secrets = job_environment([spec.config], resolved=False)
-        url = str(self.conf.get("url") or "<backend.url>").rstrip("/")
+        url = self.conf.url.rstrip("/")
         lines = [
             "# The FirecREST v2 request (secrets by reference here, by value in what is sent):",
-            f"#   POST {url}/compute/{self.conf.get('machine') or '<backend.machine>'}/jobs",
+            f"#   POST {url}/compute/{self.conf.machine}/jobs",
             f"#   job.working_directory: {job_dir}",
             "#   job.env: " + (", ".join(f"{k}={v}" for k, v in sorted(secrets.items())) or "(none)"),
             "#   job.script: the batch script below",
@@ -302,7 +294,7 @@ class FirecrestBackend(remote.GatewayBackend):
         """Upload the inputs into the job directory, then submit the batch script there."""
         client, system, account = self._client(), self.system, self._account
         job_dir = self.job_dir(spec)
-        inputs = remote.remote_inputs(spec, self.conf.get("exclude") or [], snapshots)
+        inputs = remote.remote_inputs(spec, self.conf.exclude, snapshots)
         script = self._script(spec, job_dir, inputs)
         self._call(f"creating {job_dir}", lambda: client.mkdir(system, job_dir, create_parents=True))
         archive = _archive(inputs)
@@ -373,37 +365,35 @@ class FirecrestBackend(remote.GatewayBackend):
         return self._statuses.get(jobs, query)
 
     def _status_one(self, job: JobRef, listing: Mapping[str, dict[str, Any]]) -> JobStatus:
-        run_dir = Path(job.run_dir)
         job_id, _ = parse_job_ref(job.job_id)
-        result = read_result(run_dir)
-        ended = bool(result and result.get("state") in _TERMINAL_RESULTS)
+        result = RunDir(job.run_dir).read_result()
+        ended = bool(result and result.terminal)
         info = listing.get(job_id)
         if info is None and not ended:  # older than the listing looks back, or gone
             info = self._job_info(job_id)
-        if info is None:
-            if ended and result:  # ended, mirrored, then forgotten by the gateway
-                state = JobState(result["state"])
-                return JobStatus(state, result.get("exit_code"), result.get("error") or "", result)
-            return JobStatus(
-                JobState.UNKNOWN, message=f"the gateway no longer knows job {job_id}", result=result
-            )
+        forgotten = f"the gateway no longer knows job {job_id}"
+        if info is None:  # perhaps ended, mirrored, then forgotten by the gateway
+            return reconcile(None, job.run_dir, forgotten=forgotten)
         status = info.get("status") or {}
         native = (str(status.get("state") or "").split() or ["UNKNOWN"])[0]  # "CANCELLED by 0"
         state = STATES.get(native, JobState.UNKNOWN)
         code = status.get("exitCode")
         code = int(code) if isinstance(code, int | str) and str(code).lstrip("-").isdigit() else None
-        if state.terminal:
-            if not ended:
-                self._mirror(job)
-                result = read_result(run_dir)
-            if (run_dir / CANCELLED).exists() and not (result and result.get("state") == "succeeded"):
-                state = JobState.CANCELLED
-        out = remote.job_status(state, exit_code=code, result=result, native=native, why=WHY.get(native, ""))
+        if state.terminal and not ended:
+            self._mirror(job)
         reason = str(status.get("stateReason") or "")
-        if state is JobState.QUEUED and reason and reason not in ("None", "(null)"):
-            out.message = "held" if "Held" in reason else f"waiting: {reason}"
-        out.requeues = count_requeues(run_dir)
-        return out
+        waiting = ""
+        if reason and reason not in ("None", "(null)"):
+            waiting = "held" if "Held" in reason else f"waiting: {reason}"
+        return reconcile(
+            state,
+            job.run_dir,
+            name=native,
+            exit_code=code,
+            why=WHY.get(native, ""),
+            waiting=waiting,
+            forgotten=forgotten,
+        )
 
     def _mirror(self, job: JobRef) -> None:
         """Copy the worker's result files from the job directory into the local run directory."""
@@ -446,7 +436,7 @@ class FirecrestBackend(remote.GatewayBackend):
             if info is None or STATES.get(native, JobState.UNKNOWN).terminal:
                 continue
             Path(job.run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(job.run_dir) / CANCELLED).touch()
+            RunDir(job.run_dir).mark_cancelled()
             try:
                 self._call(
                     f"cancelling {job.run_id}",
@@ -518,7 +508,7 @@ class FirecrestBackend(remote.GatewayBackend):
 
         self._call(what, send)
 
-    def _fetch(self, path: str, dest: Path, offset: int, progress: remote.Progress | None) -> None:
+    def _fetch(self, path: str, dest: Path, offset: int, progress: Progress | None) -> None:
         """Copy ``path`` to ``dest``: a small file whole, a large one staged and read from ``offset`` on.
 
         A missing ``path`` raises FileNotFoundError.
@@ -543,14 +533,14 @@ class FirecrestBackend(remote.GatewayBackend):
             )
         self._call(f"downloading {path}", lambda: self._ranged_get(str(url), dest, offset, progress))
 
-    def _ranged_get(self, url: str, dest: Path, offset: int, progress: remote.Progress | None) -> None:
+    def _ranged_get(self, url: str, dest: Path, offset: int, progress: Progress | None) -> None:
         """GET a staged file's presigned URL into ``dest`` from ``offset`` (or whole when not served in part)."""
         import httpx
 
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         with httpx.stream("GET", url, headers=headers, timeout=TIMEOUT_S) as response:
-            if response.status_code in remote.RETRY_STATUSES:
-                raise remote.Unreachable(f"HTTP {response.status_code} from the staging area")
+            if response.status_code in RETRY_STATUSES:
+                raise Transient(f"HTTP {response.status_code} from the staging area")
             if response.status_code >= 400:
                 response.read()
                 raise remote.http_error(
@@ -566,7 +556,7 @@ class FirecrestBackend(remote.GatewayBackend):
         return info
 
 
-class FirecrestFiles(remote.RemoteFiles):
+class FirecrestFiles(RemoteFiles):
     """Files on a FirecREST system, by absolute path."""
 
     resumable_download = True  # large files: staged by the gateway, read with HTTP Range
@@ -575,12 +565,12 @@ class FirecrestFiles(remote.RemoteFiles):
     def __init__(self, backend: FirecrestBackend) -> None:
         self.backend = backend
 
-    def walk(self, path: str) -> list[remote.RemoteEntry]:
+    def walk(self, path: str) -> list[RemoteEntry]:
         info = self.backend._stat(path)
         if info is None:
             raise FileNotFoundError(path)
         if not stat.S_ISDIR(int(info["mode"])):
-            return [remote.RemoteEntry(path, int(info["size"]))]
+            return [RemoteEntry(path, int(info["size"]))]
         client, system = self.backend._client(), self.backend.system
         entries = self.backend._call(
             f"listing {path}",
@@ -591,7 +581,7 @@ class FirecrestFiles(remote.RemoteFiles):
             raise FileNotFoundError(path)
         return sorted(
             (
-                remote.RemoteEntry(posixpath.join(path, str(e["name"])), int(e.get("size") or 0))
+                RemoteEntry(posixpath.join(path, str(e["name"])), int(e.get("size") or 0))
                 for e in entries
                 if e.get("type") == "-"
             ),
@@ -602,14 +592,10 @@ class FirecrestFiles(remote.RemoteFiles):
         info = self.backend._stat(path)
         return None if info is None or not stat.S_ISREG(int(info["mode"])) else int(info["size"])
 
-    def download(
-        self, path: str, dest: Path, *, offset: int = 0, progress: remote.Progress | None = None
-    ) -> None:
+    def download(self, path: str, dest: Path, *, offset: int = 0, progress: Progress | None = None) -> None:
         self.backend._fetch(path, Path(dest), offset, progress)
 
-    def upload(
-        self, source: Path, path: str, *, offset: int = 0, progress: remote.Progress | None = None
-    ) -> None:
+    def upload(self, source: Path, path: str, *, offset: int = 0, progress: Progress | None = None) -> None:
         backend = self.backend
         client, system = backend._client(), backend.system
         directory, filename = posixpath.split(path)

@@ -25,9 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config.secrets import is_reference, job_environment
-from ..launch.files import CANCELLED, read_result, write_atomic, write_result
-from ..launch.spec import SPEC_FILE, RunSpec
-from .base import Backend, JobRef, JobState, JobStatus, Rendered, Submitted
+from ..core.rundir import Result, RunDir, write_atomic
+from ..core.spec import SPEC_FILE, RunSpec
+from ..core.states import JobRef, JobState
+from ..core.status import JobStatus, reconcile
+from .base import Backend, Rendered, Submitted
 
 QUEUE, JOB = "queue.json", "job.json"
 _GRACE_S = 5.0
@@ -71,7 +73,7 @@ class LocalBackend(Backend):
     def render(self, spec: RunSpec) -> Rendered:
         run_dir = Path(spec.run_dir)
         cmd = worker_command(run_dir / SPEC_FILE)
-        env = self.conf.get("environment", {}).get("variables", {}) or {}
+        env = self.conf.environment.variables
         prefix = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in sorted(env.items()) if not is_reference(v))
         text = (
             f"cd {shlex.quote(spec.code_dir or str(run_dir))} && "
@@ -87,8 +89,8 @@ class LocalBackend(Backend):
             run_dir.mkdir(parents=True, exist_ok=True)
             spec.write(run_dir)
             run_dirs.append(str(run_dir))
-        parallel = max(1, int(self.conf.get("max_parallel") or 1))
-        variables = self.conf.get("environment", {}).get("variables") or {}
+        parallel = self.conf.max_parallel
+        variables = self.conf.environment.variables
         env = {
             **os.environ,
             **{k: str(v) for k, v in variables.items() if not is_reference(v)},
@@ -112,25 +114,21 @@ class LocalBackend(Backend):
         return {job.run_id: self._status(Path(job.run_dir)) for job in jobs}
 
     def _status(self, run_dir: Path) -> JobStatus:
-        result = read_result(run_dir)
-        if result and JobState(result["state"]).terminal:
-            return JobStatus(
-                JobState(result["state"]), result.get("exit_code"), result.get("error") or "", result
-            )
+        """The processes' state (worker, queue), reconciled with the worker's report."""
         job = _read_json(run_dir / JOB)
+        queue_alive = _alive(_read_json(run_dir / QUEUE))
+        why = ""
         if job is not None:
-            if _alive(job):
-                return JobStatus(JobState.RUNNING, result=result)
-            if _alive(_read_json(run_dir / QUEUE)):
-                return JobStatus(JobState.RUNNING, message="finishing", result=result)
-            return JobStatus(
-                JobState.FAILED, message="the worker process died without reporting a result", result=result
-            )
-        if (run_dir / CANCELLED).exists():
-            return JobStatus(JobState.CANCELLED, message="cancelled before it started")
-        if _alive(_read_json(run_dir / QUEUE)):
-            return JobStatus(JobState.QUEUED)
-        return JobStatus(JobState.FAILED, message="the local queue process died before starting the job")
+            native = JobState.RUNNING if _alive(job) or queue_alive else JobState.FAILED
+            why = "the worker process died without reporting a result"
+        elif RunDir(run_dir).cancelled:
+            native = JobState.CANCELLED
+        elif queue_alive:
+            native = JobState.QUEUED
+        else:
+            native = JobState.FAILED
+            why = "the local queue process died before starting the job"
+        return reconcile(native, run_dir, why=why)
 
     def logs(self, job: JobRef, stream: str = "stdout") -> str:
         try:
@@ -141,7 +139,7 @@ class LocalBackend(Backend):
     def cancel(self, jobs: Sequence[JobRef]) -> None:
         run_dirs = [Path(job.run_dir) for job in jobs if not self._status(Path(job.run_dir)).state.terminal]
         for run_dir in run_dirs:  # mark all first, so the queue starts none of them while we kill
-            (run_dir / CANCELLED).touch()
+            RunDir(run_dir).mark_cancelled()
         running = [h for h in (_read_json(d / JOB) for d in run_dirs) if _alive(h)]
         for handle in running:
             os.killpg(handle["pgid"], signal.SIGTERM)
@@ -164,19 +162,17 @@ class LocalBackend(Backend):
 
 def _finalise(run_dir: Path, returncode: int | None) -> None:
     """Write the result of a job whose worker could not (killed, cancelled, crashed)."""
-    result = read_result(run_dir) or {}
-    if result.get("state") and JobState(result["state"]).terminal:
+    rd = RunDir(run_dir)
+    result = rd.read_result() or Result(run_id=run_dir.name)
+    if result.terminal:
         return
-    cancelled = (run_dir / CANCELLED).exists()
-    result.update(
-        state="cancelled" if cancelled else "failed",
-        exit_code=returncode,
-        ended=time.time(),
-        error="cancelled"
-        if cancelled
-        else f"the worker exited with code {returncode} without reporting a result",
+    cancelled = rd.cancelled
+    result.state = JobState.CANCELLED if cancelled else JobState.FAILED
+    result.exit_code, result.ended = returncode, time.time()
+    result.error = (
+        "cancelled" if cancelled else f"the worker exited with code {returncode} without reporting a result"
     )
-    write_result(run_dir, result)
+    rd.write_result(result)
 
 
 def _run_queue(parallel: int, run_dirs: list[str]) -> None:
@@ -192,7 +188,7 @@ def _run_queue(parallel: int, run_dirs: list[str]) -> None:
                 _finalise(run_dir, code)
         while pending and len(running) < parallel:
             run_dir = pending.pop(0)
-            if (run_dir / CANCELLED).exists():
+            if RunDir(run_dir).cancelled:
                 _finalise(run_dir, None)
                 continue
             spec = RunSpec.read(run_dir)
@@ -207,7 +203,7 @@ def _run_queue(parallel: int, run_dirs: list[str]) -> None:
                     start_new_session=True,
                 )
             write_atomic(run_dir / JOB, json.dumps({**_handle(proc.pid), "pgid": proc.pid}))
-            if (run_dir / CANCELLED).exists():  # cancelled while it was being started
+            if RunDir(run_dir).cancelled:  # cancelled while it was being started
                 os.killpg(proc.pid, signal.SIGTERM)
             running[run_dir] = proc
         time.sleep(0.05)

@@ -2,14 +2,14 @@
 
 - **Errors.** :class:`GatewayError` is one line that names the backend and what to do;
   :func:`http_error` turns a refused request (401/403/404/5xx) into one.
-- **Retries.** :func:`with_retries` repeats a call while the gateway cannot be reached (connection
-  refused, timeouts, 502/503/504), with exponential backoff, then gives up with a clear error.
+- **Retries.** :func:`with_retries` repeats a call by the one retry policy of
+  :mod:`maelstrom_run.core.retry` (``backend.retries`` tries), then gives up with a clear error.
 - **Jobs without a shared filesystem** (unicore, firecrest). The job runs in a directory on the
   target that the submitting side reaches only through the gateway. What is uploaded is
   :func:`remote_inputs`: a copy of the spec whose ``run_dir`` is ``.`` and whose ``code_dir`` is
   relative (the worker resolves both against the directory of ``spec.yaml``), the pickled task of a
   Hydra job, and the code snapshot under ``code/``. The local run directory (``spec.run_dir``) stays
-  the mirror: once a job has ended, :data:`MIRRORED` files are copied into it, so ``read_result``
+  the mirror: once a job has ended, :data:`MIRRORED` files are copied into it, so ``RunDir.read_result``
   and the Hydra launcher work as with a shared filesystem.
 """
 
@@ -17,76 +17,64 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import ConfigError
 from ..config.secrets import job_environment
-from ..launch.files import RESULT
-from ..launch.spec import SPEC_FILE, RunSpec
-from .base import Backend, JobState, JobStatus, Rendered, Submitted
+from ..core.errors import BackendError
+from ..core.retry import (
+    GaveUp,
+    RetryPolicy,
+    first_line,
+    is_dns_failure,
+)
+from ..core.rundir import JOB_RETURN, RESULT
+from ..core.spec import SPEC_FILE, RunSpec
+from .base import Backend, Rendered, Submitted
+from .files import Progress
 from .staging import repository_root, snapshot_files
 
 T = TypeVar("T")
-#: ``progress(n)``: n more bytes have moved.
-Progress = Callable[[int], None]
 
 #: Files copied from the remote run directory into the local one once a job has ended.
-MIRRORED = (RESULT, "job_return.pkl")
-#: HTTP statuses that mean "try again later" rather than "this request is wrong".
-RETRY_STATUSES = (502, 503, 504)
+MIRRORED = (RESULT, JOB_RETURN)
 
 
-class GatewayError(ConfigError):
+class GatewayError(BackendError):
     """A REST gateway refused a request or cannot be reached (one line, with what to do)."""
 
 
-class Unreachable(Exception):
-    """Raised inside a call given to :func:`with_retries` for a transient failure (retried)."""
+def policy(conf: Any) -> RetryPolicy:
+    """The retry policy of a backend config: ``retries`` tries in all (at least one), the first wait
+    ``retry_delay`` seconds, doubling."""
+    return RetryPolicy(retries=max(1, int(conf.retries)) - 1, delay=float(conf.retry_delay))
 
 
-def transient(exc: BaseException) -> bool:
-    """Connection refused or reset, DNS failure, timeout: worth retrying (requests and httpx)."""
-    if isinstance(exc, Unreachable | ConnectionError | TimeoutError):
-        return True
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    # requests.ConnectionError / Timeout, httpx.TransportError (ConnectError, ReadTimeout, ...)
-    return bool(names & {"ConnectionError", "Timeout", "TransportError", "TimeoutException"})
-
-
-def with_retries(
-    call: Callable[[], T],
-    *,
-    backend: str,
-    what: str,
-    attempts: int = 4,
-    first_delay: float = 1.0,
-) -> T:
-    """``call()``, repeated with backoff (1, 2, 4 s ...) while the gateway is unreachable."""
-    delay = first_delay
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except Exception as exc:
-            if not transient(exc):
-                raise
-            if attempt == attempts:
-                raise GatewayError(
-                    f"backend {backend}: {what} failed, the gateway could not be reached after "
-                    f"{attempts} tries ({_first_line(exc)}); check backend.url and the network, then "
-                    "retry (a sweep cut short continues with `maelstrom runs resume SWEEP_ID`)"
-                ) from None
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+def with_retries(call: Callable[[], T], *, backend: str, what: str, retry: RetryPolicy) -> T:
+    """``call()``, tried again (:mod:`maelstrom_run.core.retry`) while the gateway cannot be reached;
+    then, or for a host name that does not resolve, one line naming the backend."""
+    try:
+        return retry.call(call)
+    except GaveUp as exc:
+        raise GatewayError(
+            f"backend {backend}: {what} failed, the gateway could not be reached after "
+            f"{exc.tries} tries ({first_line(exc.last)}); check backend.url and the network, then "
+            "retry (a sweep cut short continues with `maelstrom runs resume SWEEP_ID`)"
+        ) from None
+    except Exception as exc:
+        if is_dns_failure(exc):
+            raise GatewayError(
+                f"backend {backend}: {what} failed, the gateway's host name does not resolve "
+                f"({first_line(exc)}); check backend.url"
+            ) from None
+        raise
 
 
 def http_error(backend: str, what: str, status: int, detail: str = "") -> GatewayError:
     """One line for a refused request, by HTTP status."""
-    detail = _first_line(detail) if detail else ""
+    detail = first_line(detail) if detail else ""
     tail = f" ({detail})" if detail else ""
     if status in (401, 403):
         return GatewayError(
@@ -101,11 +89,6 @@ def http_error(backend: str, what: str, status: int, detail: str = "") -> Gatewa
             "(a sweep cut short continues with `maelstrom runs resume SWEEP_ID`)"
         )
     return GatewayError(f"backend {backend}: {what} was rejected, HTTP {status}{tail}")
-
-
-def _first_line(value: object) -> str:
-    text = str(value).strip()
-    return text.splitlines()[0][:300] if text else type(value).__name__
 
 
 # -- jobs without a shared filesystem ------------------------------------------------------------
@@ -230,32 +213,6 @@ class Reading:
         self.fh.close()
 
 
-def job_status(
-    state: JobState,
-    *,
-    exit_code: int | None,
-    result: dict[str, Any] | None,
-    native: str,
-    why: str = "",
-) -> JobStatus:
-    """The contract's status from a gateway's state and the worker's ``result.json``.
-
-    A job the gateway calls successful without a worker result failed; a failure carries the
-    worker's error, else ``why``, else the native state.
-    """
-    message = ""
-    if state is JobState.SUCCEEDED and not (result and result.get("state") == "succeeded"):
-        state, message = JobState.FAILED, "the job ended without a result from the worker"
-    if state is JobState.FAILED:
-        error = (result or {}).get("error")
-        message = why or error or message or f"{native} (exit code {exit_code})"
-        if error and why and error not in why:
-            message = f"{why}: {error}"
-    if state is JobState.CANCELLED:
-        message = "cancelled"
-    return JobStatus(state, exit_code, message, result)
-
-
 class GatewayBackend(Backend):
     """What the UNICORE and FirecREST backends share: connecting before anything is recorded,
     retries with the backend's ``retries``/``retry_delay``, and a sweep submitted ``max_parallel``
@@ -267,17 +224,11 @@ class GatewayBackend(Backend):
 
     def retrying(self, call: Callable[[], T], what: str) -> T:
         """``call()``, retried with backoff while the gateway cannot be reached."""
-        return with_retries(
-            call,
-            backend=self.name,
-            what=what,
-            attempts=int(self.conf.get("retries") or 4),
-            first_delay=float(self.conf.get("retry_delay") or 1.0),
-        )
+        return with_retries(call, backend=self.name, what=what, retry=policy(self.conf))
 
     def workers(self, n: int) -> int:
         """Threads for ``n`` requests: at most ``backend.max_parallel``."""
-        return max(1, min(n, int(self.conf.get("max_parallel") or 1)))
+        return max(1, min(n, self.conf.max_parallel))
 
     def render(self, spec: RunSpec, snapshots: dict[Any, Any] | None = None) -> Rendered:
         raise NotImplementedError
@@ -304,78 +255,3 @@ class GatewayBackend(Backend):
             width=self.workers(len(specs)),
             on_submitted=on_submitted,
         )
-
-
-# -- files on the target (``maelstrom data copy``, downloads) -------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class RemoteEntry:
-    path: str  #: absolute on the target
-    size: int
-
-
-class RemoteFiles:
-    """Files on a backend's side of the wire; paths are absolute paths on the target.
-
-    Every backend offers one through ``Backend.files()``: the local filesystem for local and
-    Slurm (a shared filesystem), the storage API of UNICORE, FirecREST's filesystem API.
-    """
-
-    #: Whether :meth:`download` can continue a partial file from ``offset`` (HTTP Range).
-    resumable_download = False
-    #: Whether :meth:`upload` can continue a partial remote file from ``offset``.
-    resumable_upload = False
-
-    def walk(self, path: str) -> list[RemoteEntry]:
-        """Every file at or under ``path`` (a file gives itself); a missing path raises FileNotFoundError."""
-        raise NotImplementedError
-
-    def size(self, path: str) -> int | None:
-        """The size of the file at ``path``, None when there is none."""
-        raise NotImplementedError
-
-    def download(self, path: str, dest: Path, *, offset: int = 0, progress: Progress | None = None) -> None:
-        """Copy ``path`` to ``dest``; with ``offset`` > 0 (when resumable) append from there."""
-        raise NotImplementedError
-
-    def upload(self, source: Path, path: str, *, offset: int = 0, progress: Progress | None = None) -> None:
-        """Copy ``source`` to ``path`` (parents created); with ``offset`` > 0 (when resumable) append."""
-        raise NotImplementedError
-
-
-class LocalFiles(RemoteFiles):
-    """This machine's filesystem (local runs, and clusters whose filesystem is shared with it)."""
-
-    resumable_download = True
-    resumable_upload = True
-
-    def walk(self, path: str) -> list[RemoteEntry]:
-        root = Path(path)
-        if root.is_file():
-            return [RemoteEntry(str(root), root.stat().st_size)]
-        if not root.is_dir():
-            raise FileNotFoundError(path)
-        return [RemoteEntry(str(p), p.stat().st_size) for p in sorted(root.rglob("*")) if p.is_file()]
-
-    def size(self, path: str) -> int | None:
-        p = Path(path)
-        return p.stat().st_size if p.is_file() else None
-
-    def download(self, path: str, dest: Path, *, offset: int = 0, progress: Progress | None = None) -> None:
-        _copy(Path(path), Path(dest), offset, progress)
-
-    def upload(self, source: Path, path: str, *, offset: int = 0, progress: Progress | None = None) -> None:
-        _copy(Path(source), Path(path), offset, progress)
-
-
-def _copy(source: Path, dest: Path, offset: int, progress: Progress | None, chunk: int = 8 << 20) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(source, "rb") as src, open(dest, "r+b" if offset and dest.exists() else "wb") as out:
-        src.seek(offset)
-        out.seek(offset)
-        out.truncate()
-        while block := src.read(chunk):
-            out.write(block)
-            if progress:
-                progress(len(block))

@@ -9,10 +9,10 @@ reference is named in a comment and reaches the job through the submission envir
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from ..config.schema import BackendConf, Resources
 from ..config.secrets import is_reference
 from ..config.units import slurm_time, time_limit_seconds
 
@@ -33,34 +33,30 @@ class Target:
     array: str | None = None
 
 
-def directives(conf: Mapping[str, Any], job_name: str, output: str, array: str | None) -> list[str]:
-    """``#SBATCH`` lines from ``backend.resources`` (only what is set)."""
-    res = conf.get("resources") or {}
+def directives(
+    res: Resources, job_name: str, output: str, array: str | None, options: Sequence[str] = ()
+) -> list[str]:
+    """``#SBATCH`` lines from ``backend.resources`` (only what is set), then ``options``."""
     lines = [f"--job-name={job_name}"]
-    if res.get("queue"):
-        lines.append(f"--partition={res['queue']}")
-    lines.append(f"--nodes={int(res.get('nodes') or 1)}")
-    lines.append(f"--ntasks-per-node={int(res.get('tasks_per_node') or 1)}")
-    if res.get("cpus_per_task"):
-        lines.append(f"--cpus-per-task={int(res['cpus_per_task'])}")
-    if res.get("gpus_per_node"):
-        lines.append(f"--gres=gpu:{int(res['gpus_per_node'])}")
-    if res.get("memory"):
-        lines.append(f"--mem={res['memory']}")
-    if res.get("time"):
-        lines.append(f"--time={slurm_time(time_limit_seconds(res['time']))}")
-    for key, flag in (
-        ("reservation", "reservation"),
-        ("constraint", "constraint"),
-        ("qos", "qos"),
-        ("account", "account"),
-    ):
-        if res.get(key):
-            lines.append(f"--{flag}={res[key]}")
+    if res.queue:
+        lines.append(f"--partition={res.queue}")
+    lines.append(f"--nodes={res.nodes}")
+    lines.append(f"--ntasks-per-node={res.tasks_per_node}")
+    if res.cpus_per_task:
+        lines.append(f"--cpus-per-task={res.cpus_per_task}")
+    if res.gpus_per_node:
+        lines.append(f"--gres=gpu:{res.gpus_per_node}")
+    if res.memory:
+        lines.append(f"--mem={res.memory}")
+    if res.time:
+        lines.append(f"--time={slurm_time(time_limit_seconds(res.time))}")
+    for flag in ("reservation", "constraint", "qos", "account"):
+        if value := getattr(res, flag):
+            lines.append(f"--{flag}={value}")
     if array:
         lines.append(f"--array={array}")
     lines += [f"--output={output}", "--requeue", f"--signal=B:USR1@{WARNING_SECONDS}"]
-    lines += [str(option) for option in conf.get("sbatch_options") or []]
+    lines += [str(option) for option in options]
     return [f"#SBATCH {shlex.quote(line) if ' ' in line else line}" for line in lines]
 
 
@@ -69,19 +65,18 @@ def expandable(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
 
 
-def worker_python(conf: Mapping[str, Any], default: str = "python3") -> str:
+def worker_python(conf: BackendConf, default: str = "python3") -> str:
     """The interpreter the job runs the worker with: the venv's or container's ``python``, else ``default``."""
-    env = conf.get("environment") or {}
-    return "python" if env.get("venv") or (env.get("apptainer") or {}).get("image") else default
+    env = conf.environment
+    return "python" if env.venv or env.apptainer.image else default
 
 
-def parallel(conf: Mapping[str, Any]) -> bool:
-    res = conf.get("resources") or {}
-    return int(res.get("nodes") or 1) * int(res.get("tasks_per_node") or 1) > 1
+def parallel(conf: BackendConf) -> bool:
+    return conf.resources.nodes * conf.resources.tasks_per_node > 1
 
 
 def render_batch_script(
-    conf: Mapping[str, Any],
+    conf: BackendConf,
     *,
     job_name: str,
     target: Target,
@@ -97,9 +92,10 @@ def render_batch_script(
     ``steps``: then signals that Slurm sends to a job's steps only reach it too. Without ``sbatch``
     there are no ``#SBATCH`` lines: a gateway that takes the resources apart (UNICORE) runs the script.
     """
-    env = conf.get("environment") or {}
-    apptainer = env.get("apptainer") or {}
-    out = ["#!/bin/bash", *(directives(conf, job_name, output, target.array) if sbatch else []), ""]
+    env, apptainer = conf.environment, conf.environment.apptainer
+    options = getattr(conf, "sbatch_options", ())
+    lines = directives(conf.resources, job_name, output, target.array, options) if sbatch else []
+    out = ["#!/bin/bash", *lines, ""]
     out.append("# maelstrom-run job: runs `python -m maelstrom_run.worker RUN_DIR/spec.yaml`")
     if target.map_file:
         out.append(f"MAP={shlex.quote(target.map_file)}")
@@ -113,28 +109,22 @@ def render_batch_script(
         out.append(f"RUN_DIR={shlex.quote(str(target.run_dir))}")
     out.append('exec >>"$RUN_DIR/stdout.log" 2>>"$RUN_DIR/stderr.log"')
     out.append(f"cd {shlex.quote(code_dir)} || exit 2")
-    for module in env.get("modules") or []:
+    for module in env.modules:
         out.append(f"module load {shlex.quote(str(module))}")
-    if env.get("venv"):
-        out.append(f"source {expandable(str(env['venv']))}/bin/activate")
-    for name, value in sorted((env.get("variables") or {}).items()):
+    if env.venv:
+        out.append(f"source {expandable(str(env.venv))}/bin/activate")
+    for name, value in sorted(env.variables.items()):
         if is_reference(value):
             out.append(f"# {name}: a secret, passed in the job's environment at submission")
         else:
             out.append(f"export {name}={shlex.quote(str(value))}")
-    out += [str(c) for c in env.get("pre_commands") or []]
+    out += [str(c) for c in env.pre_commands]
 
     worker = [python, "-m", "maelstrom_run.worker"]
     spec = '"$RUN_DIR/spec.yaml"'
-    if apptainer.get("image"):
-        worker = [
-            "apptainer",
-            "exec",
-            *map(str, apptainer.get("options") or []),
-            str(apptainer["image"]),
-            *worker,
-        ]
-    if steps or parallel(conf) or apptainer.get("image"):
+    if apptainer.image:
+        worker = ["apptainer", "exec", *map(str, apptainer.options), str(apptainer.image), *worker]
+    if steps or parallel(conf) or apptainer.image:
         out += [
             'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
             "export MASTER_PORT=${MASTER_PORT:-29500}",
@@ -159,6 +149,6 @@ def render_batch_script(
         "trap 'kill -TERM $worker 2>/dev/null' TERM",
         'while :; do wait "$worker"; rc=$?; kill -0 "$worker" 2>/dev/null || { wait "$worker"; rc=$?; break; }; done',
     ]
-    out += [str(c) for c in env.get("post_commands") or []]
+    out += [str(c) for c in env.post_commands]
     out += ["exit $rc", ""]
     return "\n".join(out)

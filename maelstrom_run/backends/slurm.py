@@ -22,15 +22,18 @@ import shutil
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from ..config import ConfigError
+from ..config.schema import SlurmConf
 from ..config.secrets import job_environment
-from ..launch.files import CANCELLED, count_requeues, read_result, write_atomic
-from ..launch.spec import SPEC_FILE, RunSpec
-from .base import Backend, JobRef, JobState, JobStatus, Rendered, StatusCache, Submitted
+from ..core.errors import BackendError, ConfigError
+from ..core.rundir import RunDir, write_atomic
+from ..core.spec import SPEC_FILE, RunSpec
+from ..core.states import JobRef, JobState
+from ..core.status import JobStatus, reconcile
+from .base import Backend, Rendered, StatusCache, Submitted
 from .script import Target, render_batch_script, worker_python
 from .staging import repository_root, snapshot_files, stage
 
@@ -72,7 +75,7 @@ _MAX_ARRAY: dict[str, int] = {}
 _CANCEL_WAIT_S = 10.0
 
 
-class SlurmError(ConfigError):
+class SlurmError(BackendError):
     """Slurm refused a command or cannot be reached (one line, with what to do)."""
 
 
@@ -80,18 +83,95 @@ def _base_id(job_id: str) -> str:
     return job_id.split("_", 1)[0]
 
 
-class SlurmBackend(Backend):
+#: ``job id -> (STATE, reason, exit code)`` as Slurm reports them.
+States = dict[str, tuple[str, str, str]]
+
+
+def slurm_error(backend: str, conf: SlurmConf, what: str, text: str, partitions: Sequence[str]) -> SlurmError:
+    """Slurm's own refusal as one line naming the config key to change (same words from any transport)."""
+    message = " ".join(line.strip() for line in text.strip().splitlines() if line.strip()) or "failed"
+    res = conf.resources
+    if "Unable to contact slurm controller" in message or "Connection refused" in message:
+        return SlurmError(
+            f"backend {backend}: the Slurm controller cannot be reached ({message}); check `sinfo` "
+            "and retry; a sweep that was cut short continues with `maelstrom runs resume SWEEP_ID`"
+        )
+    if "Invalid partition" in message:
+        return SlurmError(
+            f"backend.resources.queue: partition {res.queue!r} does not exist on this cluster "
+            f"(partitions: {', '.join(partitions) or '?'})"
+        )
+    if "Invalid account" in message:
+        return SlurmError(
+            f"backend.resources.account: {res.account!r} is not an account you may charge here "
+            f"(or not on partition {res.queue or 'default'}); see `sacctmgr show assoc user=$USER`"
+        )
+    if "Invalid qos" in message:
+        return SlurmError(f"backend.resources.qos: {res.qos!r} is not a QoS you may use here")
+    if "time limit" in message.lower():
+        return SlurmError(f"backend.resources.time: {res.time!r} is refused by the partition ({message})")
+    if "Requested node configuration is not available" in message:
+        return SlurmError(
+            f"backend.resources: no node of partition {res.queue or 'default'} has what is asked "
+            f"(nodes, cpus_per_task, gpus_per_node, memory, constraint): {message}"
+        )
+    return SlurmError(f"backend {backend}: `{what}` failed: {message}")
+
+
+class SlurmTransport(ABC):
+    """How the Slurm backend reaches the cluster: its commands here (:class:`SlurmCommands`), its REST
+    daemon (:mod:`.slurmrest`), or the commands on a login node over SSH. Everything else (staging,
+    scripts, arrays, map files, states) is the backend's, the same for every transport."""
+
     #: Run the worker as a job step (``srun``) even for one task: signals sent to a job's steps reach it.
     steps = False
 
-    def __init__(self, conf: dict[str, Any]) -> None:
-        super().__init__(conf)
-        self._statuses = StatusCache()
-        self._snapshots: dict[str, tuple[Path | None, list[str], str]] = {}
+    def __init__(self, name: str, conf: SlurmConf) -> None:
+        self.name, self.conf = name, conf
 
-    # -- talking to Slurm ------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Credentials checked and the cluster reached, before anything is recorded."""
+        return None
 
-    def _run(
+    def open(self) -> None:
+        """What must hold before anything is staged for a submission (credentials present and usable)."""
+        return None
+
+    def error(self, what: str, text: str) -> SlurmError:
+        return slurm_error(self.name, self.conf, what, text, self.partitions())
+
+    @abstractmethod
+    def submit(self, script: Path, secrets: dict[str, str]) -> str:
+        """Submit a written batch script; ``secrets`` join the job's environment. Returns the job id."""
+
+    @abstractmethod
+    def query(self, job_ids: Sequence[str]) -> States:
+        """States of these jobs: queued and running ones first, then accounting for the rest."""
+
+    @abstractmethod
+    def listing(self, names: Sequence[str]) -> list[str]:
+        """``JOBID|NAME`` of the jobs with these names, queued or finished (for adopting)."""
+
+    @abstractmethod
+    def cancel(self, ids: Sequence[str]) -> None:
+        """Cancel jobs; ids Slurm does not know, or jobs already ending, are no error."""
+
+    @abstractmethod
+    def partitions(self) -> list[str]: ...
+
+    @abstractmethod
+    def max_array_size(self) -> int:
+        """Array task indices must stay below this."""
+
+    def shown(self, rendered: Rendered, cwd: str, specs: Sequence[RunSpec]) -> Rendered:
+        """What the dry run shows for a rendered batch script (the script itself, here)."""
+        return rendered
+
+
+class SlurmCommands(SlurmTransport):
+    """The Slurm commands on this machine (a login node, or a host of the cluster)."""
+
+    def run(
         self, args: list[str], *, env: dict[str, str] | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         try:
@@ -106,51 +186,97 @@ class SlurmBackend(Backend):
                 f"backend {self.name}: `{args[0]}` did not answer in 120 s; is slurmctld up?"
             ) from None
         if check and proc.returncode != 0:
-            self._raise(args, proc.stderr or proc.stdout)
+            raise self.error(" ".join(args[:2]), proc.stderr or proc.stdout)
         return proc
 
-    def _raise(self, args: list[str], text: str) -> None:
-        message = " ".join(line.strip() for line in text.strip().splitlines() if line.strip()) or "failed"
-        res = self.conf.get("resources") or {}
-        if "Unable to contact slurm controller" in message or "Connection refused" in message:
-            raise SlurmError(
-                f"backend {self.name}: the Slurm controller cannot be reached ({message}); check `sinfo` "
-                "and retry; a sweep that was cut short continues with `maelstrom runs resume SWEEP_ID`"
-            )
-        if "Invalid partition" in message:
-            raise SlurmError(
-                f"backend.resources.queue: partition {res.get('queue')!r} does not exist on this cluster "
-                f"(partitions: {', '.join(self.partitions()) or '?'})"
-            )
-        if "Invalid account" in message:
-            raise SlurmError(
-                f"backend.resources.account: {res.get('account')!r} is not an account you may charge here "
-                f"(or not on partition {res.get('queue') or 'default'}); see `sacctmgr show assoc user=$USER`"
-            )
-        if "Invalid qos" in message:
-            raise SlurmError(f"backend.resources.qos: {res.get('qos')!r} is not a QoS you may use here")
-        if "time limit" in message.lower():
-            raise SlurmError(
-                f"backend.resources.time: {res.get('time')!r} is refused by the partition ({message})"
-            )
-        if "Requested node configuration is not available" in message:
-            raise SlurmError(
-                f"backend.resources: no node of partition {res.get('queue') or 'default'} has what is asked "
-                f"(nodes, cpus_per_task, gpus_per_node, memory, constraint): {message}"
-            )
-        raise SlurmError(f"backend {self.name}: `{' '.join(args[:2])}` failed: {message}")
-
     def partitions(self) -> list[str]:
-        proc = self._run(["sinfo", "-h", "-o", "%R"], check=False)
+        proc = self.run(["sinfo", "-h", "-o", "%R"], check=False)
         return sorted(set(proc.stdout.split()))
 
     def max_array_size(self) -> int:
-        """The cluster's ``MaxArraySize`` (array task indices must be below it)."""
         if self.name not in _MAX_ARRAY:
-            text = self._run(["scontrol", "show", "config"]).stdout
+            text = self.run(["scontrol", "show", "config"]).stdout
             m = re.search(r"^MaxArraySize\s*=\s*(\d+)", text, re.M)
             _MAX_ARRAY[self.name] = int(m.group(1)) if m else 1001
         return _MAX_ARRAY[self.name]
+
+    def submit(self, script: Path, secrets: dict[str, str]) -> str:
+        env = {**os.environ, **secrets}
+        proc = self.run(["sbatch", "--parsable", "--export=ALL", str(script)], env=env)
+        return proc.stdout.strip().split(";")[0]
+
+    def listing(self, names: Sequence[str]) -> list[str]:
+        joined = ",".join(names)
+        lines = self.run(["squeue", "-h", "-o", "%F|%j", f"--name={joined}"], check=False).stdout.splitlines()
+        proc = self.run(
+            ["sacct", "-X", "-P", "-n", "-o", "JobID,JobName", f"--name={joined}", "-S", "now-30days"],
+            check=False,
+        )
+        return lines + (proc.stdout.splitlines() if proc.returncode == 0 else [])
+
+    def query(self, job_ids: Sequence[str]) -> States:
+        """One squeue and (for the rest) one sacct call."""
+        bases = sorted({_base_id(j) for j in job_ids})
+        found: States = {}
+        proc = self.run(["squeue", "-h", "-r", "-o", "%i|%T|%r", f"--jobs={','.join(bases)}"], check=False)
+        if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+            raise self.error("squeue", proc.stderr)
+        for line in proc.stdout.splitlines():
+            job_id, state, reason = (line.split("|") + ["", ""])[:3]
+            found[job_id.strip()] = (state.strip(), reason.strip(), "")
+        rest = sorted({_base_id(j) for j in job_ids if j not in found})
+        if rest:
+            found.update(self._accounting(rest))
+        return found
+
+    def _accounting(self, bases: Sequence[str]) -> States:
+        proc = self.run(
+            ["sacct", "-X", "-P", "-n", "-o", "JobID,State,ExitCode,Reason", f"--jobs={','.join(bases)}"],
+            check=False,
+        )
+        found: States = {}
+        if proc.returncode != 0:  # accounting disabled: what slurmctld still remembers
+            for base in bases:
+                text = self.run(["scontrol", "show", "-o", "job", base], check=False).stdout
+                for line in text.splitlines():
+                    fields = dict(re.findall(r"(\w+)=(\S*)", line))
+                    task = fields.get("ArrayTaskId")
+                    job = f"{fields.get('ArrayJobId')}_{task}" if task else fields.get("JobId", base)
+                    found[job] = (
+                        fields.get("JobState", ""),
+                        fields.get("Reason", ""),
+                        fields.get("ExitCode", ""),
+                    )
+            return found
+        for line in proc.stdout.splitlines():
+            job_id, state, exit_code, reason = (line.split("|") + ["", "", ""])[:4]
+            state = state.split()[0] if state else ""
+            for one in expand(job_id.strip()):
+                found[one] = (state, reason, exit_code)
+        return found
+
+    def cancel(self, ids: Sequence[str]) -> None:
+        proc = self.run(["scancel", *ids], check=False)
+        if (
+            proc.returncode != 0
+            and "Invalid job id" not in proc.stderr
+            and "already completing" not in proc.stderr
+        ):
+            raise self.error("scancel", proc.stderr)
+
+
+class SlurmBackend(Backend):
+    Conf = SlurmConf
+    conf: SlurmConf
+
+    def __init__(self, conf: SlurmConf, transport: SlurmTransport | None = None) -> None:
+        super().__init__(conf)
+        self.transport = transport or SlurmCommands(self.name, conf)
+        self._statuses = StatusCache()
+        self._snapshots: dict[str, tuple[Path | None, list[str], str]] = {}
+
+    def connect(self) -> None:
+        self.transport.connect()
 
     # -- rendering -------------------------------------------------------------------------------
 
@@ -169,7 +295,7 @@ class SlurmBackend(Backend):
         root = repository_root(code)
         if root is None:  # not a git repository: nothing to snapshot, the job runs in place
             return None, [], ""
-        return root, snapshot_files(root, self.conf.get("exclude") or []), os.path.relpath(code, root)
+        return root, snapshot_files(root, self.conf.exclude), os.path.relpath(code, root)
 
     def _share_dir(self, spec: RunSpec) -> Path:
         """Where a spec's shared files go: the sweep's directory, or the run directory of a single run."""
@@ -196,7 +322,7 @@ class SlurmBackend(Backend):
             output=output,
             code_dir=code_dir,
             python=self._python(),
-            steps=self.steps,
+            steps=self.transport.steps,
         )
 
     def render(self, spec: RunSpec) -> Rendered:
@@ -204,7 +330,8 @@ class SlurmBackend(Backend):
         share = self._share_dir(spec)
         text = self._script(spec, Target(run_dir=spec.run_dir), share)
         staged = [str(Path(spec.run_dir) / SPEC_FILE)] + [str(share / "code" / f) for f in files]
-        return Rendered(text=text, files=staged, meta={"source": str(root) if root else None})
+        rendered = Rendered(text=text, files=staged, meta={"source": str(root) if root else None})
+        return self.transport.shown(rendered, spec.run_dir, [spec])
 
     def render_many(self, specs: Sequence[RunSpec]) -> list[Rendered]:
         out = [self.render(s) for s in specs if not s.sweep_id]
@@ -216,9 +343,8 @@ class SlurmBackend(Backend):
             staged = [str(Path(s.run_dir) / SPEC_FILE) for s in chunk] + [
                 str(share / "code" / f) for f in files
             ]
-            out.append(
-                Rendered(text=text, files=staged, meta={"array": target.array, "map": target.map_file})
-            )
+            rendered = Rendered(text=text, files=staged, meta={"array": target.array, "map": target.map_file})
+            out.append(self.transport.shown(rendered, str(Path(str(target.map_file)).parent), chunk))
         return out
 
     def _chunks(self, specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
@@ -226,13 +352,13 @@ class SlurmBackend(Backend):
         groups: dict[str, list[RunSpec]] = {}
         for spec in specs:
             groups.setdefault(repr(sorted(spec.backend.items())), []).append(spec)
-        size = self.max_array_size()
-        if self.conf.get("max_array_size"):
-            size = min(size, int(self.conf["max_array_size"]))
+        size = self.transport.max_array_size()
+        if self.conf.max_array_size:
+            size = min(size, self.conf.max_array_size)
         return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
 
     def _target(self, share: Path, number: int, chunk: Sequence[RunSpec]) -> Target:
-        throttle = max(1, int(self.conf.get("max_parallel") or 1))
+        throttle = self.conf.max_parallel
         array = f"0-{len(chunk) - 1}" + (f"%{throttle}" if throttle < len(chunk) else "")
         return Target(map_file=str(share / "arrays" / f"{number:03d}.txt"), array=array)
 
@@ -245,6 +371,7 @@ class SlurmBackend(Backend):
     ) -> list[str]:
         if not specs:
             return []
+        self.transport.open()  # credentials first: nothing is staged for a token that cannot work
         secrets = job_environment([s.config for s in specs])
         staged: set[Path] = set()
         ids: dict[int, str] = {}
@@ -257,7 +384,7 @@ class SlurmBackend(Backend):
             spec.write()
             script = Path(spec.run_dir) / "job.sbatch"
             write_atomic(script, text)
-            ids[id(spec)] = self._sbatch(script, secrets)
+            ids[id(spec)] = self.transport.submit(script, secrets)
             if on_submitted:
                 on_submitted([spec], [ids[id(spec)]])
         for chunk in self._chunks([s for s in specs if s.sweep_id]):
@@ -271,7 +398,7 @@ class SlurmBackend(Backend):
             write_atomic(Path(str(target.map_file)), "".join(f"{s.run_dir}\n" for s in chunk))
             script = Path(str(target.map_file)).with_suffix(".sbatch")
             write_atomic(script, text)
-            array_id = self._sbatch(script, secrets)
+            array_id = self.transport.submit(script, secrets)
             chunk_ids = [f"{array_id}_{i}" for i in range(len(chunk))]
             if on_submitted:
                 on_submitted(chunk, chunk_ids)
@@ -287,12 +414,6 @@ class SlurmBackend(Backend):
             done.add(share)
         spec.code_dir = self._code_dir(spec, share)
 
-    def _sbatch(self, script: Path, secrets: dict[str, str]) -> str:
-        """Submit a written batch script; ``secrets`` join the job's environment. Returns the job id."""
-        env = {**os.environ, **secrets}
-        proc = self._run(["sbatch", "--parsable", "--export=ALL", str(script)], env=env)
-        return proc.stdout.strip().split(";")[0]
-
     def adopt(self, specs: Sequence[RunSpec]) -> dict[str, str]:
         """Array tasks (found by the arrays' job names) and single jobs (by run id) the cluster has."""
         wanted = {s.run_dir: s.run_id for s in specs}
@@ -305,23 +426,11 @@ class SlurmBackend(Backend):
                         found[wanted[run_dir]] = f"{job_ids[0]}_{index}"
         singles = [s.run_id for s in specs if not s.sweep_id]
         if singles:
-            for line in self._listing(singles):
+            for line in self.transport.listing(singles):
                 job_id, _, name = line.partition("|")
                 if name in singles:
                     found.setdefault(name, _base_id(job_id))
         return found
-
-    def _listing(self, names: Sequence[str]) -> list[str]:
-        """``JOBID|NAME`` of the jobs with these names, queued (squeue) or finished (sacct)."""
-        joined = ",".join(names)
-        lines = self._run(
-            ["squeue", "-h", "-o", "%F|%j", f"--name={joined}"], check=False
-        ).stdout.splitlines()
-        proc = self._run(
-            ["sacct", "-X", "-P", "-n", "-o", "JobID,JobName", f"--name={joined}", "-S", "now-30days"],
-            check=False,
-        )
-        return lines + (proc.stdout.splitlines() if proc.returncode == 0 else [])
 
     def existing_arrays(self, share: Path) -> dict[str, list[str]]:
         """Array jobs the cluster has for a sweep directory: map file -> job ids."""
@@ -329,7 +438,7 @@ class SlurmBackend(Backend):
         if not names:
             return {}
         found: dict[str, list[str]] = {}
-        for line in self._listing(list(names)):
+        for line in self.transport.listing(list(names)):
             job_id, _, name = line.partition("|")
             if name in names:
                 found.setdefault(str(names[name]), [])
@@ -342,84 +451,30 @@ class SlurmBackend(Backend):
 
     def status(self, jobs: Sequence[JobRef]) -> dict[str, JobStatus]:
         def query() -> dict[str, JobStatus]:
-            states = self._query([j.job_id for j in jobs])
+            states = self.transport.query([j.job_id for j in jobs])
             out = {job.run_id: self._combine(job, states) for job in jobs}
             return out
 
         return self._statuses.get(jobs, query)
 
-    def _query(self, job_ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
-        """``job id -> (STATE, reason, exit code)`` from one squeue and (for the rest) one sacct call."""
-        bases = sorted({_base_id(j) for j in job_ids})
-        found: dict[str, tuple[str, str, str]] = {}
-        proc = self._run(["squeue", "-h", "-r", "-o", "%i|%T|%r", f"--jobs={','.join(bases)}"], check=False)
-        if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
-            self._raise(["squeue"], proc.stderr)
-        for line in proc.stdout.splitlines():
-            job_id, state, reason = (line.split("|") + ["", ""])[:3]
-            found[job_id.strip()] = (state.strip(), reason.strip(), "")
-        rest = sorted({_base_id(j) for j in job_ids if j not in found})
-        if rest:
-            found.update(self._accounting(rest))
-        return found
-
-    def _accounting(self, bases: Sequence[str]) -> dict[str, tuple[str, str, str]]:
-        proc = self._run(
-            ["sacct", "-X", "-P", "-n", "-o", "JobID,State,ExitCode,Reason", f"--jobs={','.join(bases)}"],
-            check=False,
-        )
-        found: dict[str, tuple[str, str, str]] = {}
-        if proc.returncode != 0:  # accounting disabled: what slurmctld still remembers
-            for base in bases:
-                text = self._run(["scontrol", "show", "-o", "job", base], check=False).stdout
-                for line in text.splitlines():
-                    fields = dict(re.findall(r"(\w+)=(\S*)", line))
-                    task = fields.get("ArrayTaskId")
-                    job = f"{fields.get('ArrayJobId')}_{task}" if task else fields.get("JobId", base)
-                    found[job] = (
-                        fields.get("JobState", ""),
-                        fields.get("Reason", ""),
-                        fields.get("ExitCode", ""),
-                    )
-            return found
-        for line in proc.stdout.splitlines():
-            job_id, state, exit_code, reason = (line.split("|") + ["", "", ""])[:4]
-            state = state.split()[0] if state else ""
-            for one in _expand(job_id.strip()):
-                found[one] = (state, reason, exit_code)
-        return found
-
     def _combine(self, job: JobRef, states: dict[str, tuple[str, str, str]]) -> JobStatus:
-        run_dir = Path(job.run_dir)
-        result = read_result(run_dir)
-        requeues = count_requeues(run_dir)
         entry = states.get(job.job_id) or states.get(_base_id(job.job_id))
+        forgotten = f"Slurm no longer knows job {job.job_id}"
         if entry is None:
-            if (run_dir / CANCELLED).exists() and not (result and result.get("state") == "succeeded"):
-                return JobStatus(JobState.CANCELLED, message="cancelled", result=result, requeues=requeues)
-            if result and result.get("state") in ("succeeded", "failed", "cancelled"):
-                state = JobState(result["state"])
-                return JobStatus(state, result.get("exit_code"), result.get("error") or "", result, requeues)
-            return JobStatus(
-                JobState.UNKNOWN,
-                message=f"Slurm no longer knows job {job.job_id}",
-                result=result,
-                requeues=requeues,
-            )
+            return reconcile(None, job.run_dir, forgotten=forgotten)
         slurm_state, reason, exit_code = entry
-        state = STATES.get(slurm_state, JobState.UNKNOWN)
-        code = _exit_code(exit_code)
-        message = ""
-        if state is JobState.QUEUED and reason and reason not in ("None", "(null)"):
-            message = "held" if "Held" in reason else f"waiting: {reason}"
-        if state is JobState.SUCCEEDED and not (result and result.get("state") == "succeeded"):
-            state, message = JobState.FAILED, "the job ended without a result from the worker"
-        if state is JobState.FAILED:
-            error = (result or {}).get("error")
-            message = WHY.get(slurm_state) or error or f"Slurm state {slurm_state} (exit code {code})"
-        if state is JobState.CANCELLED:
-            message = "cancelled"
-        return JobStatus(state, code, message, result, requeues)
+        waiting = ""
+        if reason and reason not in ("None", "(null)"):
+            waiting = "held" if "Held" in reason else f"waiting: {reason}"
+        return reconcile(
+            STATES.get(slurm_state, JobState.UNKNOWN),
+            job.run_dir,
+            name=f"Slurm state {slurm_state}",
+            exit_code=_exit_code(exit_code),
+            why=WHY.get(slurm_state, ""),
+            waiting=waiting,
+            forgotten=forgotten,
+        )
 
     # -- logs, cancel, download ------------------------------------------------------------------
 
@@ -442,29 +497,19 @@ class SlurmBackend(Backend):
             return
         for job in jobs:  # a job that starts after this sees the marker and does nothing
             if Path(job.run_dir).is_dir():
-                (Path(job.run_dir) / CANCELLED).touch()
+                RunDir(job.run_dir).mark_cancelled()
         ids = sorted({j.job_id for j in jobs})
-        self._scancel(ids)
+        self.transport.cancel(ids)
         self._statuses.clear()
         # scancel returns before slurmctld has moved the jobs on: wait (briefly) until it has
         deadline = time.monotonic() + _CANCEL_WAIT_S
         while time.monotonic() < deadline:
-            states = self._query(ids)
+            states = self.transport.query(ids)
             if not any(
                 STATES.get(states.get(i, ("",))[0]) in (JobState.QUEUED, JobState.RUNNING) for i in ids
             ):
                 break
             time.sleep(0.3)
-
-    def _scancel(self, ids: Sequence[str]) -> None:
-        """Cancel jobs; ids Slurm does not know, or jobs already ending, are no error."""
-        proc = self._run(["scancel", *ids], check=False)
-        if (
-            proc.returncode != 0
-            and "Invalid job id" not in proc.stderr
-            and "already completing" not in proc.stderr
-        ):
-            self._raise(["scancel"], proc.stderr)
 
     def download(self, job: JobRef, dest: Path) -> Path:
         target = Path(dest) / job.run_id
@@ -482,7 +527,7 @@ def _next_array_number(arrays: Path) -> int:
     return max(numbers, default=-1) + 1
 
 
-def _expand(job_id: str) -> list[str]:
+def expand(job_id: str) -> list[str]:
     """``12_[0-3,7%2]`` -> ``12_0 .. 12_3, 12_7``; other ids unchanged."""
     m = re.match(r"^(\d+)_\[([^\]]+)\]$", job_id)
     if not m:

@@ -35,18 +35,22 @@ import getpass
 import json
 import os
 import shlex
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import paths
-from ..config import ConfigError
+from ..config.schema import SlurmRestConf
 from ..config.secrets import job_environment, resolve
-from ..launch.spec import RunSpec
-from .base import Rendered, Submitted
-from .remote import RETRY_STATUSES, GatewayError, Unreachable, http_error, with_retries
-from .slurm import SlurmBackend, _base_id, _expand
+from ..core import paths
+from ..core.errors import ConfigError, UserError
+from ..core.retry import RETRY_STATUSES, Transient
+from ..core.spec import RunSpec
+from .base import Rendered
+from .remote import GatewayError, http_error, policy, with_retries
+from .script import worker_python
+from .slurm import SlurmBackend, SlurmTransport, States, _base_id, expand
 
 #: The OpenAPI version whose job description this module writes.
 API_VERSION = "v0.0.38"
@@ -108,12 +112,15 @@ _PASSED = ("MAELSTROM_CACHE", "MLFLOW_TRACKING_URI")
 _CANCEL_OK = ("Invalid job id", "already completing", "already completed")
 
 
-class SlurmRestBackend(SlurmBackend):
-    steps = True
+class SlurmRest(SlurmTransport):
+    """Slurm's REST daemon as the Slurm backend's transport."""
 
-    def __init__(self, conf: dict[str, Any]) -> None:
-        super().__init__(conf)
-        self.version = str(conf.get("api_version") or API_VERSION)
+    steps = True
+    conf: SlurmRestConf
+
+    def __init__(self, name: str, conf: SlurmRestConf) -> None:
+        super().__init__(name, conf)
+        self.version = conf.api_version
         if self.version != API_VERSION:
             raise ConfigError(
                 f"backend.api_version: {self.version!r} is not supported; use {API_VERSION} "
@@ -125,17 +132,14 @@ class SlurmRestBackend(SlurmBackend):
 
     @property
     def url(self) -> str:
-        url = self.conf.get("url")
-        if not url:
-            raise ConfigError(f"backend.url: the slurmrestd address of {self.name} is not set")
-        return str(url).rstrip("/")
+        return self.conf.url.rstrip("/")
 
     def _session(self) -> Any:
         """An HTTP session with the credentials resolved now (in memory only)."""
         if self._http is None:
             import requests
 
-            creds = self.conf.get("credentials") or {}
+            creds = self.conf.credentials
             if not creds.get("token"):
                 raise ConfigError(
                     "backend.credentials.token: not set; use a secret reference to a token from "
@@ -191,16 +195,10 @@ class SlurmRestBackend(SlurmBackend):
                 method, self.url + path, params=params, data=body, headers=headers, timeout=(10, 120)
             )
             if response.status_code in RETRY_STATUSES:
-                raise Unreachable(f"HTTP {response.status_code} from {self.url}")
+                raise Transient(f"HTTP {response.status_code} from {self.url}")
             return response
 
-        response = with_retries(
-            call,
-            backend=self.name,
-            what=what,
-            attempts=max(1, int(_default(self.conf.get("retries"), 4))),
-            first_delay=float(_default(self.conf.get("retry_delay"), 1.0)),
-        )
+        response = with_retries(call, backend=self.name, what=what, retry=policy(self.conf))
         if response.status_code in (401, 403):
             raise http_error(self.name, what, response.status_code, response.text)
         try:
@@ -228,7 +226,7 @@ class SlurmRestBackend(SlurmBackend):
             raise http_error(self.name, what, 404, f"{path}; is openapi/{self.version} loaded in slurmrestd?")
         if status >= 500 and not _slurm_reason(data):
             raise http_error(self.name, what, status, text)
-        self._raise([method, path], text or f"HTTP {status}")
+        raise self.error(f"{method} {path}", text or f"HTTP {status}")
 
     def _token_refused(self) -> bool:
         """Whether Slurm refuses the token (asked of slurmdbd, which says so where slurmctld does not)."""
@@ -253,17 +251,17 @@ class SlurmRestBackend(SlurmBackend):
     def partitions(self) -> list[str]:
         try:
             data = self._get("slurm", "partitions", what="listing partitions")
-        except ConfigError:
+        except UserError:
             return []
         return sorted(p["name"] for p in data.get("partitions") or [] if p.get("name"))
 
     def max_array_size(self) -> int:
-        return int(self.conf.get("max_array_size") or DEFAULT_MAX_ARRAY_SIZE)
+        return self.conf.max_array_size or DEFAULT_MAX_ARRAY_SIZE
 
     # -- the payload -----------------------------------------------------------------------------
 
     def _environment(self, secrets: dict[str, str]) -> dict[str, str]:
-        python = self._python()
+        python = worker_python(self.conf, sys.executable)
         path = "/usr/local/bin:/usr/bin:/bin"
         if os.path.isabs(python):
             path = f"{Path(python).parent}:{path}"
@@ -278,28 +276,18 @@ class SlurmRestBackend(SlurmBackend):
         job["environment"] = environment
         return json.dumps({"script": script, "job": job}, indent=2, sort_keys=True) + "\n"
 
-    def _rendered(self, rendered: Rendered, cwd: str, specs: Sequence[RunSpec]) -> Rendered:
+    def shown(self, rendered: Rendered, cwd: str, specs: Sequence[RunSpec]) -> Rendered:
+        """The exact ``job/submit`` payload, with each secret as its reference."""
         shown = self._environment(job_environment([s.config for s in specs], resolved=False))
         text = self.payload(rendered.text, cwd, shown)
         return Rendered(text=text, files=rendered.files, meta={**rendered.meta, "syntax": "json"})
 
-    def render(self, spec: RunSpec) -> Rendered:
-        return self._rendered(super().render(spec), spec.run_dir, [spec])
-
-    def render_many(self, specs: Sequence[RunSpec]) -> list[Rendered]:
-        return [
-            r if r.meta.get("syntax") == "json" else self._rendered(r, str(Path(r.meta["map"]).parent), specs)
-            for r in super().render_many(specs)
-        ]
-
     # -- submitting ------------------------------------------------------------------------------
 
-    def submit_many(self, specs: Sequence[RunSpec], on_submitted: Submitted | None = None) -> list[str]:
-        if specs:
-            self._session()  # credentials first: nothing is staged for a token that cannot work
-        return super().submit_many(specs, on_submitted)
+    def open(self) -> None:
+        self._session()
 
-    def _sbatch(self, script: Path, secrets: dict[str, str]) -> str:
+    def submit(self, script: Path, secrets: dict[str, str]) -> str:
         body = self.payload(script.read_text(), str(script.parent), self._environment(secrets))
         path = self._path("slurm", "job/submit")
         what = f"submitting {script}"
@@ -309,7 +297,7 @@ class SlurmRestBackend(SlurmBackend):
             self._fail("POST", path, what, status, data)
         return str(job_id)
 
-    def _listing(self, names: Sequence[str]) -> list[str]:
+    def listing(self, names: Sequence[str]) -> list[str]:
         wanted = set(names)
         lines = [
             f"{job.get('array_job_id') or job['job_id']}|{job['name']}"
@@ -337,10 +325,10 @@ class SlurmRestBackend(SlurmBackend):
             self._fail("GET", path, what, status, data)
         return list(data.get("jobs") or [])
 
-    def _query(self, job_ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+    def query(self, job_ids: Sequence[str]) -> States:
         """``job id -> (STATE, reason, exit code)``: slurmctld's listing, then accounting for the rest."""
         bases = {_base_id(j) for j in job_ids}
-        found: dict[str, tuple[str, str, str]] = {}
+        found: States = {}
         for job in self._jobs(what="job status"):
             array, task = job.get("array_job_id") or 0, job.get("array_task_id")
             if str(array or job["job_id"]) not in bases:
@@ -348,7 +336,7 @@ class SlurmRestBackend(SlurmBackend):
             raw = int(job.get("exit_code") or 0)
             entry = (str(job.get("job_state") or ""), str(job.get("state_reason") or ""), _status(raw))
             if array and job.get("array_task_string"):  # tasks not started yet, in one record
-                for one in _expand(f"{array}_[{job['array_task_string']}]"):
+                for one in expand(f"{array}_[{job['array_task_string']}]"):
                     found.setdefault(one, entry)
             elif array and task is not None:
                 found[f"{array}_{task}"] = entry
@@ -359,8 +347,8 @@ class SlurmRestBackend(SlurmBackend):
             found.update(self._accounting(rest))
         return found
 
-    def _accounting(self, bases: Sequence[str]) -> dict[str, tuple[str, str, str]]:
-        found: dict[str, tuple[str, str, str]] = {}
+    def _accounting(self, bases: Sequence[str]) -> States:
+        found: States = {}
         for job in self._accounted({"step": ",".join(bases)}, what="job status from accounting"):
             array = job.get("array") or {}
             key = f"{array['job_id']}_{array['task_id']}" if array.get("job_id") else str(job["job_id"])
@@ -376,7 +364,7 @@ class SlurmRestBackend(SlurmBackend):
 
     # -- cancel ----------------------------------------------------------------------------------
 
-    def _scancel(self, ids: Sequence[str]) -> None:
+    def cancel(self, ids: Sequence[str]) -> None:
         for job_id in ids:
             path = self._path("slurm", f"job/{job_id}")
             what = f"cancelling job {job_id}"
@@ -384,6 +372,15 @@ class SlurmRestBackend(SlurmBackend):
             text = _error_text(data)
             if (status >= 400 or text) and not any(ok in text for ok in _CANCEL_OK):
                 self._fail("DELETE", path, what, status, data)
+
+
+class SlurmRestBackend(SlurmBackend):
+    """The Slurm backend over slurmrestd."""
+
+    Conf = SlurmRestConf
+
+    def __init__(self, conf: SlurmRestConf) -> None:
+        super().__init__(conf, SlurmRest(conf.name or conf.kind, conf))
 
 
 def job_properties(script: str, version: str = API_VERSION) -> dict[str, Any]:
@@ -409,10 +406,6 @@ def job_properties(script: str, version: str = API_VERSION) -> dict[str, Any]:
             value = value.split(":", 1)[1] if ":" in value else value
         job[key] = (int(value) if value.isdigit() else value) if eq else _FLAGS.get(key, True)
     return job
-
-
-def _default(value: Any, default: Any) -> Any:
-    return default if value is None else value
 
 
 def _status(raw: int) -> str:

@@ -34,6 +34,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -46,13 +47,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import ConfigError
+from ..config.schema import UnicoreConf
 from ..config.secrets import is_reference, job_environment, resolve_mapping
 from ..config.units import time_limit_seconds
-from ..launch.files import CANCELLED, read_result
-from ..launch.spec import SPEC_FILE, RunSpec
+from ..core.errors import ConfigError
+from ..core.retry import RETRY_STATUSES, Transient, is_transient
+from ..core.rundir import RunDir
+from ..core.spec import SPEC_FILE, RunSpec
+from ..core.states import JobRef, JobState
+from ..core.status import JobStatus, reconcile
 from . import remote
-from .base import JobRef, JobState, JobStatus, Rendered, StatusCache
+from .base import Rendered, StatusCache
+from .files import Progress, RemoteEntry, RemoteFiles
 from .script import Target, parallel, render_batch_script, worker_python
 
 T = TypeVar("T")
@@ -74,43 +80,42 @@ JOB_SCRIPT = "job.sh"
 STDOUT, STDERR = "stdout.log", "stderr.log"
 #: Seconds pyunicore waits on one HTTP operation.
 TIMEOUT_S = 60
-_TERMINAL_RESULTS = ("succeeded", "failed", "cancelled")
 _MISSING = object()
 
 
 # -- the job description (pure) --------------------------------------------------------------------
 
 
-def resources(conf: Mapping[str, Any]) -> dict[str, str]:
+def resources(conf: UnicoreConf) -> dict[str, str]:
     """UNICORE ``Resources`` from ``backend.resources`` (only what is set; values as strings).
 
     ``CPUsPerNode`` counts every CPU of a node's tasks (``tasks_per_node`` x ``cpus_per_task``);
     the job script lays the tasks out for ``srun`` itself (see :func:`job_script`).
     """
-    res = conf.get("resources") or {}
+    res = conf.resources
     out: dict[str, str] = {}
-    if res.get("queue"):
-        out["Queue"] = str(res["queue"])
-    if res.get("time"):
-        out["Runtime"] = str(time_limit_seconds(res["time"]))
-    out["Nodes"] = str(int(res.get("nodes") or 1))
-    tasks, cpus = int(res.get("tasks_per_node") or 1), res.get("cpus_per_task")
+    if res.queue:
+        out["Queue"] = str(res.queue)
+    if res.time:
+        out["Runtime"] = str(time_limit_seconds(res.time))
+    out["Nodes"] = str(res.nodes)
+    tasks, cpus = res.tasks_per_node, res.cpus_per_task
     if cpus or tasks > 1:
-        out["CPUsPerNode"] = str(tasks * int(cpus or 1))
-    if res.get("gpus_per_node"):
-        out["GPUsPerNode"] = str(int(res["gpus_per_node"]))
+        out["CPUsPerNode"] = str(tasks * (cpus or 1))
+    if res.gpus_per_node:
+        out["GPUsPerNode"] = str(res.gpus_per_node)
     for key, name in (
         ("memory", "Memory"),
         ("reservation", "Reservation"),
         ("constraint", "NodeConstraints"),
         ("qos", "QoS"),
     ):
-        if res.get(key):
-            out[name] = str(res[key])
+        if value := getattr(res, key):
+            out[name] = str(value)
     return out
 
 
-def job_script(conf: Mapping[str, Any], job_name: str, code_dir: str) -> str:
+def job_script(conf: UnicoreConf, job_name: str, code_dir: str) -> str:
     """``job.sh``: the Slurm backend's batch script for the job's working directory, without directives.
 
     ``code_dir`` is the uploaded snapshot (relative to the working directory), or the absolute
@@ -119,21 +124,20 @@ def job_script(conf: Mapping[str, Any], job_name: str, code_dir: str) -> str:
     for ``CPUsPerNode`` tasks per node; when the worker runs as a job step (several tasks, or a
     container) the script tells ``srun`` the real task layout.
     """
-    env = dict(conf.get("environment") or {})
-    res = conf.get("resources") or {}
+    res = conf.resources
     first = []
     if os.path.isabs(code_dir):  # nothing uploaded: where the target shares the directory, run there
         first.append(f"[ -d {shlex.quote(code_dir)} ] && cd {shlex.quote(code_dir)}")
-    if parallel(conf) or (env.get("apptainer") or {}).get("image"):
-        nodes, tasks = int(res.get("nodes") or 1), int(res.get("tasks_per_node") or 1)
+    if parallel(conf) or conf.environment.apptainer.image:
+        nodes, tasks = res.nodes, res.tasks_per_node
         layout = f"export SLURM_NTASKS={nodes * tasks} SLURM_NTASKS_PER_NODE={tasks}"
-        if res.get("cpus_per_task"):
-            cpus = int(res["cpus_per_task"])
+        if res.cpus_per_task:
+            cpus = res.cpus_per_task
             layout += f" SLURM_CPUS_PER_TASK={cpus} SRUN_CPUS_PER_TASK={cpus}"
         first.append(layout)
-    env["pre_commands"] = [*first, *(env.get("pre_commands") or [])]
+    env = dataclasses.replace(conf.environment, pre_commands=[*first, *conf.environment.pre_commands])
     return render_batch_script(
-        {**conf, "environment": env},
+        dataclasses.replace(conf, environment=env),
         job_name=job_name,
         target=Target(),
         output="",
@@ -144,7 +148,7 @@ def job_script(conf: Mapping[str, Any], job_name: str, code_dir: str) -> str:
 
 
 def job_description(
-    conf: Mapping[str, Any],
+    conf: UnicoreConf,
     spec: RunSpec,
     inputs: Sequence[remote.Upload],
     environment: Mapping[str, str],
@@ -154,12 +158,12 @@ def job_description(
     ``inputs`` are the job's uploads (:func:`remote.remote_inputs`); the job script changes into
     the uploaded code snapshot, as the uploaded spec names it.
     """
-    env = conf.get("environment") or {}
-    account = (conf.get("resources") or {}).get("account")
+    env = conf.environment
+    account = conf.resources.account
     uploaded = next(u for u in inputs if u.remote == SPEC_FILE)
     code_dir = RunSpec.parse(uploaded.read().decode()).code_dir
     script = job_script(conf, spec.run_id, code_dir or ".")
-    variables = {k: str(v) for k, v in (env.get("variables") or {}).items() if not is_reference(v)}
+    variables = {k: str(v) for k, v in env.variables.items() if not is_reference(v)}
     description: dict[str, Any] = {
         "Name": spec.run_id,
         "Executable": "bash",
@@ -175,7 +179,7 @@ def job_description(
     if account:
         description["Project"] = str(account)
     for key, name in (("login_pre_commands", "precommand"), ("login_post_commands", "postcommand")):
-        commands = [str(c) for c in env.get(key) or []]
+        commands = [str(c) for c in getattr(env, key)]
         if commands:
             description[f"User {name}"] = " && ".join(commands)
             description[f"RunUser{name.capitalize()}OnLoginNode"] = "true"
@@ -214,7 +218,10 @@ def _stream(transport: Any, url: str, offset: int = 0) -> Iterator[Any]:
 
 
 class UnicoreBackend(remote.GatewayBackend):
-    def __init__(self, conf: dict[str, Any]) -> None:
+    Conf = UnicoreConf
+    conf: UnicoreConf
+
+    def __init__(self, conf: UnicoreConf) -> None:
         super().__init__(conf)
         self._site: Any = None
         self._lock = threading.Lock()
@@ -238,11 +245,11 @@ class UnicoreBackend(remote.GatewayBackend):
                     self.name, what, 401, "the gateway took the credentials as anonymous"
                 ) from None
             except Exception as exc:
-                status = None if remote.transient(exc) else _http_status(exc)
+                status = None if is_transient(exc) else _http_status(exc)
                 if status is None:
                     raise
-                if status in remote.RETRY_STATUSES:
-                    raise remote.Unreachable(f"HTTP {status}: {_detail(exc)}") from None
+                if status in RETRY_STATUSES:
+                    raise Transient(f"HTTP {status}: {_detail(exc)}") from None
                 if status == 404 and missing is not _MISSING:
                     return missing
                 raise remote.http_error(self.name, what, status, _detail(exc)) from None
@@ -252,7 +259,7 @@ class UnicoreBackend(remote.GatewayBackend):
     def _credential(self) -> Any:
         from pyunicore import credentials
 
-        given = dict(self.conf.get("credentials") or {})
+        given = dict(self.conf.credentials)
         unknown = sorted(set(given) - {"username", "password", "token"})
         if unknown:
             raise ConfigError(
@@ -275,12 +282,7 @@ class UnicoreBackend(remote.GatewayBackend):
             if self._site is None:
                 from pyunicore.client import Client, Transport
 
-                url = str(self.conf.get("url") or "").rstrip("/")
-                if not url:
-                    raise ConfigError(
-                        f"backend.url: backend {self.name} needs the UNICORE base URL "
-                        "(https://HOST:PORT/SITE/rest/core)"
-                    )
+                url = self.conf.url.rstrip("/")
                 import httpx
 
                 # one line per request is httpx's business, not the output of a run (Hydra apps log INFO)
@@ -340,7 +342,7 @@ class UnicoreBackend(remote.GatewayBackend):
     # -- rendering -------------------------------------------------------------------------------
 
     def render(self, spec: RunSpec, snapshots: dict[Any, Any] | None = None) -> Rendered:
-        inputs = remote.remote_inputs(spec, self.conf.get("exclude") or [], snapshots)
+        inputs = remote.remote_inputs(spec, self.conf.exclude, snapshots)
         secrets = job_environment([spec.config], resolved=False)
         description = job_description(self.conf, spec, inputs, secrets)
         return Rendered(
@@ -356,7 +358,7 @@ class UnicoreBackend(remote.GatewayBackend):
         from pyunicore.client import Storage
 
         client = self._client()
-        inputs = remote.remote_inputs(spec, self.conf.get("exclude") or [], snapshots)
+        inputs = remote.remote_inputs(spec, self.conf.exclude, snapshots)
         description = job_description(self.conf, spec, inputs, secrets)
         job = self._call(f"submitting {spec.run_id}", lambda: client.new_job(description, autostart=False))
         try:
@@ -423,31 +425,29 @@ class UnicoreBackend(remote.GatewayBackend):
         return self._statuses.get(jobs, query)
 
     def _status_one(self, job: JobRef) -> JobStatus:
-        run_dir = Path(job.run_dir)
         props = self._properties(job.job_id)
-        result = read_result(run_dir)
-        if props is None:
-            if result and result.get("state") in _TERMINAL_RESULTS:  # ended, then cleaned up
-                state = JobState(result["state"])
-                return JobStatus(state, result.get("exit_code"), result.get("error") or "", result)
-            return JobStatus(
-                JobState.UNKNOWN, message=f"the gateway no longer knows job {job.job_id}", result=result
-            )
+        forgotten = f"the gateway no longer knows job {job.job_id}"
+        if props is None:  # perhaps ended, then cleaned up
+            return reconcile(None, job.run_dir, forgotten=forgotten)
         native = str(props.get("status") or "UNDEFINED")
         state = STATES.get(native, JobState.UNKNOWN)
         code = _exit_code(props.get("exitCode"))
         why = str(props.get("statusMessage") or "")
         if state.terminal:
-            if not (result and result.get("state") in _TERMINAL_RESULTS):
+            result = RunDir(job.run_dir).read_result()
+            if not (result and result.terminal):
                 self._mirror(job)
-                result = read_result(run_dir)
             if state is JobState.SUCCEEDED and code not in (None, 0):
                 state, why = JobState.FAILED, f"exit code {code}"
-            aborted = (run_dir / CANCELLED).exists() or "aborted" in why.lower()
-            if aborted and not (result and result.get("state") == "succeeded"):
+            if "aborted" in why.lower():
                 state = JobState.CANCELLED
-        return remote.job_status(
-            state, exit_code=code, result=result, native=native, why=why if state is JobState.FAILED else ""
+        return reconcile(
+            state,
+            job.run_dir,
+            name=native,
+            exit_code=code,
+            why=why if state is JobState.FAILED else "",
+            forgotten=forgotten,
         )
 
     def _mirror(self, job: JobRef) -> None:
@@ -488,7 +488,7 @@ class UnicoreBackend(remote.GatewayBackend):
             )
             if done is not None:  # aborted (a job the gateway lost is not marked)
                 Path(job.run_dir).mkdir(parents=True, exist_ok=True)
-                (Path(job.run_dir) / CANCELLED).touch()
+                RunDir(job.run_dir).mark_cancelled()
 
         with ThreadPoolExecutor(max_workers=self.workers(len(jobs))) as pool:
             list(pool.map(abort, jobs))
@@ -523,7 +523,7 @@ def _fetch(
     url: str,
     dest: Path,
     offset: int,
-    progress: remote.Progress | None,
+    progress: Progress | None,
     what: str,
 ) -> None:
     """Download ``url`` into ``dest`` from ``offset`` (appending), or whole when the server sends all."""
@@ -537,7 +537,7 @@ def _fetch(
         raise FileNotFoundError(2, "no such file on the gateway", what)
 
 
-class UnicoreFiles(remote.RemoteFiles):
+class UnicoreFiles(RemoteFiles):
     """Files on a UNICORE site: an absolute path lies on the storage whose mount point is its longest prefix."""
 
     resumable_download = True
@@ -579,31 +579,25 @@ class UnicoreFiles(remote.RemoteFiles):
         )
         return props
 
-    def walk(self, path: str) -> list[remote.RemoteEntry]:
+    def walk(self, path: str) -> list[RemoteEntry]:
         props = self._stat(path)
         if props is None:
             raise FileNotFoundError(path)
         if not props.get("isDirectory"):
-            return [remote.RemoteEntry(path, int(props.get("size") or 0))]
+            return [RemoteEntry(path, int(props.get("size") or 0))]
         mount, storage, rel = self._locate(path)
         prefix = "" if mount == "/" else mount
-        return [
-            remote.RemoteEntry(f"{prefix}/{name}", size) for name, size in self.backend._listing(storage, rel)
-        ]
+        return [RemoteEntry(f"{prefix}/{name}", size) for name, size in self.backend._listing(storage, rel)]
 
     def size(self, path: str) -> int | None:
         props = self._stat(path)
         return None if props is None or props.get("isDirectory") else int(props.get("size") or 0)
 
-    def download(
-        self, path: str, dest: Path, *, offset: int = 0, progress: remote.Progress | None = None
-    ) -> None:
+    def download(self, path: str, dest: Path, *, offset: int = 0, progress: Progress | None = None) -> None:
         _, storage, rel = self._locate(path)
         _fetch(self.backend, storage.transport, storage._to_file_url(rel), Path(dest), offset, progress, path)
 
-    def upload(
-        self, source: Path, path: str, *, offset: int = 0, progress: remote.Progress | None = None
-    ) -> None:
+    def upload(self, source: Path, path: str, *, offset: int = 0, progress: Progress | None = None) -> None:
         _, storage, rel = self._locate(path)
 
         def send() -> None:

@@ -1,5 +1,6 @@
 """Config schemas, validation and resolvers."""
 
-from .validate import ConfigError, validate
+from ..core.errors import ConfigError
+from .validate import validate
 
 __all__ = ["ConfigError", "validate"]

@@ -5,10 +5,8 @@ from __future__ import annotations
 import difflib
 import re
 
-from .validate import ConfigError, unknown_group_message, unknown_key_message
-
-EXIT_USER_ERROR = 2
-EXIT_FAILED = 1
+from ..core.errors import EXIT_FAILED, EXIT_USER_ERROR, ConfigError, JobError, UserError
+from .validate import unknown_group_message, unknown_key_message
 
 
 def explain(exc: BaseException) -> tuple[int, str] | None:
@@ -16,12 +14,9 @@ def explain(exc: BaseException) -> tuple[int, str] | None:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    from ..launch.sweep import JobFailed
-    from ..tracking.mlflow_run import TrackingError
-
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, UserError):
         return EXIT_USER_ERROR, str(exc)
-    if isinstance(exc, JobFailed | TrackingError):
+    if isinstance(exc, JobError):
         return EXIT_FAILED, str(exc)
     if isinstance(exc, MissingConfigException):
         return EXIT_USER_ERROR, _missing_config(exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from .. import paths
+from ..core import paths
 from . import secrets
 
 

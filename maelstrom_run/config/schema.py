@@ -267,7 +267,9 @@ class Resources:
     gpus_per_node: int = 0
     memory: str | None = None
     #: Time limit: ``30m``, ``2h``, ``1d12h`` or ``HH:MM:SS``.
-    time: str | None = None
+    time: str | None = field(
+        default=None, metadata={"check": "maelstrom_run.config.units:time_limit_seconds"}
+    )
     reservation: str | None = None
     constraint: str | None = None
     qos: str | None = None
@@ -294,20 +296,14 @@ class Environment:
 
 @dataclass
 class BackendConf:
+    """What every backend has; each kind adds its own fields in a subclass, chosen by ``kind``."""
+
     name: str = MISSING
-    kind: Literal["local", "slurm", "slurmrest", "unicore", "firecrest"] = MISSING
-    #: Jobs of a sweep running (local) or submitted (clusters) at once.
+    kind: str = MISSING
+    #: Jobs of a sweep running (local) or submitted (clusters) at once (>= 1).
     max_parallel: int = 2
-    #: Slurm: at most this many tasks per job array (default: the cluster's MaxArraySize).
-    max_array_size: int | None = None
-    #: Slurm: more ``#SBATCH`` options, e.g. ``[--exclusive, --mail-type=END]``.
-    sbatch_options: list[str] = field(default_factory=list)
-    url: str | None = None
-    machine: str | None = None
-    token_url: str | None = None
-    #: slurmrest: the slurmrestd OpenAPI version in the request paths.
-    api_version: str | None = None
-    #: REST gateways: tries while the gateway cannot be reached, and the first wait between them (doubling).
+    #: Tries in all while the target cannot be reached (at least one), and the first wait between
+    #: them in seconds (doubling): REST gateways.
     retries: int = 4
     retry_delay: float = 1.0
     #: Where run directories live on the target; default ``$MAELSTROM_HOME/runs``.
@@ -317,6 +313,58 @@ class BackendConf:
     resources: Resources = field(default_factory=Resources)
     environment: Environment = field(default_factory=Environment)
     exclude: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LocalConf(BackendConf):
+    kind: str = "local"
+
+
+@dataclass
+class SlurmConf(BackendConf):
+    kind: str = "slurm"
+    #: At most this many tasks per job array (default: the cluster's MaxArraySize).
+    max_array_size: int | None = None
+    #: More ``#SBATCH`` options, e.g. ``[--exclusive, --mail-type=END]``.
+    sbatch_options: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SlurmRestConf(SlurmConf):
+    kind: str = "slurmrest"
+    #: The slurmrestd address, e.g. ``http://127.0.0.1:6820``.
+    url: str = MISSING
+    #: The slurmrestd OpenAPI version in the request paths.
+    api_version: str = "v0.0.38"
+
+
+@dataclass
+class UnicoreConf(BackendConf):
+    kind: str = "unicore"
+    #: The site's UNICORE/X REST base, ``https://HOST:PORT/SITE/rest/core``.
+    url: str = MISSING
+
+
+@dataclass
+class FirecrestConf(BackendConf):
+    kind: str = "firecrest"
+    #: More ``#SBATCH`` options of the batch script FirecREST submits.
+    sbatch_options: list[str] = field(default_factory=list)
+    #: The FirecREST v2 API, the OIDC token endpoint, and the system name.
+    url: str = MISSING
+    token_url: str = MISSING
+    machine: str = MISSING
+
+
+#: Backend config schemas by ``kind`` (a backend package of a site adds its own through the
+#: ``maelstrom_run.backends`` entry point, its class's ``Conf``).
+BACKENDS: dict[str, type[BackendConf]] = {
+    "local": LocalConf,
+    "slurm": SlurmConf,
+    "slurmrest": SlurmRestConf,
+    "unicore": UnicoreConf,
+    "firecrest": FirecrestConf,
+}
 
 
 @dataclass
@@ -356,11 +404,15 @@ class RootConf:
     dataset: Any = None
     loader: LoaderConf = field(default_factory=LoaderConf)
     model: Any = None
-    backend: BackendConf = field(default_factory=BackendConf)
+    backend: Any = None
     tracking: TrackingConf = field(default_factory=TrackingConf)
-    schedule: ScheduleConf = field(default_factory=ScheduleConf)
+    schedule: ScheduleConf = field(
+        default_factory=ScheduleConf, metadata={"check": "maelstrom_run.schedule.timing:check"}
+    )
     #: Label category -> value (or list of values).
-    labels: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, Any] = field(
+        default_factory=dict, metadata={"check": "maelstrom_run.labels.taxonomy:check"}
+    )
     dry_run: bool = False
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
@@ -380,4 +432,5 @@ DISCRIMINATED: dict[str, tuple[str, dict[str, type]]] = {
         },
     ),
     "model": ("arch", {"unet": UNetModel, "transformer": TransformerModel, "mlp": MLPModel}),
+    "backend": ("kind", BACKENDS),
 }

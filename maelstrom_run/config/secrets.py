@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .validate import ConfigError
+from ..core.errors import ConfigError
 
 _REF = re.compile(r"^\$\{secret:(?:'(?P<quoted>[^']*)'|(?P<plain>[^}]*))\}$")
 _PLAIN_OK = re.compile(r"^[A-Za-z0-9_./:-]*$")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .validate import ConfigError
+from ..core.errors import ConfigError
 
 _UNITS = re.compile(r"(\d+)([dhms])")
 _CLOCK = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?$")

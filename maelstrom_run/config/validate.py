@@ -7,32 +7,24 @@ closest valid key: ``backend.resources.nodez: unknown key; did you mean 'nodes'?
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
+import importlib
 import types
 import typing
 from collections.abc import Iterable
 from typing import Any, Literal, Union
 
+from ..core.errors import ConfigError, did_you_mean
 from .schema import DISCRIMINATED, MISSING, RootConf
 
 #: Discriminator value that switches off the schema check of a group (user-defined shapes).
 CUSTOM = "custom"
 
 
-class ConfigError(ValueError):
-    """A user error in a configuration; the message is one line naming the key path."""
-
-
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     """Type hints of a schema dataclass (evaluated once: they are strings under postponed annotations)."""
     return typing.get_type_hints(cls)
-
-
-def _closest(key: str, options: typing.Iterable[str]) -> str:
-    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(sorted(options))}"
 
 
 def _type_name(tp: Any) -> str:
@@ -120,7 +112,7 @@ def _check_dataclass(value: Any, cls: type, path: str, own: Iterable[str] = ()) 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in value:
         if key not in fields and key not in own:
-            hint = _closest(str(key), fields)
+            hint = did_you_mean(str(key), fields)
             if cls is RootConf and "did you mean" not in hint:
                 hint += " (an app's own top-level section must be listed in app.sections)"
             raise ConfigError(f"{_join(path, key)}: unknown key{hint}")
@@ -138,20 +130,88 @@ def _check_dataclass(value: Any, cls: type, path: str, own: Iterable[str] = ()) 
             _check(value[name], hints[name], sub)
 
 
+#: Groups whose discriminator may be ``custom``: a shape of the user's own, not checked.
+_OPEN = ("dataset", "model")
+#: Entry point group of backend packages: ``KIND = "package.module:BackendClass"`` (its ``Conf``).
+BACKEND_ENTRY_POINTS = "maelstrom_run.backends"
+
+
+def plugin_backends() -> dict[str, Any]:
+    """Backend kinds that installed packages provide (entry points, not loaded yet)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=BACKEND_ENTRY_POINTS)}
+
+
+def _options(group: str) -> list[str]:
+    schemas = DISCRIMINATED[group][1]
+    if group == "backend":
+        return [*schemas, *sorted(set(plugin_backends()) - set(schemas))]
+    return [*schemas, CUSTOM] if group in _OPEN else list(schemas)
+
+
+def schema_of(group: str, kind: Any) -> type | None:
+    """The schema dataclass of a discriminated group's value ``kind`` (None: no such kind)."""
+    schemas = DISCRIMINATED[group][1]
+    if kind in schemas:
+        return schemas[kind]
+    if group == "backend" and isinstance(kind, str) and kind in (found := plugin_backends()):
+        from .schema import BackendConf
+
+        return getattr(found[kind].load(), "Conf", BackendConf)
+    return None
+
+
 def _check_discriminated(value: Any, group: str) -> None:
-    key, schemas = DISCRIMINATED[group]
+    key = DISCRIMINATED[group][0]
     if not isinstance(value, dict):
         raise ConfigError(f"{group}: expected a mapping (choose one with {group}=NAME), got {value!r}")
     kind = value.get(key, MISSING)
     if kind == MISSING:
-        raise ConfigError(f"{group}.{key}: missing mandatory value; one of {', '.join([*schemas, CUSTOM])}")
-    if kind == CUSTOM:
+        raise ConfigError(f"{group}.{key}: missing mandatory value; one of {', '.join(_options(group))}")
+    if kind == CUSTOM and group in _OPEN:
         return
-    if kind not in schemas:
-        options = [*schemas, CUSTOM]
-        hint = _closest(str(kind), options).replace("valid keys", "valid values")
+    schema = schema_of(group, kind)
+    if schema is None:
+        hint = did_you_mean(str(kind), _options(group), noun="valid values")
         raise ConfigError(f"{group}.{key}: unknown value {kind!r}{hint}")
-    _check_dataclass(value, schemas[kind], group)
+    _check_dataclass(value, schema, group)
+
+
+def typed(value: dict[str, Any], group: str) -> Any:
+    """A discriminated group's config as its schema dataclass, validated, with every default filled
+    (what a backend receives)."""
+    _check_discriminated(value, group)
+    schema = schema_of(group, value.get(DISCRIMINATED[group][0]))
+    if schema is None:
+        raise ConfigError(f"{group}: no schema for {value!r}")
+    return _build(schema, value)
+
+
+def _build(tp: Any, value: Any) -> Any:
+    """``value`` (already checked against ``tp``) as instances of the schema's dataclasses."""
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        hints = _hints(tp)
+        return tp(
+            **{
+                f.name: _build(hints[f.name], value[f.name])
+                for f in dataclasses.fields(tp)
+                if f.name in value
+            }
+        )
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            if dataclasses.is_dataclass(option) and isinstance(value, dict):
+                return _build(option, value)
+        return value
+    if origin is list and isinstance(value, list):
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_build(item, v) for v in value]
+    if origin is dict and isinstance(value, dict):
+        _, item = typing.get_args(tp) or (str, Any)
+        return {k: _build(item, v) for k, v in value.items()}
+    return value
 
 
 def _join(path: str, key: Any) -> str:
@@ -163,16 +223,42 @@ def validate(config: dict[str, Any]) -> None:
     app = config.get("app")
     own = app.get("sections") if isinstance(app, dict) else None
     _check_dataclass(config, RootConf, "", own if isinstance(own, list) else ())
-    limit = ((config.get("backend") or {}).get("resources") or {}).get("time")
-    if limit is not None:
-        from .units import time_limit_seconds
+    for key, check in _checks():
+        value = _get(config, key)
+        if value is not None:
+            check(value, key)
 
-        time_limit_seconds(limit)
-    from ..labels.taxonomy import check as check_labels
-    from ..schedule.timing import check as check_schedule
 
-    check_labels(config.get("labels"))
-    check_schedule(config.get("schedule") or {})
+def _get(config: dict[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def check_of(dotted: str) -> Any:
+    """The check a schema field names in its metadata (``module:function``), imported when first used."""
+    module, _, name = dotted.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@functools.cache
+def _checks() -> tuple[tuple[str, Any], ...]:
+    """``(dotted key, check(value, key))`` of every schema field that names a check (the packages that
+    own a value's rules register them there: labels, schedules, units)."""
+    out = []
+
+    def walk(cls: type, path: str) -> None:
+        for f in dataclasses.fields(cls):
+            key = _join(path, f.name)
+            if "check" in f.metadata:
+                out.append((key, check_of(f.metadata["check"])))
+            tp = _hints(cls)[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, key)
+
+    walk(RootConf, "")
+    return tuple(out)
 
 
 def validate_changes(config: dict[str, Any], keys: Iterable[str]) -> None:
@@ -190,10 +276,11 @@ def validate_changes(config: dict[str, Any], keys: Iterable[str]) -> None:
         for part in key.split("."):
             node = node[part]
         _check(node, tp, key)
-        if key == "backend.resources.time" and node is not None:
-            from .units import time_limit_seconds
-
-            time_limit_seconds(node)
+        for checked, check in _checks():  # a value with rules of its own, or a mapping holding one
+            if checked == key or checked.startswith(key + ".") or key.startswith(checked + "."):
+                value = _get(config, checked)
+                if value is not None:
+                    check(value, checked)
 
 
 def _schema_type(config: dict[str, Any], parts: list[str]) -> Any:
@@ -201,13 +288,15 @@ def _schema_type(config: dict[str, Any], parts: list[str]) -> Any:
     tp: Any = RootConf
     for i, part in enumerate(parts):
         if i == 0 and part in DISCRIMINATED:
-            key, schemas = DISCRIMINATED[part]
+            key = DISCRIMINATED[part][0]
             kind = (config.get(part) or {}).get(key)
-            if len(parts) < 2 or parts[1] == key or (kind not in schemas and kind != CUSTOM):
+            if len(parts) < 2 or parts[1] == key:
                 return None
-            if kind == CUSTOM:
+            if kind == CUSTOM and part in _OPEN:
                 return Any
-            tp = schemas[kind]
+            tp = schema_of(part, kind)
+            if tp is None:
+                return None
             continue
         if tp is Any:
             return Any
@@ -262,7 +351,7 @@ def unknown_key_message(path: str) -> str:
     options = valid_keys(parent)
     if not options and path.split(".")[0] in ("labels", "tags"):  # free-form: new keys need a '+'
         return f"{path}: not in the config yet; add it with +{path}=VALUE"
-    return f"{path}: unknown key{_closest(key, options) if options else ''}"
+    return f"{path}: unknown key{did_you_mean(key, options) if options else ''}"
 
 
 #: The config groups of maelstrom-run (top-level keys chosen with ``group=option``).
@@ -270,4 +359,4 @@ GROUPS = ("app", "train", "dataset", "loader", "model", "backend", "tracking", "
 
 
 def unknown_group_message(group: str) -> str:
-    return f"{group}: unknown config group{_closest(group, GROUPS).replace('valid keys', 'groups')}"
+    return f"{group}: unknown config group{did_you_mean(group, GROUPS, noun='groups')}"

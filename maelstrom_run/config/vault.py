@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .validate import ConfigError
+from ..core.errors import ConfigError
 
 _clients: dict[tuple[str, ...], Any] = {}
 

@@ -29,8 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import paths
-from .sources import DataError, Retry, download, is_url
+from ..core import paths
+from ..core.errors import DataError
+from .sources import Retry, download, is_url
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..core.errors import ConfigError, UserError
 
 COPY_HELP = """\
 Copy files to, from or between backends. SRC and DST are local paths or BACKEND:PATH, where
@@ -64,7 +64,7 @@ class CopyResult:
 def parse_side(text: str, overrides: Sequence[str] = ()) -> Side:
     """``NAME:PATH`` when NAME is a backend config, else a local path."""
     from ..backends import get_backend
-    from ..backends.remote import LocalFiles
+    from ..backends.files import LocalFiles
 
     name, sep, path = text.partition(":")
     if sep and re.fullmatch(r"[A-Za-z0-9_][\w.-]*", name) and not os.path.exists(text):
@@ -148,7 +148,7 @@ def copy(src: Side, dst: Side, exclude: Sequence[str] = (), progress: bool = Tru
             bar.advance(task, offset)
             try:
                 _transfer(src, dst, source, target, offset, moved)
-            except ConfigError as exc:
+            except UserError as exc:
                 result.failed.append((source, str(exc)))
                 continue
             except OSError as exc:

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import paths
+from ..core import paths
+from ..core.errors import DataError
 from .cache import Cache, Request
-from .sources import DataError, join, list_objects, s3_to_https
+from .sources import join, list_objects, s3_to_https
 
 #: ``module:function(cache_dir, sizes, seed) -> list[Path]`` generating the sample files of a kind.
 SAMPLE_GENERATORS = {
@@ -78,7 +79,8 @@ def dataset_config(name: str) -> dict[str, Any]:
 
 
 def _checked(conf: Any, where: str) -> dict[str, Any]:
-    from ..config.validate import ConfigError, _check_discriminated
+    from ..config.validate import _check_discriminated
+    from ..core.errors import ConfigError
 
     if not isinstance(conf, dict):
         raise DataError(f"{where}: expected a mapping of dataset settings")

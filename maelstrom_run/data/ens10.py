@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config.validate import ConfigError
+from ..core.errors import ConfigError
 from .samples import _smooth
 
 #: Version of the generator; part of the cache key, bump it when the generated data change.

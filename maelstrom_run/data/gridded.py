@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..config.validate import ConfigError
+from ..core.errors import ConfigError
 
 GB = 1e9
 #: The raw forecast that ``target: difference`` subtracts from the analysis.

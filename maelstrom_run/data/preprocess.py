@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import paths
-from ..config.validate import ConfigError
-from ..launch.files import write_atomic
+from ..core import paths
+from ..core.errors import ConfigError
+from ..core.rundir import write_atomic
 from . import ens10
 
 #: Version of the array format; part of the key.

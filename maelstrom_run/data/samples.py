@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..launch.files import write_atomic
+from ..core.rundir import write_atomic
 
 #: Version of the generators; part of the cache key, bump it when the generated data change.
 VERSION = 1

@@ -21,15 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config.validate import ConfigError
+from ..core.errors import DataError
 
 #: Bytes per read and write.
 CHUNK = 1 << 20
 USER_AGENT = "maelstrom-run"
-
-
-class DataError(ConfigError):
-    """A dataset problem the user can act on (missing file, dead server, full disk, bad checksum)."""
 
 
 class _Transient(Exception):

@@ -23,10 +23,10 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
     def unknown_key(self, path: str, options: list[str]) -> None:
-        from ..config.validate import _closest
+        from ..core.errors import did_you_mean
 
         key = path.rpartition(".")[2]
-        self.unknown.append(f"{path}: unknown key, not imported{_closest(key, options)}")
+        self.unknown.append(f"{path}: unknown key, not imported{did_you_mean(key, options)}")
 
     def merge(self, other: Report) -> None:
         self.mapped += other.mapped

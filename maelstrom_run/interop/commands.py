@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
 from . import Report, literal
 
 IMPORT_HELP = """\

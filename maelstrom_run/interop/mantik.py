@@ -30,7 +30,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
 from . import Report, literal
 
 #: Mantik key path -> maelstrom-run key path (what the import writes).

@@ -22,7 +22,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
 from . import Report, literal
 
 ENTRY = "maelstrom_run.interop.command:main"

@@ -41,10 +41,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         table.add_column(column, overflow="fold")
     categories = [c for c in tax.categories.values() if not args.category or c.name == args.category]
     if args.category and not categories:
-        from ..config import ConfigError
-        from ..config.validate import _closest
+        from ..core.errors import ConfigError, did_you_mean
 
-        hint = _closest(args.category, tax.categories).replace("valid keys", "categories")
+        hint = did_you_mean(args.category, tax.categories, noun="categories")
         raise ConfigError(f"--category {args.category}: unknown label category{hint}")
     for c in categories:
         table.add_row(c.name, ", ".join(c.scopes), f"{c.weight:g}", ", ".join(c.values))
@@ -104,7 +103,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
+    from ..core.errors import ConfigError
     from .search import app_query, catalogue, recommend
     from .taxonomy import parse_query
 

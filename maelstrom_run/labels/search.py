@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
 from . import taxonomy
 
 Label = tuple[str, str, str]  # (scope, category, value)
@@ -67,7 +67,7 @@ def _best(runs: Iterable[Item]) -> tuple[str, float, str] | None:
 
 # -- apps ---------------------------------------------------------------------------------------
 def _config_dirs() -> list[Path]:
-    from ..paths import user_config_dirs
+    from ..core.paths import user_config_dirs
 
     return [*user_config_dirs(), Path(__file__).resolve().parents[1] / "conf"]
 
@@ -115,7 +115,7 @@ def app_items(dirs: Sequence[Path] | None = None) -> list[Item]:
 # -- runs and experiments -----------------------------------------------------------------------
 def run_items(registry: Any = None, limit: int | None = 2000) -> list[Item]:
     """Past runs from the registry: labels from ``run_labels``, best metric from their result files."""
-    from ..launch.files import read_result
+    from ..core.rundir import RunDir
     from ..launch.registry import Registry
     from .store import labels_of
 
@@ -148,7 +148,7 @@ def run_items(registry: Any = None, limit: int | None = 2000) -> list[Item]:
             "run", r.run_id, run_labels, text, app=r.app, description=description, experiment=experiment
         )
         if r.state == "succeeded":
-            metric = headline_metric((read_result(r.run_dir) or {}).get("metrics") or {})
+            metric = headline_metric(_metrics(RunDir(r.run_dir)))
             if metric:
                 item.best = (metric[0], metric[1], r.run_id)
         items.append(item)
@@ -231,8 +231,13 @@ def app_query(name: str) -> list[Query]:
     """The labels of app ``name`` as a recommendation query."""
     apps = {a.name: a for a in app_items()}
     if name not in apps:
-        from ..config.validate import _closest
+        from ..core.errors import did_you_mean
 
-        hint = _closest(name, apps).replace("valid keys", "apps")
+        hint = did_you_mean(name, apps, noun="apps")
         raise ConfigError(f"app={name}: no such app{hint}")
     return [(None, c, v) for _, c, v in apps[name].labels]
+
+
+def _metrics(run_dir: Any) -> dict[str, float]:
+    result = run_dir.read_result()
+    return result.metrics if result else {}

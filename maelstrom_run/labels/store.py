@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS run_labels (
 
 def record(db: sqlite3.Connection, specs: Sequence[Any]) -> None:
     """Write the labels of ``specs`` inside the registry's open transaction (replacing earlier rows)."""
-    from ..config import ConfigError
+    from ..core.errors import ConfigError
     from .taxonomy import flatten
 
     db.execute(_SCHEMA)

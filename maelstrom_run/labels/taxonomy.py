@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from ..config.validate import ConfigError, _closest
-from ..paths import user_config_dirs
+from ..core.errors import ConfigError, did_you_mean
+from ..core.paths import user_config_dirs
 
 TAXONOMY_FILE = "taxonomy.yaml"
 
@@ -115,7 +115,7 @@ def _check(
     category = taxonomy.categories.get(name)
     if category is None:
         options = list(taxonomy.categories) + ([] if scope else list(taxonomy.scopes))
-        hint = _closest(name, options).replace("valid keys", "categories")
+        hint = did_you_mean(name, options, noun="categories")
         raise ConfigError(f"{path}: unknown label category{hint} (see `maelstrom labels list`)")
     if scope is not None and scope not in category.scopes:
         valid = [f"'labels.{name}'", *(f"'labels.{s}.{name}'" for s in category.scopes[1:])]
@@ -126,13 +126,13 @@ def _check(
     values = _values(raw, path)
     for value in values:
         if category.values and value not in category.values:
-            hint = _closest(value, category.values).replace("valid keys", "valid values")
+            hint = did_you_mean(value, category.values, noun="valid values")
             raise ConfigError(f"{path}: {value!r} is not a known {name}{hint} (see `maelstrom labels list`)")
     return [(scope or category.home, name, v) for v in values]
 
 
-def check(labels: Any) -> None:
-    """Validate a composed config's ``labels`` (called from the config validator)."""
+def check(labels: Any, key: str = "labels") -> None:
+    """Validate a composed config's ``labels`` (registered with the config validator in the schema)."""
     if labels:
         flatten(labels)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import validate
+from ..config.compose import resolve_config
 from ..config.validate import validate_changes
-from .spec import resolve_config
 
 #: ``key.path=NUMBER``: the override of nearly every job of a sweep, typed here as Hydra types it.
 _NUMBER = re.compile(

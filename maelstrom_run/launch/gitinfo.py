@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
 
 #: Diffs larger than this are not recorded (a warning says so in the spec).
 MAX_DIFF_BYTES = 5_000_000

@@ -9,10 +9,11 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from ..backends import JobRef, JobState, get_backend
-from .files import read_result
+from ..backends import get_backend
+from ..core.rundir import RunDir
+from ..core.spec import RunSpec
+from ..core.states import JobRef, JobState
 from .registry import Registry, RunRecord
-from .spec import RunSpec
 
 TERMINAL = {s.value for s in JobState if s.terminal}
 
@@ -44,15 +45,15 @@ def refresh(registry: Registry, records: Sequence[RunRecord]) -> list[RunRecord]
             status = statuses.get(record.run_id)
             if status is None:
                 continue
-            result = status.result or {}
+            result = status.result
             values: dict[str, Any] = {"state": status.state.value, "message": status.message or None}
             if status.exit_code is not None:
                 values["exit_code"] = status.exit_code
             if status.requeues:
                 values["requeues"] = status.requeues
             for key in ("mlflow_run_id", "tracking_uri", "started", "ended"):
-                if result.get(key) is not None:
-                    values[key] = result[key]
+                if result is not None and getattr(result, key) is not None:
+                    values[key] = getattr(result, key)
             if status.state.terminal and "ended" not in values:
                 values["ended"] = time.time()
             changes.append((record.run_id, values))
@@ -79,7 +80,8 @@ def close_sweep_if_done(registry: Registry, sweep_id: str) -> None:
 
         metrics = {}
         for job in jobs:
-            metrics[job.run_id] = (read_result(job.run_dir) or {}).get("metrics") or {}
+            result = RunDir(job.run_dir).read_result()
+            metrics[job.run_id] = result.metrics if result else {}
         try:
             end_parent_run(
                 sweep.mlflow_parent_run_id, sweep.tracking_uri, {j.run_id: j.state for j in jobs}, metrics

@@ -15,8 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .. import paths
-from ..config import ConfigError
+from ..core import paths
+from ..core.errors import ConfigError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import paths
-from ..config import ConfigError
+from ..core import paths
+from ..core.errors import ConfigError
+from ..core.spec import RunSpec, new_id
 from .gitinfo import materialise
 from .monitor import TERMINAL, refresh
 from .registry import Registry, RunRecord
-from .spec import RunSpec, new_id
 
 
 def _code_dir(original: RunSpec, worktree: Path) -> str:

@@ -9,9 +9,9 @@ name); those are adopted, and only the rest are submitted.
 from __future__ import annotations
 
 from ..backends import get_backend
-from ..config import ConfigError
+from ..core.errors import ConfigError
+from ..core.spec import RunSpec
 from .registry import Registry, RunRecord
-from .spec import RunSpec
 from .submit import submit_group
 
 

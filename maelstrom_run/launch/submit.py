@@ -6,10 +6,10 @@ import time
 from collections.abc import Sequence
 
 from ..backends import Backend, get_backend
-from ..config import ConfigError
+from ..core.errors import ConfigError, UserError
+from ..core.spec import RunSpec
 from . import monitor
 from .registry import Registry, RunRecord
-from .spec import RunSpec
 
 
 def default_wait(backend: dict, wait: bool | None) -> bool:
@@ -28,7 +28,7 @@ def connect(specs: Sequence[RunSpec], known: dict[str, Backend] | None = None) -
             backends[name] = get_backend(spec.backend)
             try:
                 backends[name].connect()
-            except ConfigError as exc:
+            except UserError as exc:
                 raise type(exc)(f"{exc}; nothing was submitted or recorded") from None
     return backends
 

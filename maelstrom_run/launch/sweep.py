@@ -20,16 +20,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import paths
-from .files import read_result
+from ..core import paths
+from ..core.errors import JobError
+from ..core.rundir import Result, RunDir
+from ..core.spec import RunSpec, config_hash, new_id, package_versions
 from .registry import Registry, RunRecord
-from .spec import RunSpec, config_hash, from_config, new_id, package_versions
+from .spec import from_config
 
 #: Rows of the sweep summary table before it only counts.
 _SUMMARY_ROWS = 40
 
 
-class JobFailed(RuntimeError):
+class JobFailed(JobError):
     """A job of a sweep did not succeed (the error Hydra raises when its result is read)."""
 
 
@@ -107,7 +109,7 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     for spec in specs:
         spec.parent_run_id = parent[0]
     records = submit(specs, wait=wait, registry=registry, backends=backends)
-    results = [(read_result(r.run_dir) or {}) if wait else {} for r in records]
+    results = [(RunDir(r.run_dir).read_result() or Result()) if wait else Result() for r in records]
     _print_sweep_summary(sweep_id, records, job_overrides, results, wait)
     returns = []
     for job, record, result in zip(jobs, records, results, strict=True):
@@ -122,10 +124,10 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
             returns.append(_job_return(launcher, job, record.run_dir, value))
             continue
         if record.state == "succeeded":
-            returns.append(_job_return(launcher, job, record.run_dir, result.get("metrics") or {}))
+            returns.append(_job_return(launcher, job, record.run_dir, result.metrics))
         else:
             error = JobFailed(
-                f"run {record.run_id} {record.state}: {record.message or result.get('error') or ''}"
+                f"run {record.run_id} {record.state}: {record.message or result.error or ''}"
                 f" (see `maelstrom runs logs {record.run_id}`)"
             )
             returns.append(_job_return(launcher, job, record.run_dir, error, failed=True))
@@ -238,7 +240,7 @@ def _print_sweep_summary(
     sweep_id: str,
     records: Sequence[RunRecord],
     overrides: Sequence[Sequence[str]],
-    results: Sequence[dict[str, Any]],
+    results: Sequence[Result],
     waited: bool,
 ) -> None:
     from rich.table import Table
@@ -253,7 +255,7 @@ def _print_sweep_summary(
     if len(shown) > _SUMMARY_ROWS:  # a large sweep: its first jobs, then the counts
         shown = shown[: _SUMMARY_ROWS // 2]
     for record, job, result in shown:
-        metrics = result.get("metrics") or {}
+        metrics = result.metrics
         detail = (
             "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())[:4]) or (record.message or "")[:60]
         )
@@ -347,7 +349,7 @@ def _launch_hydra_tasks(
             returns.append(cloudpickle.loads(pickled.read_bytes()))
             continue
         if wait:
-            error = (read_result(record.run_dir) or {}).get("error") or record.message or record.state
+            error = (RunDir(record.run_dir).read_result() or Result()).error or record.message or record.state
             ret = _hydra_job_return(
                 cfg,
                 overrides,

@@ -127,7 +127,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
+    from ..core.errors import ConfigError
     from .timing import now_utc
 
     store = _store()
@@ -166,7 +166,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
+    from ..core.errors import ConfigError
     from .scheduler import tick
     from .timing import now_utc, parse_now
 

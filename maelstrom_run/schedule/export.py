@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import paths
-from ..config import ConfigError
+from ..core import paths
+from ..core.errors import ConfigError
 
 _DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 

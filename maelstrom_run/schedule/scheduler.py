@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
 from . import timing
 from .store import CLAIMED, FAILED, SKIPPED, SUBMITTED, ScheduleRecord, ScheduleStore
 
@@ -65,7 +65,8 @@ def register(cfg: Any, overrides: list[str], store: ScheduleStore | None = None)
     """Record a schedule from a composed config (``maelstrom-run ... schedule=weekly``); print its next firings.
 
     With ``dry_run=true`` show what each firing would submit and record nothing (returns None)."""
-    from ..launch.spec import build, config_hash, new_id
+    from ..core.spec import config_hash, new_id
+    from ..launch.spec import build
 
     spec = build(cfg, overrides)
     conf = timing.check(spec.config["schedule"])
@@ -143,9 +144,9 @@ def format_due(when: dt.datetime, tz_name: str) -> str:
 # -- firing -------------------------------------------------------------------------------------
 def make_spec(record: ScheduleRecord) -> Any:
     """The RunSpec of one firing: the template's config on the current code (or the pinned commit)."""
+    from ..core.spec import RunSpec, package_versions
     from ..launch.gitinfo import capture
     from ..launch.rerun import respec
-    from ..launch.spec import RunSpec, package_versions
 
     template = RunSpec.from_dict(yaml.safe_load(record.spec))
     if record.pinned_commit:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
 from ..launch.registry import Registry
 
 _SCHEMA = """

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..config.validate import ConfigError
+from ..core.errors import ConfigError
 
 UTC = dt.UTC
 CATCHUP = ("none", "last", "all")
@@ -38,10 +38,10 @@ def zone(name: str, path: str = "schedule.timezone") -> Any:
             raise ValueError(name)
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        from ..config.validate import _closest
+        from ..core.errors import did_you_mean
 
-        hint = _closest(name, available_timezones()).replace("; valid keys:", "; e.g.")
-        if "e.g." in hint:
+        hint = did_you_mean(name, available_timezones(), noun="valid time zones")
+        if "did you mean" not in hint:
             hint = "; use an IANA name such as Europe/Berlin or UTC"
         raise ConfigError(f"{path}: unknown time zone {name!r}{hint}") from None
 
@@ -84,8 +84,9 @@ def parse_when(value: Any, tz: Any, path: str) -> dt.datetime | None:
     return when.astimezone(UTC)
 
 
-def check(conf: dict[str, Any]) -> dict[str, Any]:
-    """Validate a composed ``schedule`` section; returns its normalised form (cron, zone, start, end)."""
+def check(conf: dict[str, Any], key: str = "schedule") -> dict[str, Any]:
+    """Validate a composed ``schedule`` section; returns its normalised form (cron, zone, start, end).
+    Registered with the config validator in the schema."""
     name = conf.get("name", "none")
     if name == "none":
         return dict(conf)

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import paths
-from ..config import ConfigError
 from ..config.secrets import resolve
+from ..core import paths
+from ..core.errors import ConfigError, JobError
 
 #: MLflow's limits on a param's key and value.
 MAX_KEY, MAX_VALUE = 250, 6000
@@ -28,7 +28,7 @@ _CREDENTIAL_ENV = {
 }
 
 
-class TrackingError(RuntimeError):
+class TrackingError(JobError):
     """The tracking store cannot be reached or refused a request."""
 
 
