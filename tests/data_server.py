@@ -122,8 +122,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self._record(200, len(body))  # before the answer: a client may look at the log once it has it
         self.wfile.write(body)
-        self._record(200, len(body))
 
 
 class Server(ThreadingHTTPServer):

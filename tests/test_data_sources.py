@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 
 from maelstrom_run.core.errors import DataError
+from maelstrom_run.core.retry import RetryPolicy
 from maelstrom_run.data.cache import Cache, Request, sha256
 from maelstrom_run.data.datasets import load_dataset
 from maelstrom_run.data.samples import generate_ap5
-from maelstrom_run.data.sources import Retry, list_objects
+from maelstrom_run.data.sources import list_objects
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data_server import DataServer  # noqa: E402
 
-FAST = Retry(attempts=2, backoff_s=0.05, max_backoff_s=0.1, timeout_s=5)
+FAST = RetryPolicy(retries=1, delay=0.05, max_delay=0.1, timeout_s=5)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_resume_after_the_server_dies(bucket: Path, tmp_path: Path, maelstrom_ho
     log = tmp_path / "requests.jsonl"
     server = DataServer(bucket, log, delay=0.01, chunk=32 * 1024).start()
     url = f"{server.url}/bucket/{name}"
-    cache = Cache(retry=Retry(attempts=60, backoff_s=0.05, max_backoff_s=0.2, timeout_s=5))
+    cache = Cache(retry=RetryPolicy(retries=59, delay=0.05, max_delay=0.2, timeout_s=5))
     part = cache.path_for(url).with_name(cache.path_for(url).name + ".part")
     result: dict[str, object] = {}
 

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
+from maelstrom_run.config import taxonomy
 from maelstrom_run.core.errors import ConfigError
 from maelstrom_run.core.spec import RunSpec
-from maelstrom_run.labels import search, taxonomy
+from maelstrom_run.labels import search
 from maelstrom_run.launch.registry import Registry
 from maelstrom_run.tracking.mlflow_run import run_tags
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config.schema import BackendConf
 from ..core.spec import RunSpec
-from ..core.states import JobRef
+from ..core.states import JobRef, JobState
 from ..core.status import JobStatus
 from .files import LocalFiles, RemoteFiles
 
@@ -56,6 +56,16 @@ class StatusCache:
 
     def clear(self) -> None:
         self._cached.clear()
+
+
+def wait_until_stopped(states: Callable[[], Iterable[JobState | None]], seconds: float = 10.0) -> None:
+    """After a cancel: scancel and the gateways answer before Slurm has moved the jobs on, so wait
+    (briefly; jobs finishing their epilogue may take longer) until ``states()`` has none queued or running."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(s in (JobState.QUEUED, JobState.RUNNING) for s in states()):
+            return
+        time.sleep(0.3)
 
 
 class Backend(ABC):

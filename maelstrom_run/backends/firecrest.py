@@ -49,7 +49,6 @@ import posixpath
 import shlex
 import stat
 import tarfile
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -59,12 +58,12 @@ from ..config.schema import FirecrestConf
 from ..config.secrets import job_environment, resolve_mapping
 from ..core.errors import ConfigError
 from ..core.retry import RETRY_STATUSES, Transient
-from ..core.rundir import REQUEUES, RunDir
+from ..core.rundir import RunDir
 from ..core.spec import SPEC_FILE, RunSpec
 from ..core.states import JobRef, JobState
 from ..core.status import JobStatus, reconcile
 from . import remote
-from .base import Rendered, StatusCache
+from .base import Rendered, StatusCache, wait_until_stopped
 from .files import Progress, RemoteEntry, RemoteFiles
 from .script import Target, render_batch_script, worker_python
 from .slurm import STATES, WHY
@@ -78,9 +77,6 @@ STDOUT, STDERR = "stdout.log", "stderr.log"
 TIMEOUT_S = 60
 #: How far back the job listing looks for jobs that have ended.
 LISTING_WINDOW = "7d"
-#: How long ``cancel`` waits for Slurm to confirm.
-_CANCEL_WAIT_S = 10.0
-_MISSING = object()
 
 
 def job_ref(job_id: str, job_dir: str) -> str:
@@ -111,6 +107,11 @@ def _archive(inputs: Sequence[remote.Upload]) -> bytes:
     return buffer.getvalue()
 
 
+def _native(info: Mapping[str, Any] | None) -> str:
+    """The Slurm state of a job listing entry (``"CANCELLED by 0"`` -> ``CANCELLED``)."""
+    return (str((info or {}).get("status", {}).get("state") or "").split() or [""])[0]
+
+
 def _detail(response: Any) -> str:
     """The gateway's own message of a refused request (FirecREST ``message``, OIDC ``error_description``)."""
     try:
@@ -124,14 +125,156 @@ def _detail(response: Any) -> str:
     return str(body)[:300]
 
 
+class FirecrestSession(remote.GatewaySession):
+    """The pyfirecrest v2 client of a backend, and the file requests through it."""
+
+    conf: FirecrestConf
+
+    @property
+    def system(self) -> str:
+        return self.conf.machine
+
+    @property
+    def account(self) -> str | None:
+        account = self.conf.resources.account
+        return str(account) if account else None
+
+    def refusal(self, exc: BaseException) -> tuple[int, str] | Exception | None:
+        from firecrest import FirecrestException
+        from firecrest.FirecrestException import MultipartUploadException, TransferJobFailedException
+
+        if isinstance(exc, FirecrestException):
+            response = exc.responses[-1] if exc.responses else None
+            status = int(getattr(response, "status_code", 0) or 0)
+            return status, _detail(response) if response is not None else str(exc)
+        if isinstance(exc, TransferJobFailedException | MultipartUploadException):
+            return remote.GatewayError(
+                f"backend {self.name}: a transfer failed in the gateway ({remote.first_line(exc)})"
+            )
+        return None
+
+    def credentials(self) -> dict[str, str]:
+        given = dict(self.conf.credentials)
+        unknown = sorted(set(given) - {"client_id", "client_secret"})
+        if unknown:
+            raise ConfigError(
+                f"backend.credentials.{unknown[0]}: unknown for a FirecREST backend; give client_id and "
+                "client_secret"
+            )
+        values = resolve_mapping(given)
+        if not (values.get("client_id") and values.get("client_secret")):
+            raise ConfigError(
+                f"backend.credentials: backend {self.name} needs client_id and client_secret as secret "
+                "references (e.g. client_secret: ${secret:env:FIRECREST_CLIENT_SECRET})"
+            )
+        return values
+
+    def open(self) -> Any:
+        """The client, checked once: the system exists, the client may use it and charge the account."""
+        from firecrest import ClientCredentialsAuth
+        from firecrest.v2 import Firecrest
+
+        url, token_url = self.conf.url.rstrip("/"), self.conf.token_url
+        system = self.system
+        credentials = self.credentials()
+        # one line per request is httpx's business, not the output of a run (Hydra apps log INFO)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        auth = ClientCredentialsAuth(credentials["client_id"], credentials["client_secret"], token_url)
+        auth.timeout = TIMEOUT_S
+        auth.disable_client_logging = True
+        client = Firecrest(firecrest_url=url, authorization=auth)
+        client.timeout = TIMEOUT_S
+        client.disable_client_logging = True
+        client.num_retries_rate_limit = 5
+        systems = self.call(f"connecting to {url} (signing in at {token_url})", client.systems)
+        names = [str(s.get("name")) for s in systems or []]
+        if system not in names:
+            raise ConfigError(
+                f"backend.machine: {system!r} is not a system of {url} (systems: "
+                f"{', '.join(names) or 'none'})"
+            )
+        # the client may use the system (403 otherwise) and charge the account
+        info = self.call(f"signing in to {system}", lambda: client.userinfo(system))
+        accounts = sorted(str(a.get("name")) for a in info.get("accounts") or [])
+        if accounts and self.account and self.account not in accounts:
+            raise ConfigError(
+                f"backend.resources.account: {self.account!r} is not an account you may charge on "
+                f"{system} (accounts: {', '.join(accounts)})"
+            )
+        return client
+
+    def put(
+        self, open_data: Callable[[], IO[bytes]], size: int, directory: str, filename: str, what: str
+    ) -> None:
+        """Upload ``size`` bytes as ``directory/filename`` (staged by the gateway from 1 MiB on)."""
+        client, system, account = self.client(), self.system, self.account
+
+        def send() -> None:
+            data = open_data()
+            try:
+                client.upload(system, data, directory, filename, account=account, file_size=size)
+            finally:
+                close = getattr(data, "close", None)
+                if close is not None:
+                    close()
+
+        self.call(what, send)
+
+    def fetch(self, path: str, dest: Path, offset: int, progress: Progress | None) -> None:
+        """Copy ``path`` to ``dest``: a small file whole, a large one staged and read from ``offset`` on.
+
+        A missing ``path`` raises FileNotFoundError.
+        """
+        client, system, account = self.client(), self.system, self.account
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        operation = self.call(
+            f"downloading {path}",
+            lambda: client.download(system, path, str(dest), account=account, blocking=False),
+        )
+        if operation is None:  # small: pyfirecrest wrote the whole file
+            if progress:
+                progress(max(dest.stat().st_size - offset, 0))
+            return
+        self.call(f"staging {path} for download", operation.wait_for_transfer_job)
+        info = operation.transfer_data
+        directives = info.get("transferDirectives") or {}
+        url = info.get("downloadUrl") or directives.get("download_url") or directives.get("downloadUrl")
+        if not url:
+            raise remote.GatewayError(
+                f"backend {self.name}: downloading {path}: the gateway staged it but named no download URL"
+            )
+        self.call(f"downloading {path}", lambda: self.ranged_get(str(url), dest, offset, progress))
+
+    def ranged_get(self, url: str, dest: Path, offset: int, progress: Progress | None) -> None:
+        """GET a staged file's presigned URL into ``dest`` from ``offset`` (or whole when not served in part)."""
+        import httpx
+
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        with httpx.stream("GET", url, headers=headers, timeout=TIMEOUT_S) as response:
+            if response.status_code in RETRY_STATUSES:
+                raise Transient(f"HTTP {response.status_code} from the staging area")
+            if response.status_code >= 400:
+                response.read()
+                raise remote.http_error(
+                    self.name, "reading the staged file", response.status_code, response.text[:300]
+                )
+            remote.write_response(response, dest, offset, progress)
+
+    def stat(self, path: str) -> dict[str, Any] | None:
+        client, system = self.client(), self.system
+        info: dict[str, Any] | None = self.call(
+            f"reading {path}", lambda: client.stat(system, path, dereference=True), missing=None
+        )
+        return info
+
+
 class FirecrestBackend(remote.GatewayBackend):
     Conf = FirecrestConf
     conf: FirecrestConf
 
     def __init__(self, conf: FirecrestConf) -> None:
         super().__init__(conf)
-        self._firecrest: Any = None
-        self._lock = threading.Lock()
+        self.session = FirecrestSession(self.name, conf)
         self._statuses = StatusCache()
 
     # -- configuration ---------------------------------------------------------------------------
@@ -150,98 +293,7 @@ class FirecrestBackend(remote.GatewayBackend):
             )
         return posixpath.join(posixpath.normpath(workdir), spec.run_id)
 
-    @property
-    def _account(self) -> str | None:
-        account = self.conf.resources.account
-        return str(account) if account else None
-
     # -- connection and errors -------------------------------------------------------------------
-
-    def _call(self, what: str, call: Callable[[], T], *, missing: Any = _MISSING) -> T:
-        """``call()`` with retries while the gateway is unreachable; a refusal as one clear line.
-
-        With ``missing``, an HTTP 404 returns it instead of raising.
-        """
-        from firecrest import FirecrestException
-        from firecrest.FirecrestException import MultipartUploadException, TransferJobFailedException
-
-        def once() -> T:
-            try:
-                return call()
-            except FirecrestException as exc:
-                response = exc.responses[-1] if exc.responses else None
-                status = int(getattr(response, "status_code", 0) or 0)
-                detail = _detail(response) if response is not None else str(exc)
-                if status in RETRY_STATUSES:
-                    raise Transient(f"HTTP {status}: {detail}") from None
-                if status == 404 and missing is not _MISSING:
-                    return missing  # type: ignore[no-any-return]
-                raise remote.http_error(self.name, what, status, detail) from None
-            except (TransferJobFailedException, MultipartUploadException) as exc:
-                text = str(exc).splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-                raise remote.GatewayError(
-                    f"backend {self.name}: {what} failed in the gateway's transfer ({text})"
-                ) from None
-
-        return self.retrying(once, what)
-
-    def _credentials(self) -> dict[str, str]:
-        given = dict(self.conf.credentials)
-        unknown = sorted(set(given) - {"client_id", "client_secret"})
-        if unknown:
-            raise ConfigError(
-                f"backend.credentials.{unknown[0]}: unknown for a FirecREST backend; give client_id and "
-                "client_secret"
-            )
-        values = resolve_mapping(given)
-        if not (values.get("client_id") and values.get("client_secret")):
-            raise ConfigError(
-                f"backend.credentials: backend {self.name} needs client_id and client_secret as secret "
-                "references (e.g. client_secret: ${secret:env:FIRECREST_CLIENT_SECRET})"
-            )
-        return values
-
-    def _client(self) -> Any:
-        """The pyfirecrest v2 client (checked once; refused credentials raise here, before any job)."""
-        with self._lock:
-            if self._firecrest is None:
-                from firecrest import ClientCredentialsAuth
-                from firecrest.v2 import Firecrest
-
-                url, token_url = self.conf.url.rstrip("/"), self.conf.token_url
-                system = self.system
-                credentials = self._credentials()
-                # one line per request is httpx's business, not the output of a run (Hydra apps log INFO)
-                logging.getLogger("httpx").setLevel(logging.WARNING)
-                auth = ClientCredentialsAuth(
-                    credentials["client_id"], credentials["client_secret"], token_url
-                )
-                auth.timeout = TIMEOUT_S
-                auth.disable_client_logging = True
-                client = Firecrest(firecrest_url=url, authorization=auth)
-                client.timeout = TIMEOUT_S
-                client.disable_client_logging = True
-                client.num_retries_rate_limit = 5
-                systems = self._call(f"connecting to {url} (signing in at {token_url})", client.systems)
-                names = [str(s.get("name")) for s in systems or []]
-                if system not in names:
-                    raise ConfigError(
-                        f"backend.machine: {system!r} is not a system of {url} (systems: "
-                        f"{', '.join(names) or 'none'})"
-                    )
-                # the client may use the system (403 otherwise) and charge the account
-                info = self._call(f"signing in to {system}", lambda: client.userinfo(system))
-                accounts = sorted(str(a.get("name")) for a in info.get("accounts") or [])
-                if accounts and self._account and self._account not in accounts:
-                    raise ConfigError(
-                        f"backend.resources.account: {self._account!r} is not an account you may charge on "
-                        f"{system} (accounts: {', '.join(accounts)})"
-                    )
-                self._firecrest = client
-            return self._firecrest
-
-    def connect(self) -> None:
-        self._client()
 
     # -- rendering -------------------------------------------------------------------------------
 
@@ -292,13 +344,13 @@ class FirecrestBackend(remote.GatewayBackend):
 
     def _submit_one(self, spec: RunSpec, secrets: Mapping[str, str], snapshots: dict[Any, Any]) -> str:
         """Upload the inputs into the job directory, then submit the batch script there."""
-        client, system, account = self._client(), self.system, self._account
+        client, system, account = self.session.client(), self.system, self.session.account
         job_dir = self.job_dir(spec)
         inputs = remote.remote_inputs(spec, self.conf.exclude, snapshots)
         script = self._script(spec, job_dir, inputs)
-        self._call(f"creating {job_dir}", lambda: client.mkdir(system, job_dir, create_parents=True))
+        self.session.call(f"creating {job_dir}", lambda: client.mkdir(system, job_dir, create_parents=True))
         archive = _archive(inputs)
-        self._put(
+        self.session.put(
             lambda: io.BytesIO(archive),
             len(archive),
             job_dir,
@@ -306,13 +358,15 @@ class FirecrestBackend(remote.GatewayBackend):
             f"uploading the inputs of {spec.run_id}",
         )
         packed = posixpath.join(job_dir, ARCHIVE)
-        self._call(
+        self.session.call(
             f"unpacking the inputs of {spec.run_id}",
             lambda: client.extract(system, packed, job_dir, compression="gzip", account=account),
         )
-        self._call(f"removing {packed}", lambda: client.rm(system, packed, account=account), missing=None)
+        self.session.call(
+            f"removing {packed}", lambda: client.rm(system, packed, account=account), missing=None
+        )
         env = dict(secrets)
-        answer = self._call(
+        answer = self.session.call(
             f"submitting {spec.run_id}",
             lambda: client.submit(system, working_dir=job_dir, script_str=script, env_vars=env or None),
         )
@@ -337,7 +391,7 @@ class FirecrestBackend(remote.GatewayBackend):
         """The caller's jobs on the system (one request): job id -> job."""
         from firecrest import NotImplementedOnAPIversion
 
-        client, system = self._client(), self.system
+        client, system = self.session.client(), self.system
 
         def ask() -> list[dict[str, Any]]:
             try:
@@ -345,12 +399,14 @@ class FirecrestBackend(remote.GatewayBackend):
             except (NotImplementedOnAPIversion, TypeError):  # a gateway before 2.6, an older pyfirecrest
                 return list(client.job_info(system))
 
-        jobs = self._call(f"listing the jobs on {system}", ask)
+        jobs = self.session.call(f"listing the jobs on {system}", ask)
         return {str(j.get("jobId")): j for j in jobs}
 
     def _job_info(self, job_id: str) -> dict[str, Any] | None:
-        client, system = self._client(), self.system
-        jobs = self._call(f"reading job {job_id}", lambda: client.job_info(system, job_id), missing=None)
+        client, system = self.session.client(), self.system
+        jobs = self.session.call(
+            f"reading job {job_id}", lambda: client.job_info(system, job_id), missing=None
+        )
         return jobs[0] if jobs else None
 
     def status(self, jobs: Sequence[JobRef]) -> dict[str, JobStatus]:
@@ -375,12 +431,12 @@ class FirecrestBackend(remote.GatewayBackend):
         if info is None:  # perhaps ended, mirrored, then forgotten by the gateway
             return reconcile(None, job.run_dir, forgotten=forgotten)
         status = info.get("status") or {}
-        native = (str(status.get("state") or "").split() or ["UNKNOWN"])[0]  # "CANCELLED by 0"
+        native = _native(info) or "UNKNOWN"
         state = STATES.get(native, JobState.UNKNOWN)
         code = status.get("exitCode")
         code = int(code) if isinstance(code, int | str) and str(code).lstrip("-").isdigit() else None
         if state.terminal and not ended:
-            self._mirror(job)
+            self.mirror(job)
         reason = str(status.get("stateReason") or "")
         waiting = ""
         if reason and reason not in ("None", "(null)"):
@@ -395,22 +451,18 @@ class FirecrestBackend(remote.GatewayBackend):
             forgotten=forgotten,
         )
 
-    def _mirror(self, job: JobRef) -> None:
-        """Copy the worker's result files from the job directory into the local run directory."""
-        _, job_dir = parse_job_ref(job.job_id)
-        for name in (*remote.MIRRORED, REQUEUES):
-            target = Path(job.run_dir) / name
-            partial = target.with_name(f".{name}.part")
-            try:
-                self._fetch(posixpath.join(job_dir, name), partial, 0, None)
-            except FileNotFoundError:
-                continue
-            os.replace(partial, target)
-
     # -- logs, cancel, download ------------------------------------------------------------------
 
+    def _fetch_job_file(self, job: JobRef, name: str, dest: Path) -> bool:
+        _, job_dir = parse_job_ref(job.job_id)
+        try:
+            self.session.fetch(posixpath.join(job_dir, name), dest, 0, None)
+        except FileNotFoundError:
+            return False
+        return True
+
     def logs(self, job: JobRef, stream: str = "stdout") -> str:
-        client, system = self._client(), self.system
+        client, system = self.session.client(), self.system
         job_id, job_dir = parse_job_ref(job.job_id)
         names = [STDOUT if stream == "stdout" else STDERR]
         if stream == "stderr":  # what Slurm itself wrote before the job redirected its output
@@ -418,7 +470,9 @@ class FirecrestBackend(remote.GatewayBackend):
         text = ""
         for name in names:
             path = posixpath.join(job_dir, name)
-            part = self._call(f"reading {path}", lambda path=path: client.view(system, path), missing=None)
+            part = self.session.call(
+                f"reading {path}", lambda path=path: client.view(system, path), missing=None
+            )
             text += part or ""
         return text
 
@@ -426,19 +480,19 @@ class FirecrestBackend(remote.GatewayBackend):
         """Cancel the jobs that have not ended (marked cancelled in their local run directories)."""
         if not jobs:
             return
-        client, system = self._client(), self.system
+        client, system = self.session.client(), self.system
         listing = self._listing()
         asked: list[str] = []
         for job in jobs:
             job_id, _ = parse_job_ref(job.job_id)
             info = listing.get(job_id)
-            native = (str((info or {}).get("status", {}).get("state") or "").split() or [""])[0]
+            native = _native(info)
             if info is None or STATES.get(native, JobState.UNKNOWN).terminal:
                 continue
             Path(job.run_dir).mkdir(parents=True, exist_ok=True)
             RunDir(job.run_dir).mark_cancelled()
             try:
-                self._call(
+                self.session.call(
                     f"cancelling {job.run_id}",
                     lambda job_id=job_id: client.cancel_job(system, job_id),
                     missing=None,
@@ -446,29 +500,23 @@ class FirecrestBackend(remote.GatewayBackend):
             except remote.GatewayError:
                 # ended meanwhile ("already completing or completed"): nothing to cancel
                 again = self._job_info(job_id)
-                state = (str((again or {}).get("status", {}).get("state") or "").split() or [""])[0]
-                if again is not None and not STATES.get(state, JobState.UNKNOWN).terminal:
+                if again is not None and not STATES.get(_native(again), JobState.UNKNOWN).terminal:
                     raise
             asked.append(job_id)
         self._statuses.clear()
-        # the gateway answers before Slurm has moved the jobs on: wait (briefly) until it has
-        deadline = time.monotonic() + _CANCEL_WAIT_S
-        while asked and time.monotonic() < deadline:
+
+        def states() -> list[JobState | None]:
             listing = self._listing()
-            states = [
-                STATES.get((str(listing[i].get("status", {}).get("state") or "").split() or [""])[0])
-                for i in asked
-                if i in listing
-            ]
-            if not any(s in (JobState.QUEUED, JobState.RUNNING) for s in states):
-                break
-            time.sleep(0.3)
+            return [STATES.get(_native(listing[i])) for i in asked if i in listing]
+
+        if asked:
+            wait_until_stopped(states)
 
     def download(self, job: JobRef, dest: Path) -> Path:
         """The job directory (without the ``code/`` snapshot) into ``dest/RUN_ID``."""
-        client, system = self._client(), self.system
+        client, system = self.session.client(), self.system
         _, job_dir = parse_job_ref(job.job_id)
-        entries = self._call(
+        entries = self.session.call(
             f"listing {job_dir}",
             lambda: client.list_files(system, job_dir, show_hidden=True, recursive=True),
             missing=None,
@@ -483,77 +531,11 @@ class FirecrestBackend(remote.GatewayBackend):
             name = str(entry.get("name"))
             if entry.get("type") != "-" or name == "code" or name.startswith("code/"):
                 continue
-            self._fetch(posixpath.join(job_dir, name), target / name, 0, None)
+            self.session.fetch(posixpath.join(job_dir, name), target / name, 0, None)
         return target
 
     def files(self) -> FirecrestFiles:
-        return FirecrestFiles(self)
-
-    # -- moving files ----------------------------------------------------------------------------
-
-    def _put(
-        self, open_data: Callable[[], IO[bytes]], size: int, directory: str, filename: str, what: str
-    ) -> None:
-        """Upload ``size`` bytes as ``directory/filename`` (staged by the gateway from 1 MiB on)."""
-        client, system, account = self._client(), self.system, self._account
-
-        def send() -> None:
-            data = open_data()
-            try:
-                client.upload(system, data, directory, filename, account=account, file_size=size)
-            finally:
-                close = getattr(data, "close", None)
-                if close is not None:
-                    close()
-
-        self._call(what, send)
-
-    def _fetch(self, path: str, dest: Path, offset: int, progress: Progress | None) -> None:
-        """Copy ``path`` to ``dest``: a small file whole, a large one staged and read from ``offset`` on.
-
-        A missing ``path`` raises FileNotFoundError.
-        """
-        client, system, account = self._client(), self.system, self._account
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        operation = self._call(
-            f"downloading {path}",
-            lambda: client.download(system, path, str(dest), account=account, blocking=False),
-        )
-        if operation is None:  # small: pyfirecrest wrote the whole file
-            if progress:
-                progress(max(dest.stat().st_size - offset, 0))
-            return
-        self._call(f"staging {path} for download", operation.wait_for_transfer_job)
-        info = operation.transfer_data
-        directives = info.get("transferDirectives") or {}
-        url = info.get("downloadUrl") or directives.get("download_url") or directives.get("downloadUrl")
-        if not url:
-            raise remote.GatewayError(
-                f"backend {self.name}: downloading {path}: the gateway staged it but named no download URL"
-            )
-        self._call(f"downloading {path}", lambda: self._ranged_get(str(url), dest, offset, progress))
-
-    def _ranged_get(self, url: str, dest: Path, offset: int, progress: Progress | None) -> None:
-        """GET a staged file's presigned URL into ``dest`` from ``offset`` (or whole when not served in part)."""
-        import httpx
-
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        with httpx.stream("GET", url, headers=headers, timeout=TIMEOUT_S) as response:
-            if response.status_code in RETRY_STATUSES:
-                raise Transient(f"HTTP {response.status_code} from the staging area")
-            if response.status_code >= 400:
-                response.read()
-                raise remote.http_error(
-                    self.name, "reading the staged file", response.status_code, response.text[:300]
-                )
-            remote.write_response(response, dest, offset, progress)
-
-    def _stat(self, path: str) -> dict[str, Any] | None:
-        client, system = self._client(), self.system
-        info: dict[str, Any] | None = self._call(
-            f"reading {path}", lambda: client.stat(system, path, dereference=True), missing=None
-        )
-        return info
+        return FirecrestFiles(self.session)
 
 
 class FirecrestFiles(RemoteFiles):
@@ -562,17 +544,17 @@ class FirecrestFiles(RemoteFiles):
     resumable_download = True  # large files: staged by the gateway, read with HTTP Range
     resumable_upload = False  # an upload replaces the whole file
 
-    def __init__(self, backend: FirecrestBackend) -> None:
-        self.backend = backend
+    def __init__(self, session: FirecrestSession) -> None:
+        self.session = session
 
     def walk(self, path: str) -> list[RemoteEntry]:
-        info = self.backend._stat(path)
+        info = self.session.stat(path)
         if info is None:
             raise FileNotFoundError(path)
         if not stat.S_ISDIR(int(info["mode"])):
             return [RemoteEntry(path, int(info["size"]))]
-        client, system = self.backend._client(), self.backend.system
-        entries = self.backend._call(
+        client, system = self.session.client(), self.session.system
+        entries = self.session.call(
             f"listing {path}",
             lambda: client.list_files(system, path, show_hidden=True, recursive=True),
             missing=None,
@@ -589,19 +571,19 @@ class FirecrestFiles(RemoteFiles):
         )
 
     def size(self, path: str) -> int | None:
-        info = self.backend._stat(path)
+        info = self.session.stat(path)
         return None if info is None or not stat.S_ISREG(int(info["mode"])) else int(info["size"])
 
     def download(self, path: str, dest: Path, *, offset: int = 0, progress: Progress | None = None) -> None:
-        self.backend._fetch(path, Path(dest), offset, progress)
+        self.session.fetch(path, Path(dest), offset, progress)
 
     def upload(self, source: Path, path: str, *, offset: int = 0, progress: Progress | None = None) -> None:
-        backend = self.backend
-        client, system = backend._client(), backend.system
+        session = self.session
+        client, system = session.client(), session.system
         directory, filename = posixpath.split(path)
-        backend._call(f"creating {directory}", lambda: client.mkdir(system, directory, create_parents=True))
+        session.call(f"creating {directory}", lambda: client.mkdir(system, directory, create_parents=True))
         size = os.path.getsize(source)
-        backend._put(
+        session.put(
             lambda: remote.Reading(open(source, "rb"), progress),
             size,
             directory,

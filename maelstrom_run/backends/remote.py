@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -25,13 +27,17 @@ from typing import Any, TypeVar
 from ..config.secrets import job_environment
 from ..core.errors import BackendError
 from ..core.retry import (
+    RETRY_STATUSES,
     GaveUp,
     RetryPolicy,
+    Transient,
     first_line,
     is_dns_failure,
+    is_transient,
 )
-from ..core.rundir import JOB_RETURN, RESULT
+from ..core.rundir import JOB_RETURN, REQUEUES, RESULT
 from ..core.spec import SPEC_FILE, RunSpec
+from ..core.states import JobRef
 from .base import Backend, Rendered, Submitted
 from .files import Progress
 from .staging import repository_root, snapshot_files
@@ -39,7 +45,7 @@ from .staging import repository_root, snapshot_files
 T = TypeVar("T")
 
 #: Files copied from the remote run directory into the local one once a job has ended.
-MIRRORED = (RESULT, JOB_RETURN)
+MIRRORED = (RESULT, JOB_RETURN, REQUEUES)
 
 
 class GatewayError(BackendError):
@@ -49,7 +55,7 @@ class GatewayError(BackendError):
 def policy(conf: Any) -> RetryPolicy:
     """The retry policy of a backend config: ``retries`` tries in all (at least one), the first wait
     ``retry_delay`` seconds, doubling."""
-    return RetryPolicy(retries=max(1, int(conf.retries)) - 1, delay=float(conf.retry_delay))
+    return RetryPolicy.tries_of(conf.retries, delay=float(conf.retry_delay))
 
 
 def with_retries(call: Callable[[], T], *, backend: str, what: str, retry: RetryPolicy) -> T:
@@ -213,18 +219,89 @@ class Reading:
         self.fh.close()
 
 
+#: ``missing=`` default of :meth:`GatewaySession.call`: a 404 raises.
+RAISE: Any = object()
+
+
+class GatewaySession(ABC):
+    """One gateway as both a backend and its files class use it: the client, made once under a lock
+    (refused credentials raise there, before any job is recorded), and every request through it,
+    retried by the retry policy (``backend.retries``), a refusal as one line naming the backend.
+
+    A gateway says how to make its client (:meth:`open`) and how to read a refusal (:meth:`refusal`).
+    """
+
+    def __init__(self, name: str, conf: Any) -> None:
+        self.name, self.conf = name, conf
+        self.retry = policy(conf)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @abstractmethod
+    def open(self) -> Any:
+        """The connected client (requests through :meth:`call`); raise a clear error when refused."""
+
+    @abstractmethod
+    def refusal(self, exc: BaseException) -> tuple[int, str] | Exception | None:
+        """``(HTTP status, the gateway's message)`` of a refused request, an error to raise instead,
+        or None when ``exc`` is no refusal (it is raised as it is, or retried when transient)."""
+
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self.open()
+            return self._client
+
+    def call(self, what: str, fn: Callable[[], T], *, missing: Any = RAISE) -> T:
+        """``fn()``; retried while the gateway cannot be reached or says "later" (429, 502-504); a
+        refusal as one line. With ``missing``, an HTTP 404 returns it instead of raising."""
+
+        def once() -> T:
+            try:
+                return fn()
+            except Exception as exc:
+                refused = None if is_transient(exc) else self.refusal(exc)
+                if refused is None:
+                    raise
+                if isinstance(refused, Exception):
+                    raise refused from None
+                status, detail = refused
+                if status in RETRY_STATUSES:
+                    raise Transient(f"HTTP {status}: {detail}") from None
+                if status == 404 and missing is not RAISE:
+                    return missing  # type: ignore[no-any-return]
+                raise http_error(self.name, what, status, detail) from None
+
+        return with_retries(once, backend=self.name, what=what, retry=self.retry)
+
+
 class GatewayBackend(Backend):
     """What the UNICORE and FirecREST backends share: connecting before anything is recorded,
     retries with the backend's ``retries``/``retry_delay``, and a sweep submitted ``max_parallel``
     jobs at a time, each job's inputs from one listing of the repository.
 
-    A subclass connects in :meth:`connect` (refused credentials raise there), renders with
-    ``render(spec, snapshots)`` and submits one job with ``_submit_one(spec, secrets, snapshots)``.
+    A subclass makes its :class:`GatewaySession` (``self.session``), renders with
+    ``render(spec, snapshots)``, submits one job with ``_submit_one(spec, secrets, snapshots)`` and
+    copies one file of an ended job into its local run directory with ``_fetch_job_file``.
     """
 
-    def retrying(self, call: Callable[[], T], what: str) -> T:
-        """``call()``, retried with backoff while the gateway cannot be reached."""
-        return with_retries(call, backend=self.name, what=what, retry=policy(self.conf))
+    session: GatewaySession
+
+    def connect(self) -> None:
+        self.session.client()
+
+    def _fetch_job_file(self, job: JobRef, name: str, dest: Path) -> bool:
+        """Copy the job's ``name`` (relative to its directory on the target) to ``dest``; False when absent."""
+        raise NotImplementedError
+
+    def mirror(self, job: JobRef) -> None:
+        """Copy the worker's result files of an ended job into the local run directory (each atomically)."""
+        for name in MIRRORED:
+            target = Path(job.run_dir) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{name}.part")
+            if self._fetch_job_file(job, name, partial):
+                os.replace(partial, target)
 
     def workers(self, n: int) -> int:
         """Threads for ``n`` requests: at most ``backend.max_parallel``."""

@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..core.rundir import RunDir, write_atomic
 from ..core.spec import SPEC_FILE, RunSpec
 from ..core.states import JobRef, JobState
 from ..core.status import JobStatus, reconcile
-from .base import Backend, Rendered, StatusCache, Submitted
+from .base import Backend, Rendered, StatusCache, Submitted, wait_until_stopped
 from .script import Target, render_batch_script, worker_python
 from .staging import repository_root, snapshot_files, stage
 
@@ -71,8 +70,6 @@ WHY = {
     "DEADLINE": "the deadline passed",
 }
 _MAX_ARRAY: dict[str, int] = {}
-#: How long ``cancel`` waits for Slurm to confirm (jobs finishing their epilogue may take longer).
-_CANCEL_WAIT_S = 10.0
 
 
 class SlurmError(BackendError):
@@ -501,15 +498,13 @@ class SlurmBackend(Backend):
         ids = sorted({j.job_id for j in jobs})
         self.transport.cancel(ids)
         self._statuses.clear()
+
         # scancel returns before slurmctld has moved the jobs on: wait (briefly) until it has
-        deadline = time.monotonic() + _CANCEL_WAIT_S
-        while time.monotonic() < deadline:
-            states = self.transport.query(ids)
-            if not any(
-                STATES.get(states.get(i, ("",))[0]) in (JobState.QUEUED, JobState.RUNNING) for i in ids
-            ):
-                break
-            time.sleep(0.3)
+        def states() -> list[JobState | None]:
+            found = self.transport.query(ids)
+            return [STATES.get(found.get(i, ("",))[0]) for i in ids]
+
+        wait_until_stopped(states)
 
     def download(self, job: JobRef, dest: Path) -> Path:
         target = Path(dest) / job.run_id

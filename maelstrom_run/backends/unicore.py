@@ -40,8 +40,7 @@ import logging
 import os
 import re
 import shlex
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +50,6 @@ from ..config.schema import UnicoreConf
 from ..config.secrets import is_reference, job_environment, resolve_mapping
 from ..config.units import time_limit_seconds
 from ..core.errors import ConfigError
-from ..core.retry import RETRY_STATUSES, Transient, is_transient
 from ..core.rundir import RunDir
 from ..core.spec import SPEC_FILE, RunSpec
 from ..core.states import JobRef, JobState
@@ -80,7 +78,6 @@ JOB_SCRIPT = "job.sh"
 STDOUT, STDERR = "stdout.log", "stderr.log"
 #: Seconds pyunicore waits on one HTTP operation.
 TIMEOUT_S = 60
-_MISSING = object()
 
 
 # -- the job description (pure) --------------------------------------------------------------------
@@ -217,46 +214,20 @@ def _stream(transport: Any, url: str, offset: int = 0) -> Iterator[Any]:
         yield response
 
 
-class UnicoreBackend(remote.GatewayBackend):
-    Conf = UnicoreConf
+class UnicoreSession(remote.GatewaySession):
+    """The pyunicore site client of a backend, and the requests to its storages."""
+
     conf: UnicoreConf
 
-    def __init__(self, conf: UnicoreConf) -> None:
-        super().__init__(conf)
-        self._site: Any = None
-        self._lock = threading.Lock()
-        self._workdirs: dict[str, str] = {}
-        self._statuses = StatusCache()
-
-    # -- connection and errors -------------------------------------------------------------------
-
-    def _call(self, what: str, call: Callable[[], T], *, missing: Any = _MISSING) -> T:
-        """``call()`` with retries while the gateway is unreachable; a refusal as one clear line.
-
-        With ``missing``, an HTTP 404 returns it instead of raising.
-        """
+    def refusal(self, exc: BaseException) -> tuple[int, str] | Exception | None:
         from pyunicore.credentials import AuthenticationFailedException
 
-        def once() -> T:
-            try:
-                return call()
-            except AuthenticationFailedException:
-                raise remote.http_error(
-                    self.name, what, 401, "the gateway took the credentials as anonymous"
-                ) from None
-            except Exception as exc:
-                status = None if is_transient(exc) else _http_status(exc)
-                if status is None:
-                    raise
-                if status in RETRY_STATUSES:
-                    raise Transient(f"HTTP {status}: {_detail(exc)}") from None
-                if status == 404 and missing is not _MISSING:
-                    return missing
-                raise remote.http_error(self.name, what, status, _detail(exc)) from None
+        if isinstance(exc, AuthenticationFailedException):
+            return 401, "the gateway took the credentials as anonymous"
+        status = _http_status(exc)
+        return None if status is None else (status, _detail(exc))
 
-        return self.retrying(once, what)
-
-    def _credential(self) -> Any:
+    def credential(self) -> Any:
         from pyunicore import credentials
 
         given = dict(self.conf.credentials)
@@ -276,34 +247,73 @@ class UnicoreBackend(remote.GatewayBackend):
             "references (e.g. password: ${secret:env:JUDOOR_PASSWORD})"
         )
 
-    def _client(self) -> Any:
-        """The pyunicore site client (connected once; a refused login raises here, before any job)."""
-        with self._lock:
-            if self._site is None:
-                from pyunicore.client import Client, Transport
+    def open(self) -> Any:
+        """The site client (a refused login raises here, before any job)."""
+        from pyunicore.client import Client, Transport
 
-                url = self.conf.url.rstrip("/")
-                import httpx
+        url = self.conf.url.rstrip("/")
+        import httpx
 
-                # one line per request is httpx's business, not the output of a run (Hydra apps log INFO)
-                logging.getLogger("httpx").setLevel(logging.WARNING)
-                # pyunicore opens a new httpx client per request: one TLS context for all of them
-                # (verifying the gateway's certificate) instead of loading the CA bundle each time
-                transport = Transport(
-                    self._credential(), verify=httpx.create_ssl_context(), timeout=TIMEOUT_S
-                )
-                self._site = self._call(f"connecting to {url}", lambda: Client(transport, url))
-            return self._site
+        # one line per request is httpx's business, not the output of a run (Hydra apps log INFO)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        # pyunicore opens a new httpx client per request: one TLS context for all of them
+        # (verifying the gateway's certificate) instead of loading the CA bundle each time
+        transport = Transport(self.credential(), verify=httpx.create_ssl_context(), timeout=TIMEOUT_S)
+        return self.call(f"connecting to {url}", lambda: Client(transport, url))
 
-    def connect(self) -> None:
-        self._client()
+    def read(self, storage: Any, name: str) -> bytes | None:
+        """A file of a storage, None when there is none."""
+
+        def fetch() -> bytes:
+            with _stream(storage.transport, storage._to_file_url(name)) as response:
+                return bytes(response.read())
+
+        data: bytes | None = self.call(f"reading {name}", fetch, missing=None)
+        return data
+
+    def listing(self, storage: Any, path: str) -> list[tuple[str, int]]:
+        """Every file under ``path`` of a storage: (path from the storage root, without the leading /, size)."""
+        listing = self.call(f"listing {path}", lambda: storage.contents(path))
+        out: list[tuple[str, int]] = []
+        for name, meta in sorted((listing.get("content") or {}).items()):
+            if meta.get("isDirectory"):
+                out += self.listing(storage, name)
+            else:
+                out.append((name.strip("/"), int(meta.get("size") or 0)))
+        return out
+
+    def fetch(
+        self, transport: Any, url: str, dest: Path, offset: int, progress: Progress | None, what: str
+    ) -> None:
+        """Download ``url`` into ``dest`` from ``offset`` (appending), or whole when the server sends all."""
+
+        def once() -> bool:
+            with _stream(transport, url, offset) as response:
+                remote.write_response(response, dest, offset, progress)
+            return True
+
+        if self.call(f"downloading {what}", once, missing=None) is None:
+            raise FileNotFoundError(2, "no such file on the gateway", what)
+
+
+class UnicoreBackend(remote.GatewayBackend):
+    Conf = UnicoreConf
+    conf: UnicoreConf
+
+    def __init__(self, conf: UnicoreConf) -> None:
+        super().__init__(conf)
+        self.session = UnicoreSession(self.name, conf)
+        self._workdirs: dict[str, str] = {}
+        self._statuses = StatusCache()
+
+    # -- connection and errors -------------------------------------------------------------------
 
     def _properties(self, job_url: str) -> dict[str, Any] | None:
         """A job's properties, None when the gateway no longer knows it."""
         from pyunicore.client import Job
 
-        job = Job(self._client().transport, job_url, cache_time=0)
-        props = self._call(f"reading job {job_url}", lambda: job.properties, missing=None)
+        job = Job(self.session.client().transport, job_url, cache_time=0)
+        props = self.session.call(f"reading job {job_url}", lambda: job.properties, missing=None)
         if props is not None:
             self._workdirs[job_url] = props["_links"]["workingDirectory"]["href"]
         return props
@@ -316,28 +326,7 @@ class UnicoreBackend(remote.GatewayBackend):
             raise remote.http_error(
                 self.name, f"run {job.run_id}", 404, f"the gateway no longer knows job {job.job_id}"
             )
-        return Storage(self._client().transport, self._workdirs[job.job_id], cache_time=0)
-
-    def _read(self, storage: Any, name: str) -> bytes | None:
-        """A file of a storage, None when there is none."""
-
-        def fetch() -> bytes:
-            with _stream(storage.transport, storage._to_file_url(name)) as response:
-                return bytes(response.read())
-
-        data: bytes | None = self._call(f"reading {name}", fetch, missing=None)
-        return data
-
-    def _listing(self, storage: Any, path: str) -> list[tuple[str, int]]:
-        """Every file under ``path`` of a storage: (path from the storage root, without the leading /, size)."""
-        listing = self._call(f"listing {path}", lambda: storage.contents(path))
-        out: list[tuple[str, int]] = []
-        for name, meta in sorted((listing.get("content") or {}).items()):
-            if meta.get("isDirectory"):
-                out += self._listing(storage, name)
-            else:
-                out.append((name.strip("/"), int(meta.get("size") or 0)))
-        return out
+        return Storage(self.session.client().transport, self._workdirs[job.job_id], cache_time=0)
 
     # -- rendering -------------------------------------------------------------------------------
 
@@ -357,19 +346,21 @@ class UnicoreBackend(remote.GatewayBackend):
         """Create the job, upload its inputs, start it; a job that cannot be started is removed."""
         from pyunicore.client import Storage
 
-        client = self._client()
+        client = self.session.client()
         inputs = remote.remote_inputs(spec, self.conf.exclude, snapshots)
         description = job_description(self.conf, spec, inputs, secrets)
-        job = self._call(f"submitting {spec.run_id}", lambda: client.new_job(description, autostart=False))
+        job = self.session.call(
+            f"submitting {spec.run_id}", lambda: client.new_job(description, autostart=False)
+        )
         try:
-            props = self._call(f"reading job {job.resource_url}", lambda: job.properties)
+            props = self.session.call(f"reading job {job.resource_url}", lambda: job.properties)
             storage = Storage(client.transport, props["_links"]["workingDirectory"]["href"])
             for item in inputs:
-                self._call(
+                self.session.call(
                     f"uploading {item.remote} of {spec.run_id}", lambda item=item: self._put(storage, item)
                 )
             start = props["_links"]["action:start"]["href"]
-            self._call(f"starting {spec.run_id}", lambda: client.transport.post(url=start, json={}))
+            self.session.call(f"starting {spec.run_id}", lambda: client.transport.post(url=start, json={}))
         except BaseException:
             try:
                 job.delete()
@@ -390,10 +381,12 @@ class UnicoreBackend(remote.GatewayBackend):
         """Jobs the gateway has for these runs (by the run id tag); a job never started is removed."""
         if not specs:
             return {}
-        client = self._client()
+        client = self.session.client()
 
         def find(spec: RunSpec) -> str | None:
-            jobs = self._call(f"listing jobs of {spec.run_id}", lambda: client.get_jobs(tags=[spec.run_id]))
+            jobs = self.session.call(
+                f"listing jobs of {spec.run_id}", lambda: client.get_jobs(tags=[spec.run_id])
+            )
             found = None
             for job in jobs:
                 props = self._properties(job.resource_url)
@@ -402,7 +395,7 @@ class UnicoreBackend(remote.GatewayBackend):
                 ):
                     continue
                 if props.get("status") == "READY":  # created, inputs perhaps incomplete, never started
-                    self._call(f"removing {job.resource_url}", job.delete, missing=None)
+                    self.session.call(f"removing {job.resource_url}", job.delete, missing=None)
                 elif found is None:
                     found = str(job.resource_url)
             return found
@@ -436,7 +429,7 @@ class UnicoreBackend(remote.GatewayBackend):
         if state.terminal:
             result = RunDir(job.run_dir).read_result()
             if not (result and result.terminal):
-                self._mirror(job)
+                self.mirror(job)
             if state is JobState.SUCCEEDED and code not in (None, 0):
                 state, why = JobState.FAILED, f"exit code {code}"
             if "aborted" in why.lower():
@@ -450,22 +443,17 @@ class UnicoreBackend(remote.GatewayBackend):
             forgotten=forgotten,
         )
 
-    def _mirror(self, job: JobRef) -> None:
-        """Copy the worker's result files from the working directory into the local run directory."""
-        storage = self._workdir(job)
-        for name in remote.MIRRORED:
-            data = self._read(storage, name)
-            if data is not None:
-                target = Path(job.run_dir) / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                partial = target.with_name(f".{name}.part")
-                partial.write_bytes(data)
-                os.replace(partial, target)
-
     # -- logs, cancel, download ------------------------------------------------------------------
 
+    def _fetch_job_file(self, job: JobRef, name: str, dest: Path) -> bool:
+        data = self.session.read(self._workdir(job), name)
+        if data is None:
+            return False
+        dest.write_bytes(data)
+        return True
+
     def logs(self, job: JobRef, stream: str = "stdout") -> str:
-        data = self._read(self._workdir(job), STDOUT if stream == "stdout" else STDERR)
+        data = self.session.read(self._workdir(job), STDOUT if stream == "stdout" else STDERR)
         if data is None and self._properties(job.job_id) is None:  # no log yet, or no job any more
             raise remote.http_error(
                 self.name, f"logs of {job.run_id}", 404, f"the gateway no longer knows job {job.job_id}"
@@ -476,14 +464,14 @@ class UnicoreBackend(remote.GatewayBackend):
         """Abort the jobs that have not ended (marked cancelled in their local run directories)."""
         if not jobs:
             return
-        transport = self._client().transport
+        transport = self.session.client().transport
 
         def abort(job: JobRef) -> None:
             props = self._properties(job.job_id)
             if props is None or STATES.get(str(props.get("status")), JobState.UNKNOWN).terminal:
                 return
             url = props["_links"]["action:abort"]["href"]
-            done = self._call(
+            done = self.session.call(
                 f"cancelling {job.run_id}", lambda: transport.post(url=url, json={}), missing=None
             )
             if done is not None:  # aborted (a job the gateway lost is not marked)
@@ -498,16 +486,16 @@ class UnicoreBackend(remote.GatewayBackend):
         """The job's working directory (without the ``code/`` snapshot) into ``dest/RUN_ID``."""
         storage = self._workdir(job)
         target = Path(dest) / job.run_id
-        for name, _ in self._listing(storage, "/"):
+        for name, _ in self.session.listing(storage, "/"):
             if name == "code" or name.startswith("code/"):
                 continue
             url = storage._to_file_url(name)
-            _fetch(self, storage.transport, url, target / name, 0, None, name)
+            self.session.fetch(storage.transport, url, target / name, 0, None, name)
         target.mkdir(parents=True, exist_ok=True)
         return target
 
     def files(self) -> UnicoreFiles:
-        return UnicoreFiles(self)
+        return UnicoreFiles(self.session)
 
 
 def _exit_code(value: Any) -> int | None:
@@ -517,44 +505,24 @@ def _exit_code(value: Any) -> int | None:
         return None
 
 
-def _fetch(
-    backend: UnicoreBackend,
-    transport: Any,
-    url: str,
-    dest: Path,
-    offset: int,
-    progress: Progress | None,
-    what: str,
-) -> None:
-    """Download ``url`` into ``dest`` from ``offset`` (appending), or whole when the server sends all."""
-
-    def once() -> bool:
-        with _stream(transport, url, offset) as response:
-            remote.write_response(response, dest, offset, progress)
-        return True
-
-    if backend._call(f"downloading {what}", once, missing=None) is None:
-        raise FileNotFoundError(2, "no such file on the gateway", what)
-
-
 class UnicoreFiles(RemoteFiles):
     """Files on a UNICORE site: an absolute path lies on the storage whose mount point is its longest prefix."""
 
     resumable_download = True
     resumable_upload = False  # a PUT replaces the whole file
 
-    def __init__(self, backend: UnicoreBackend) -> None:
-        self.backend = backend
+    def __init__(self, session: UnicoreSession) -> None:
+        self.session = session
         self._mounts: list[tuple[str, Any]] | None = None
 
     def mounts(self) -> list[tuple[str, Any]]:
         """``(mount point, storage)`` of the site's storages, longest mount point first."""
         if self._mounts is None:
-            client = self.backend._client()
-            storages = self.backend._call("listing the storages", lambda: client.get_storages())
+            client = self.session.client()
+            storages = self.session.call("listing the storages", lambda: client.get_storages())
             mounts = []
             for storage in storages:
-                props = self.backend._call(f"reading {storage.resource_url}", lambda s=storage: s.properties)
+                props = self.session.call(f"reading {storage.resource_url}", lambda s=storage: s.properties)
                 if props.get("mountPoint"):
                     mounts.append((str(props["mountPoint"]).rstrip("/") or "/", storage))
             self._mounts = sorted(mounts, key=lambda m: len(m[0]), reverse=True)
@@ -567,14 +535,14 @@ class UnicoreFiles(RemoteFiles):
                 return mount, storage, path[len(mount) :].strip("/") if mount != "/" else path.strip("/")
         known = ", ".join(m for m, _ in self.mounts()) or "none"
         raise ConfigError(
-            f"backend {self.backend.name}: {path} is on none of the gateway's storages (mount points: "
+            f"backend {self.session.name}: {path} is on none of the gateway's storages (mount points: "
             f"{known}); give a path under one of them"
         )
 
     def _stat(self, path: str) -> dict[str, Any] | None:
         _, storage, rel = self._locate(path)
         url = storage._to_file_url(rel)
-        props: dict[str, Any] | None = self.backend._call(
+        props: dict[str, Any] | None = self.session.call(
             f"reading {path}", lambda: storage.transport.get(url=url), missing=None
         )
         return props
@@ -587,7 +555,7 @@ class UnicoreFiles(RemoteFiles):
             return [RemoteEntry(path, int(props.get("size") or 0))]
         mount, storage, rel = self._locate(path)
         prefix = "" if mount == "/" else mount
-        return [RemoteEntry(f"{prefix}/{name}", size) for name, size in self.backend._listing(storage, rel)]
+        return [RemoteEntry(f"{prefix}/{name}", size) for name, size in self.session.listing(storage, rel)]
 
     def size(self, path: str) -> int | None:
         props = self._stat(path)
@@ -595,7 +563,7 @@ class UnicoreFiles(RemoteFiles):
 
     def download(self, path: str, dest: Path, *, offset: int = 0, progress: Progress | None = None) -> None:
         _, storage, rel = self._locate(path)
-        _fetch(self.backend, storage.transport, storage._to_file_url(rel), Path(dest), offset, progress, path)
+        self.session.fetch(storage.transport, storage._to_file_url(rel), Path(dest), offset, progress, path)
 
     def upload(self, source: Path, path: str, *, offset: int = 0, progress: Progress | None = None) -> None:
         _, storage, rel = self._locate(path)
@@ -604,4 +572,4 @@ class UnicoreFiles(RemoteFiles):
             with open(source, "rb") as fh:
                 storage.put(remote.Reading(fh, progress), rel)
 
-        self.backend._call(f"uploading {path}", send)
+        self.session.call(f"uploading {path}", send)

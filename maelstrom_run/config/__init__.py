@@ -1,4 +1,5 @@
-"""Config schemas, validation and resolvers."""
+"""Config schemas (one dataclass per group, per backend kind), validation with the checks other
+packages register, composition, resolvers, secrets, the label taxonomy. Imports only core."""
 
 from ..core.errors import ConfigError
 from .validate import validate

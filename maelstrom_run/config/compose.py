@@ -1,7 +1,8 @@
-"""A composed Hydra config as the plain container every later step reads."""
+"""Composing a config as ``maelstrom-run`` does, and the plain container every later step reads."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..core.errors import ConfigError
@@ -27,3 +28,22 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
         raise ConfigError(f"{key}: {msg}") from None
     assert isinstance(container, dict)
     return container
+
+
+def compose_config(overrides: Sequence[str]) -> dict[str, Any]:
+    """Compose, resolve and validate the config of ``overrides`` as ``maelstrom-run`` would (no run).
+
+    For commands that need a config without running it (preprocessing, data copy, export).
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .resolvers import register
+    from .validate import validate
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("maelstrom_run.conf", version_base="1.3"):
+        config = resolve_config(compose("config", overrides=list(overrides)))
+    validate(config)
+    return config

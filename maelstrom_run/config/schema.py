@@ -411,7 +411,7 @@ class RootConf:
     )
     #: Label category -> value (or list of values).
     labels: dict[str, Any] = field(
-        default_factory=dict, metadata={"check": "maelstrom_run.labels.taxonomy:check"}
+        default_factory=dict, metadata={"check": "maelstrom_run.config.taxonomy:check"}
     )
     dry_run: bool = False
     run_name: str | None = None

@@ -115,6 +115,13 @@ class RetryPolicy:
     backoff: float = 2.0
     max_delay: float = 30.0
     max_wait: float = 300.0
+    #: Seconds one try may wait for an answer (for the callers that set a timeout on a request).
+    timeout_s: float = 30.0
+
+    @classmethod
+    def tries_of(cls, tries: int, **options: float) -> RetryPolicy:
+        """The policy of a ``retries``/``--retries`` setting that counts tries in all (at least one)."""
+        return cls(retries=max(1, int(tries)) - 1, **options)
 
     @property
     def tries(self) -> int:

@@ -1,5 +1,6 @@
 """Datasets of the applications: generated sample data in the layout of the real ones, the public
-files fetched into a cache, and views of them (xarray, tf.data, PyTorch)."""
+files fetched into a cache, views of them (xarray, tf.data, PyTorch), loaders and preprocessing.
+Imports core, config and backends (their files, for copies)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from ..core import paths
 from ..core.errors import DataError
-from .sources import Retry, download, is_url
+from ..core.retry import RetryPolicy
+from .sources import DOWNLOADS, download, is_url
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -93,13 +94,13 @@ class Cache:
         root: str | os.PathLike[str] | None = None,
         *,
         limit: int | None = None,
-        retry: Retry | None = None,
+        retry: RetryPolicy | None = None,
         jobs: int = 4,
     ) -> None:
         self.root = Path(root) if root is not None else paths.cache_dir()
         env_limit = os.environ.get("MAELSTROM_CACHE_LIMIT")
         self.limit = limit if limit is not None else (parse_size(env_limit) if env_limit else None)
-        self.retry = retry or Retry()
+        self.retry = retry or DOWNLOADS
         self.jobs = max(1, jobs)
         self.index = self.root / "index.db"
 

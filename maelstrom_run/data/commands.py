@@ -32,10 +32,12 @@ def _size(n: int) -> str:
 
 
 def _cache(args: argparse.Namespace) -> Any:
+    from ..core.retry import RetryPolicy
     from .cache import Cache
-    from .sources import Retry
+    from .sources import DOWNLOADS
 
-    return Cache(jobs=getattr(args, "jobs", 4), retry=Retry(attempts=getattr(args, "retries", 5)))
+    tries = getattr(args, "retries", DOWNLOADS.tries)
+    return Cache(jobs=getattr(args, "jobs", 4), retry=RetryPolicy.tries_of(tries, delay=DOWNLOADS.delay))
 
 
 def cmd_get(args: argparse.Namespace) -> int:

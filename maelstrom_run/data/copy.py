@@ -78,7 +78,7 @@ def parse_side(text: str, overrides: Sequence[str] = ()) -> Side:
 def _backend_config(name: str, overrides: Sequence[str]) -> dict[str, Any]:
     from hydra.errors import MissingConfigException
 
-    from ..launch.compose import compose_config
+    from ..config.compose import compose_config
 
     try:
         return compose_config([f"backend={name}", *overrides])["backend"]

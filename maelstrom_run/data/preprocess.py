@@ -656,7 +656,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if not any(o.split("=", 1)[0].lstrip("+~") == "app" for o in overrides):
         overrides.insert(0, "app=ap4")
-    from ..launch.compose import compose_config
+    from ..config.compose import compose_config
 
     config = compose_config(overrides)
     console = make_console(stderr=True)

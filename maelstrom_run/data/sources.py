@@ -12,37 +12,21 @@ from __future__ import annotations
 import errno
 import http.client
 import os
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import DataError
+from ..core.retry import GaveUp, RetryPolicy, Transient, is_dns_failure, retry_after
 
 #: Bytes per read and write.
 CHUNK = 1 << 20
 USER_AGENT = "maelstrom-run"
-
-
-class _Transient(Exception):
-    """An error worth retrying (connection refused or cut, timeout, server error)."""
-
-
-@dataclass(frozen=True)
-class Retry:
-    """How often and how patiently a download is retried."""
-
-    attempts: int = 5
-    backoff_s: float = 1.0
-    max_backoff_s: float = 30.0
-    timeout_s: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.backoff_s * 2**attempt, self.max_backoff_s)
+#: Downloads and listings: 5 tries, waiting 1 s, then doubling up to 30 s.
+DOWNLOADS = RetryPolicy(retries=4, delay=1.0, max_delay=30.0, timeout_s=30.0)
 
 
 def is_url(location: str) -> bool:
@@ -85,13 +69,19 @@ def _open(url: str, headers: dict[str, str], timeout: float) -> http.client.HTTP
         if exc.code == 416:
             raise
         if exc.code >= 500 or exc.code in (408, 429):
-            raise _Transient(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+            wait = retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+            raise Transient(f"{url}: HTTP {exc.code} {exc.reason}", retry_after=wait) from exc
         if exc.code == 404:
             raise DataError(f"{url}: not found (HTTP 404); check the dataset's remote url and tier") from exc
         raise DataError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
-        raise _Transient(f"{url}: {reason}") from exc
+        if is_dns_failure(exc):  # never worth another try
+            host = urllib.parse.urlsplit(url).hostname
+            raise DataError(
+                f"{url}: the host name {host!r} does not resolve; check the URL and the network"
+            ) from None
+        raise Transient(f"{url}: {reason}") from exc
 
 
 def _http_once(url: str, part: Path, timeout: float, progress: Callable[[int], None]) -> int | None:
@@ -105,14 +95,14 @@ def _http_once(url: str, part: Path, timeout: float, progress: Callable[[int], N
         if total is not None and total == have:
             return total
         part.unlink(missing_ok=True)
-        raise _Transient(f"{url}: the server refused to resume at byte {have}; starting again") from exc
+        raise Transient(f"{url}: the server refused to resume at byte {have}; starting again") from exc
     with response:
         if response.status == 206:
             total = _content_range_total(response.headers.get("Content-Range"))
             start = _content_range_start(response.headers.get("Content-Range"))
             if start != have:
                 part.unlink(missing_ok=True)
-                raise _Transient(f"{url}: the server resumed at byte {start}, not {have}; starting again")
+                raise Transient(f"{url}: the server resumed at byte {start}, not {have}; starting again")
             mode = "ab"
         else:
             length = response.headers.get("Content-Length")
@@ -126,7 +116,7 @@ def _http_once(url: str, part: Path, timeout: float, progress: Callable[[int], N
                     try:
                         chunk = response.read(CHUNK)
                     except (OSError, http.client.HTTPException) as exc:
-                        raise _Transient(f"{url}: connection lost ({exc or type(exc).__name__})") from exc
+                        raise Transient(f"{url}: connection lost ({exc or type(exc).__name__})") from exc
                     if not chunk:
                         break
                     out.write(chunk)
@@ -138,7 +128,7 @@ def _http_once(url: str, part: Path, timeout: float, progress: Callable[[int], N
             raise
     size = part.stat().st_size
     if total is not None and size < total:
-        raise _Transient(f"{url}: connection closed after {size} of {total} bytes")
+        raise Transient(f"{url}: connection closed after {size} of {total} bytes")
     return total if total is not None else size
 
 
@@ -183,7 +173,7 @@ def download(
     url: str,
     part: Path,
     *,
-    retry: Retry | None = None,
+    retry: RetryPolicy | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Fetch ``url`` (https, http, file:// or a path) into ``part``, resuming what is there.
@@ -191,35 +181,36 @@ def download(
     ``progress(n)`` is called with the bytes added (negative when a download starts over).
     Returns the size of the complete file.
     """
-    retry = retry or Retry()
+    retry = retry or DOWNLOADS
     progress = progress or (lambda n: None)
     part.parent.mkdir(parents=True, exist_ok=True)
     if not is_url(url):
         return _copy_local(local_path(url), part, progress)
-    last: Exception | None = None
-    for attempt in range(max(1, retry.attempts)):
-        if attempt:
-            time.sleep(retry.delay(attempt - 1))
-        try:
-            size = _http_once(url, part, retry.timeout_s, progress)
-            return size if size is not None else part.stat().st_size
-        except _Transient as exc:
-            last = exc
-        except TimeoutError as exc:  # socket.timeout during the body
-            last = exc
-    raise DataError(f"{last}; gave up after {retry.attempts} attempt(s), run the command again to resume")
+
+    def once() -> int:
+        size = _http_once(url, part, retry.timeout_s, progress)
+        return size if size is not None else part.stat().st_size
+
+    try:
+        return retry.call(once)
+    except GaveUp as exc:
+        raise DataError(
+            f"{exc.last}; gave up after {exc.tries} attempt(s), run the command again to resume"
+        ) from None
 
 
 _S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
-def list_objects(bucket_url: str, prefix: str = "", *, retry: Retry | None = None) -> list[tuple[str, int]]:
+def list_objects(
+    bucket_url: str, prefix: str = "", *, retry: RetryPolicy | None = None
+) -> list[tuple[str, int]]:
     """``(key, size)`` of every object under ``prefix`` of a public S3-compatible bucket.
 
     ``bucket_url`` is the bucket's HTTPS URL, path-style (``https://host/bucket``) or virtual-host
     style (``https://bucket.host``); ``s3://`` URLs go through :func:`s3_to_https` first.
     """
-    retry = retry or Retry()
+    retry = retry or DOWNLOADS
     if not is_url(bucket_url):
         root = local_path(bucket_url)
         base = root / prefix if prefix else root
@@ -252,16 +243,15 @@ def list_objects(bucket_url: str, prefix: str = "", *, retry: Retry | None = Non
             return objects
 
 
-def _get_with_retry(url: str, retry: Retry) -> bytes:
-    last: Exception | None = None
-    for attempt in range(max(1, retry.attempts)):
-        if attempt:
-            time.sleep(retry.delay(attempt - 1))
+def _get_with_retry(url: str, retry: RetryPolicy) -> bytes:
+    def once() -> bytes:
         try:
             with _open(url, {}, retry.timeout_s) as response:
-                return response.read()
-        except (_Transient, TimeoutError) as exc:
-            last = exc
+                return bytes(response.read())
         except urllib.error.HTTPError as exc:
             raise DataError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
-    raise DataError(f"{last}; gave up after {retry.attempts} attempt(s)")
+
+    try:
+        return retry.call(once)
+    except GaveUp as exc:
+        raise DataError(f"{exc.last}; gave up after {exc.tries} attempt(s)") from None

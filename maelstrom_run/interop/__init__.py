@@ -1,4 +1,5 @@
-"""Interop with MLflow Projects and Mantik.
+"""Interop with MLflow Projects and Mantik: their files as configs of maelstrom-run and back.
+Imports core and config.
 
 - :mod:`.mantik`: a Mantik compute-backend config (YAML or JSON) as a ``backend`` config.
 - :mod:`.mlproject`: an MLproject entry point as an ``app`` config, and an app as an MLproject.

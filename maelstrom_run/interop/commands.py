@@ -211,8 +211,8 @@ def cmd_import_mantik(args: argparse.Namespace) -> int:
 
 
 def cmd_export_mlproject(args: argparse.Namespace) -> int:
+    from ..config.compose import compose_config
     from ..console import make_console
-    from ..launch.compose import compose_config
     from . import mlproject
 
     out = Path(args.out)

@@ -26,7 +26,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    from .taxonomy import load
+    from ..config.taxonomy import load
 
     tax = load()
     console = _console()
@@ -61,7 +61,7 @@ def _table(items: list[Any], title: str, score: bool) -> Any:
     from rich import box
     from rich.table import Table
 
-    from .taxonomy import load
+    from ..config.taxonomy import load
 
     home = {c.name: c.home for c in load().categories.values()}
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -76,8 +76,8 @@ def _table(items: list[Any], title: str, score: bool) -> Any:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from ..config.taxonomy import parse_query
     from .search import catalogue, search
-    from .taxonomy import parse_query
 
     query = parse_query(args.label or [])
     words = " ".join(args.text or []).split()
@@ -103,9 +103,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    from ..config.taxonomy import parse_query
     from ..core.errors import ConfigError
     from .search import app_query, catalogue, recommend
-    from .taxonomy import parse_query
 
     query = parse_query(args.label or [])
     exclude = None

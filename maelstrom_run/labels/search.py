@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
+from ..config import taxonomy
 from ..core.errors import ConfigError
-from . import taxonomy
 
 Label = tuple[str, str, str]  # (scope, category, value)
 Query = tuple[str | None, str, str]  # (scope or None for any, category, value)
@@ -116,8 +116,8 @@ def app_items(dirs: Sequence[Path] | None = None) -> list[Item]:
 def run_items(registry: Any = None, limit: int | None = 2000) -> list[Item]:
     """Past runs from the registry: labels from ``run_labels``, best metric from their result files."""
     from ..core.rundir import RunDir
+    from ..launch.labels import labels_of
     from ..launch.registry import Registry
-    from .store import labels_of
 
     registry = registry or Registry()
     records = registry.list(limit=limit)

@@ -151,21 +151,3 @@ def job_config(job: Job, config_loader: Any, master: Any) -> Any:
     if not job.changes:
         return job.base
     return config_loader.load_sweep_config(master, job.overrides)
-
-
-def compose_config(overrides: Sequence[str]) -> dict[str, Any]:
-    """Compose, resolve and validate the config of ``overrides`` as ``maelstrom-run`` would (no run).
-
-    For commands that need a config without running it (preprocessing, data copy, export).
-    """
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    from ..config.resolvers import register
-
-    register()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("maelstrom_run.conf", version_base="1.3"):
-        config = resolve_config(compose("config", overrides=list(overrides)))
-    validate(config)
-    return config

@@ -25,18 +25,17 @@ def _git(args: list[str], cwd: Path, env: dict[str, str] | None = None, input: s
 
 def capture(path: Path) -> dict[str, Any] | None:
     """Commit, branch and full diff (tracked and untracked, not ignored) of the repository at ``path``."""
-    try:
-        root = Path(_git(["rev-parse", "--show-toplevel"], path).strip())
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    try:
-        commit = _git(["rev-parse", "HEAD"], root).strip()
-    except subprocess.CalledProcessError:
-        commit = None  # a repository without commits yet
-    try:
-        branch = _git(["rev-parse", "--abbrev-ref", "HEAD"], root).strip()
-    except subprocess.CalledProcessError:
-        branch = None
+    try:  # one call for all three (the start-up of a run pays for every git process)
+        root_s, commit, branch = _git(
+            ["rev-parse", "--show-toplevel", "HEAD", "--abbrev-ref", "HEAD"], path
+        ).splitlines()
+        root = Path(root_s)
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        try:
+            root = Path(_git(["rev-parse", "--show-toplevel"], path).strip())
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        commit = branch = None  # a repository without commits yet
     diff, skipped = "", []
     if commit:
         # A throw-away index so untracked files are in the diff without touching the user's index.

@@ -169,7 +169,7 @@ class Registry:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
-            from ..labels.store import record as record_labels
+            from .labels import record as record_labels
 
             record_labels(db, specs)  # the runs' labels as rows of run_labels, same transaction
 

@@ -1,1 +1,1 @@
-"""MLflow wiring, the phase timer and the run context handed to apps."""
+"""MLflow wiring, the phase timer and the run context handed to apps. Imports core and config."""

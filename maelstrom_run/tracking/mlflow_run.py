@@ -139,7 +139,7 @@ def run_tags(spec: Any) -> dict[str, str]:
         tags["mlflow.parentRunId"] = spec.parent_run_id
     if spec.rerun_of:
         tags["maelstrom.rerun_of"] = spec.rerun_of
-    from ..labels.taxonomy import tags as label_tags
+    from ..config.taxonomy import tags as label_tags
 
     tags.update(label_tags(spec.labels))
     tags.update({str(k): str(v) for k, v in (spec.config.get("tags") or {}).items()})

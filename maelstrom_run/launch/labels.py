@@ -19,8 +19,8 @@ CREATE TABLE IF NOT EXISTS run_labels (
 
 def record(db: sqlite3.Connection, specs: Sequence[Any]) -> None:
     """Write the labels of ``specs`` inside the registry's open transaction (replacing earlier rows)."""
+    from ..config.taxonomy import flatten
     from ..core.errors import ConfigError
-    from .taxonomy import flatten
 
     db.execute(_SCHEMA)
     for spec in specs:
