@@ -78,6 +78,8 @@ TABLE = [
     (None, None, True, C, "cancelled"),
     (None, "running", True, C, "cancelled"),
     (R, "cancelled", False, C, "cancelled"),
+    (C, "failed", False, C, "cancelled"),  # the target cancelled it, the worker saw the TERM
+    (R, "failed", True, C, "cancelled"),  # killed by our cancel, the target still winding down
     # forgotten, and nothing says how it ended
     (None, None, False, U, "forgot"),
     (U, "running", False, U, "forgot"),

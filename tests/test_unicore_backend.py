@@ -28,6 +28,8 @@ from maelstrom_run.backends.files import LocalFiles
 from maelstrom_run.backends.remote import GatewayError
 from maelstrom_run.backends.unicore import TAG, resources
 from maelstrom_run.config.resolvers import register
+from maelstrom_run.config.schema import UnicoreConf
+from maelstrom_run.config.validate import typed
 from maelstrom_run.core.errors import ConfigError
 from maelstrom_run.core.spec import RunSpec
 from maelstrom_run.core.states import JobRef, JobState
@@ -88,8 +90,13 @@ def _ref(spec: RunSpec, job_id: str) -> JobRef:
 
 
 def test_resources_only_what_is_set() -> None:
-    assert resources({"resources": {"nodes": 1, "tasks_per_node": 1}}) == {"Nodes": "1"}
-    assert resources({"resources": {"time": "30m", "queue": "dc-gpu"}}) == {
+    def conf(res: dict) -> UnicoreConf:
+        return typed(
+            {"name": "uc", "kind": "unicore", "url": "https://uc/SITE/rest/core", "resources": res}, "backend"
+        )
+
+    assert resources(conf({"nodes": 1, "tasks_per_node": 1})) == {"Nodes": "1"}
+    assert resources(conf({"time": "30m", "queue": "dc-gpu"})) == {
         "Queue": "dc-gpu",
         "Runtime": "1800",
         "Nodes": "1",
@@ -263,7 +270,7 @@ class TestOnTheSite:
         accepted, unstarted = make_spec("ok", index=0), make_spec("ok", index=1)
         job_id = backend.submit(accepted)  # accepted by the gateway, never recorded
         # created but never started (the submitting process died while uploading)
-        created = backend._client().new_job(
+        created = backend.session.client().new_job(
             {
                 "Executable": "true",
                 "Tags": [TAG, unstarted.run_id],

@@ -4,11 +4,9 @@ machine's filesystem (local runs, and clusters whose filesystem is shared with i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 
-#: ``progress(n)``: n more bytes have moved.
-Progress = Callable[[int], None]
+from ..core.transfer import Progress, copy_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,19 +63,7 @@ class LocalFiles(RemoteFiles):
         return p.stat().st_size if p.is_file() else None
 
     def download(self, path: str, dest: Path, *, offset: int = 0, progress: Progress | None = None) -> None:
-        _copy(Path(path), Path(dest), offset, progress)
+        copy_file(Path(path), Path(dest), offset=offset, progress=progress)
 
     def upload(self, source: Path, path: str, *, offset: int = 0, progress: Progress | None = None) -> None:
-        _copy(Path(source), Path(path), offset, progress)
-
-
-def _copy(source: Path, dest: Path, offset: int, progress: Progress | None, chunk: int = 8 << 20) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(source, "rb") as src, open(dest, "r+b" if offset and dest.exists() else "wb") as out:
-        src.seek(offset)
-        out.seek(offset)
-        out.truncate()
-        while block := src.read(chunk):
-            out.write(block)
-            if progress:
-                progress(len(block))
+        copy_file(Path(source), Path(path), offset=offset, progress=progress)

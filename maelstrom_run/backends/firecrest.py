@@ -62,9 +62,10 @@ from ..core.rundir import RunDir
 from ..core.spec import SPEC_FILE, RunSpec
 from ..core.states import JobRef, JobState
 from ..core.status import JobStatus, reconcile
+from ..core.transfer import Progress
 from . import remote
 from .base import Rendered, StatusCache, wait_until_stopped
-from .files import Progress, RemoteEntry, RemoteFiles
+from .files import RemoteEntry, RemoteFiles
 from .script import Target, render_batch_script, worker_python
 from .slurm import STATES, WHY
 

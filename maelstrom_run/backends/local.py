@@ -89,7 +89,7 @@ class LocalBackend(Backend):
             run_dir.mkdir(parents=True, exist_ok=True)
             spec.write(run_dir)
             run_dirs.append(str(run_dir))
-        parallel = self.conf.max_parallel
+        parallel = max(1, self.conf.max_parallel)
         variables = self.conf.environment.variables
         env = {
             **os.environ,

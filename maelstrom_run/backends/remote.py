@@ -38,8 +38,8 @@ from ..core.retry import (
 from ..core.rundir import JOB_RETURN, REQUEUES, RESULT
 from ..core.spec import SPEC_FILE, RunSpec
 from ..core.states import JobRef
+from ..core.transfer import Progress, write_from
 from .base import Backend, Rendered, Submitted
-from .files import Progress
 from .staging import repository_root, snapshot_files
 
 T = TypeVar("T")
@@ -186,14 +186,7 @@ def write_response(response: Any, dest: Path, offset: int, progress: Progress | 
     """An httpx streamed response into ``dest``: appended at ``offset`` when the server answered a
     Range request (206), else the whole file."""
     start = offset if response.status_code == 206 else 0
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest, "r+b" if start and dest.exists() else "wb") as out:
-        out.seek(start)
-        out.truncate()
-        for block in response.iter_bytes(1 << 20):
-            out.write(block)
-            if progress:
-                progress(len(block))
+    write_from(dest, response.iter_bytes(1 << 20), offset=start, progress=progress)
 
 
 class Reading:

@@ -76,7 +76,7 @@ class SlurmError(BackendError):
     """Slurm refused a command or cannot be reached (one line, with what to do)."""
 
 
-def _base_id(job_id: str) -> str:
+def base_id(job_id: str) -> str:
     return job_id.split("_", 1)[0]
 
 
@@ -213,7 +213,7 @@ class SlurmCommands(SlurmTransport):
 
     def query(self, job_ids: Sequence[str]) -> States:
         """One squeue and (for the rest) one sacct call."""
-        bases = sorted({_base_id(j) for j in job_ids})
+        bases = sorted({base_id(j) for j in job_ids})
         found: States = {}
         proc = self.run(["squeue", "-h", "-r", "-o", "%i|%T|%r", f"--jobs={','.join(bases)}"], check=False)
         if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
@@ -221,7 +221,7 @@ class SlurmCommands(SlurmTransport):
         for line in proc.stdout.splitlines():
             job_id, state, reason = (line.split("|") + ["", ""])[:3]
             found[job_id.strip()] = (state.strip(), reason.strip(), "")
-        rest = sorted({_base_id(j) for j in job_ids if j not in found})
+        rest = sorted({base_id(j) for j in job_ids if j not in found})
         if rest:
             found.update(self._accounting(rest))
         return found
@@ -355,7 +355,7 @@ class SlurmBackend(Backend):
         return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
 
     def _target(self, share: Path, number: int, chunk: Sequence[RunSpec]) -> Target:
-        throttle = self.conf.max_parallel
+        throttle = max(1, self.conf.max_parallel)
         array = f"0-{len(chunk) - 1}" + (f"%{throttle}" if throttle < len(chunk) else "")
         return Target(map_file=str(share / "arrays" / f"{number:03d}.txt"), array=array)
 
@@ -426,7 +426,7 @@ class SlurmBackend(Backend):
             for line in self.transport.listing(singles):
                 job_id, _, name = line.partition("|")
                 if name in singles:
-                    found.setdefault(name, _base_id(job_id))
+                    found.setdefault(name, base_id(job_id))
         return found
 
     def existing_arrays(self, share: Path) -> dict[str, list[str]]:
@@ -439,7 +439,7 @@ class SlurmBackend(Backend):
             job_id, _, name = line.partition("|")
             if name in names:
                 found.setdefault(str(names[name]), [])
-                base = _base_id(job_id.strip())
+                base = base_id(job_id.strip())
                 if base not in found[str(names[name])]:
                     found[str(names[name])].append(base)
         return found
@@ -455,7 +455,7 @@ class SlurmBackend(Backend):
         return self._statuses.get(jobs, query)
 
     def _combine(self, job: JobRef, states: dict[str, tuple[str, str, str]]) -> JobStatus:
-        entry = states.get(job.job_id) or states.get(_base_id(job.job_id))
+        entry = states.get(job.job_id) or states.get(base_id(job.job_id))
         forgotten = f"Slurm no longer knows job {job.job_id}"
         if entry is None:
             return reconcile(None, job.run_dir, forgotten=forgotten)

@@ -50,7 +50,7 @@ from ..core.spec import RunSpec
 from .base import Rendered
 from .remote import GatewayError, http_error, policy, with_retries
 from .script import worker_python
-from .slurm import SlurmBackend, SlurmTransport, States, _base_id, expand
+from .slurm import SlurmBackend, SlurmTransport, States, base_id, expand
 
 #: The OpenAPI version whose job description this module writes.
 API_VERSION = "v0.0.38"
@@ -327,7 +327,7 @@ class SlurmRest(SlurmTransport):
 
     def query(self, job_ids: Sequence[str]) -> States:
         """``job id -> (STATE, reason, exit code)``: slurmctld's listing, then accounting for the rest."""
-        bases = {_base_id(j) for j in job_ids}
+        bases = {base_id(j) for j in job_ids}
         found: States = {}
         for job in self._jobs(what="job status"):
             array, task = job.get("array_job_id") or 0, job.get("array_task_id")
@@ -342,7 +342,7 @@ class SlurmRest(SlurmTransport):
                 found[f"{array}_{task}"] = entry
             else:
                 found[str(job["job_id"])] = entry
-        rest = sorted({_base_id(j) for j in job_ids if j not in found})
+        rest = sorted({base_id(j) for j in job_ids if j not in found})
         if rest:
             found.update(self._accounting(rest))
         return found

@@ -41,9 +41,11 @@ def reconcile(
     failure (a time limit, out of memory), ``waiting`` why a queued job waits, ``forgotten`` what to
     say of a job that neither the target nor the worker's report accounts for. The rules:
 
-    - the worker's terminal report wins: it ran to the end, whatever the target says afterwards
+    - the worker's report of success wins: it ran to the end, whatever the target says afterwards
       (a job requeued after it finished, a controller restarted, an epilogue that failed);
-    - a job asked to cancel (the marker) that ended or was forgotten otherwise: cancelled;
+    - a job asked to cancel (the marker) that ended otherwise, or was forgotten: cancelled;
+    - the worker's report of a failure stands, named with the target's reason when the target
+      says failed too; the target's word that it cancelled the job stands over it;
     - a target that forgot the job, without a report or the marker: unknown;
     - a target that says succeeded without a report from the worker: failed;
     - a failure names the target's reason and the worker's error.
@@ -55,16 +57,18 @@ def reconcile(
     def status(state: JobState, code: int | None, message: str) -> JobStatus:
         return JobStatus(state, code, message, result, requeues)
 
-    if result is not None and result.terminal and (native is not JobState.FAILED or result.succeeded):
+    ended = result is not None and result.terminal
+    if ended and result.succeeded:  # it ran to the end, whatever the target says afterwards
         code = result.exit_code if result.exit_code is not None else exit_code
-        return status(
-            result.state, code, "cancelled" if result.state is JobState.CANCELLED else result.error or ""
-        )
-    if native is not None and native.terminal and rd.cancelled:
+        return status(JobState.SUCCEEDED, code, "")
+    if rd.cancelled and (ended or native is None or native.terminal or native is JobState.UNKNOWN):
         return status(JobState.CANCELLED, exit_code, "cancelled")
-    if native is None or native is JobState.UNKNOWN:
-        if rd.cancelled:
+    if ended and native is not JobState.FAILED:
+        if native is JobState.CANCELLED or result.state is JobState.CANCELLED:
             return status(JobState.CANCELLED, exit_code, "cancelled")
+        code = result.exit_code if result.exit_code is not None else exit_code
+        return status(result.state, code, result.error or "")
+    if native is None or native is JobState.UNKNOWN:
         return status(JobState.UNKNOWN, exit_code, forgotten or "the target no longer knows the job")
     if native is JobState.SUCCEEDED:
         return status(JobState.FAILED, exit_code, NO_RESULT)

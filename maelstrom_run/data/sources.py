@@ -16,11 +16,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..core.errors import DataError
 from ..core.retry import GaveUp, RetryPolicy, Transient, is_dns_failure, retry_after
+from ..core.transfer import DISK_FULL, copy_file, size_of, write_from
 
 #: Bytes per read and write.
 CHUNK = 1 << 20
@@ -103,29 +104,24 @@ def _http_once(url: str, part: Path, timeout: float, progress: Callable[[int], N
             if start != have:
                 part.unlink(missing_ok=True)
                 raise Transient(f"{url}: the server resumed at byte {start}, not {have}; starting again")
-            mode = "ab"
         else:
             length = response.headers.get("Content-Length")
             total = int(length) if length is not None else None
             if have:
                 progress(-have)
-            mode = "wb"
-        try:
-            with open(part, mode) as out:
-                while True:
-                    try:
-                        chunk = response.read(CHUNK)
-                    except (OSError, http.client.HTTPException) as exc:
-                        raise Transient(f"{url}: connection lost ({exc or type(exc).__name__})") from exc
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    progress(len(chunk))
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                part.unlink(missing_ok=True)
-                raise _disk_full(exc, part) from exc
-            raise
+            start = 0
+
+        def blocks() -> Iterator[bytes]:
+            while True:
+                try:
+                    chunk = response.read(CHUNK)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise Transient(f"{url}: connection lost ({exc or type(exc).__name__})") from exc
+                if not chunk:
+                    return
+                yield chunk
+
+        _writing(part, lambda: write_from(part, blocks(), offset=start, progress=progress))
     size = part.stat().st_size
     if total is not None and size < total:
         raise Transient(f"{url}: connection closed after {size} of {total} bytes")
@@ -150,23 +146,20 @@ def _content_range_start(value: str | None) -> int:
 def _copy_local(source: Path, part: Path, progress: Callable[[int], None]) -> int:
     if not source.is_file():
         raise DataError(f"{source}: no such file")
-    have = part.stat().st_size if part.exists() else 0
-    total = source.stat().st_size
-    if have > total:
-        part.unlink()
-        have = 0
+    have, total = size_of(part), source.stat().st_size
+    _writing(part, lambda: copy_file(source, part, offset=have if have <= total else 0, progress=progress))
+    return total
+
+
+def _writing(part: Path, write: Callable[[], int]) -> None:
+    """``write()`` into ``part``; a full disk removes the partial file and is named (no retry helps)."""
     try:
-        with open(source, "rb") as src, open(part, "ab" if have else "wb") as out:
-            src.seek(have)
-            while chunk := src.read(CHUNK):
-                out.write(chunk)
-                progress(len(chunk))
+        write()
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if exc.errno in DISK_FULL:
             part.unlink(missing_ok=True)
             raise _disk_full(exc, part) from exc
         raise
-    return total
 
 
 def download(
