@@ -13,7 +13,7 @@ from maelstrom_run.data import gridded
 from maelstrom_run.data.gridded import BASE, GriddedLoader, GriddedOptions, LoaderError
 from maelstrom_run.data.samples import generate_ap1
 
-SIZES = {"runs": 2, "leadtimes": 3, "y": 40, "x": 48, "predictors": 8, "static_predictors": 3}
+SIZES = {"runs": 2, "leadtimes": 3, "y": 40, "x": 48, "predictors": 8, "static_predictors": 6}
 FEATURES = ("static_predictors", "coordinates", "leadtime")
 
 
@@ -75,13 +75,13 @@ def test_values_match_numpy(files, threads, block_rows, monkeypatch):
     loader = GriddedLoader(files, options(threads=threads, features=FEATURES))
     got_x, got_t = collect(loader)
     want_x, want_t = expected_batches(files, loader)
-    assert got_x.shape == (2 * 3 * 2 * 3, 16, 16, 8 + 3 + 2 + 1) == want_x.shape
+    assert got_x.shape == (2 * 3 * 2 * 3, 16, 16, 8 + 6 + 2 + 1) == want_x.shape
     np.testing.assert_allclose(got_x, want_x, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got_t, want_t, rtol=1e-5, atol=1e-5)
 
 
 def test_selected_predictors_raw_values_and_absolute_target(files):
-    chosen = ("bias_recent", BASE)
+    chosen = ("bias_yesterday", BASE)
     loader = GriddedLoader(files, options(normalise=False, predictors=chosen, target="mean"))
     got_x, got_t = collect(loader)
     with netCDF4.Dataset(files[0]) as nc:
@@ -94,7 +94,7 @@ def test_selected_predictors_raw_values_and_absolute_target(files):
 
 
 @pytest.mark.parametrize(
-    "chosen", [("bias_recent", BASE), ("bias_recent",)], ids=["base-picked", "base-not-picked"]
+    "chosen", [("bias_yesterday", BASE), ("bias_yesterday",)], ids=["base-picked", "base-not-picked"]
 )
 def test_difference_target_with_picked_predictors_in_blocks(files, chosen, monkeypatch):
     monkeypatch.setattr(gridded, "_BLOCK_BYTES", 5 * 16 * len(chosen) * 4)  # blocks of 5 rows

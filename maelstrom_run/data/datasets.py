@@ -163,25 +163,34 @@ class Dataset:
         joined along the kind's file dimension; only ``variables`` and the ``select`` index ranges.
 
         Variables along the join dimension are concatenated; those along the sample dimension but
-        not the join one (AP1's ``predictors`` of each forecast run) are stacked along it, a new
-        dimension when the files do not have it; the rest (grids, static fields) come from the
-        first file.
+        not the join one (AP1's ``predictors`` of each forecast run), and those with other values in
+        other files, are stacked along it, a new dimension when the files do not have it; the rest
+        (grids, static fields the same in every file) come from the first file.
         """
         import xarray as xr
 
         files = self._matching(pattern)
-        parts = [self._subset(self.open(p, decode=decode), p, variables, select) for p in files]
+        dim = self.concat_dimension
+        parts = []
+        for path in files:
+            ds = self.open(path, decode=decode)
+            # the join dimension's variable (AP1's scalar time) goes with the chosen ones
+            keep = None if variables is None else [*variables, *([dim] if dim in ds.variables else [])]
+            parts.append(self._subset(ds, path, None if keep is None else list(dict.fromkeys(keep)), select))
         if len(parts) == 1:
             return parts[0]
-        dim = self.concat_dimension
+        # a scalar variable named as the join dimension (AP1's time) becomes its index
+        parts = [part.set_coords(dim) if dim in part.data_vars else part for part in parts]
         sample = self.sample_dimension
+
+        def per_file(name: str, var: Any) -> bool:
+            if sample in var.dims:  # AP1's predictors
+                return True
+            # the rest (grids, static fields) once, unless a file has other values (AP1's bias_recent)
+            return any(name in part and not var.equals(part[name]) for part in parts[1:])
+
         joined = sorted(
-            {
-                str(k)
-                for part in parts
-                for k, v in part.data_vars.items()
-                if dim not in v.dims and sample in v.dims
-            }
+            {str(k) for k, v in parts[0].data_vars.items() if dim not in v.dims and per_file(str(k), v)}
         )
         try:
             return xr.concat(parts, dim=dim, data_vars=joined, coords="minimal", compat="override")
