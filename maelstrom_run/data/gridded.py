@@ -266,6 +266,9 @@ class _Decoding:
     fills: tuple[float, ...] = ()
     scale: float = 1.0
     offset: float = 0.0
+    #: float64 scale or offset (as ERA5's): computed in float64, as xarray does, then rounded to
+    #: float32; float32 arithmetic would lose digits where the offset cancels the scaled value
+    wide: bool = False
 
     @classmethod
     def of(cls, ds: Any) -> _Decoding | None:
@@ -282,21 +285,38 @@ class _Decoding:
                     fills.append(fill.item())
         scale = float(_attr(attrs, "scale_factor", 1.0))
         offset = float(_attr(attrs, "add_offset", 0.0))
+        wide = any(
+            np.asarray(attrs[k]).dtype == np.float64 for k in ("scale_factor", "add_offset") if k in attrs
+        )
         if unsigned is None and not fills and scale == 1.0 and offset == 0.0 and dtype == np.dtype("<f4"):
             return None  # the stored floats are the values
-        return cls(unsigned, tuple(dict.fromkeys(fills)), scale, offset)
+        return cls(unsigned, tuple(dict.fromkeys(fills)), scale, offset, wide or dtype.itemsize > 4)
 
     def apply(self, raw: np.ndarray, out: np.ndarray) -> None:
         """``out`` (float32, any strides) = the decoded ``raw``."""
         src = raw.view(self.unsigned) if self.unsigned is not None else raw
+        if not self.wide:
+            self._scale(src, out, np.float32)
+        else:  # blocks of rows small enough for the core's cache
+            src2, out2 = (
+                src.reshape(len(src), -1) if src.ndim else src.reshape(1, 1),
+                out.reshape(len(src) if src.ndim else 1, -1),
+            )
+            rows = max(1, (1 << 15) // max(1, src2.shape[1]))
+            for i in range(0, len(src2), rows):
+                block = np.empty(src2[i : i + rows].shape, np.float64)
+                self._scale(src2[i : i + rows], block, np.float64)
+                out2[i : i + rows] = block
+        for fill in self.fills:
+            np.copyto(out, np.float32(np.nan), where=src == fill)
+
+    def _scale(self, src: np.ndarray, out: np.ndarray, dtype: type) -> None:
         if self.scale != 1.0:
-            np.multiply(src, np.float32(self.scale), out=out, casting="unsafe")
+            np.multiply(src, dtype(self.scale), out=out, casting="unsafe")
         else:
             np.copyto(out, src, casting="unsafe")
         if self.offset:
-            np.add(out, np.float32(self.offset), out=out)
-        for fill in self.fills:
-            np.copyto(out, np.float32(np.nan), where=src == fill)
+            np.add(out, dtype(self.offset), out=out)
 
 
 def _attr(attrs: Any, key: str, default: Any) -> Any:
@@ -354,8 +374,11 @@ def _variable(path: Path, f: Any, name: str, file_size: int, ndim: int, along: b
     """``along``: the variable has the sample dimension first (a slab per step); else one slab."""
     ds = f[name]
     if ds.dtype.kind not in "fiu":
+        import h5py
+
+        kind = "strings" if h5py.check_string_dtype(ds.dtype) else str(ds.dtype)
         raise LoaderError(
-            f"{path}: variable {name!r} is {ds.dtype}, not numbers; set loader.layout to numeric fields"
+            f"{path}: variable {name!r} holds {kind}, not numbers; loader.layout must name numeric fields"
         )
     if ds.ndim != ndim:
         raise LoaderError(f"{path}: variable {name!r} has {ds.ndim} dimensions, expected {ndim}")

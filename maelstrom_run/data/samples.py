@@ -342,6 +342,90 @@ def ensure_ap1(cache_dir: str | os.PathLike[str], sizes: Mapping[str, int], seed
     return generate_ap1(directory, runs, leadtimes, y, x, predictors, static, seed, overwrite=False)
 
 
+#: Variables of :func:`generate_era5_like`: the predictors, the target and the static fields.
+ERA5_PREDICTORS = ("t2m", "msl", "u10", "v10", "tcc")
+ERA5_STATIC = ("z", "lsm")
+
+
+def generate_era5_like(
+    path: str | os.PathLike[str],
+    times: int,
+    lat: int,
+    lon: int,
+    *,
+    packed: bool = True,
+    zlib: bool = False,
+    fill_share: float = 0.0,
+    seed: int = 0,
+) -> Path:
+    """One file in the layout of ERA5 from the Copernicus CDS, for the loader's
+    ``conf/loader/gridded_era5.yaml``: :data:`ERA5_PREDICTORS` and ``t2m_next`` (six hours
+    later) on ``(time, latitude, longitude)``, packed int16 with ``scale_factor``/``add_offset``
+    and ``_FillValue`` -32767 (``packed=False``: float32), optionally zlib-compressed in chunks of
+    one time step; ``fill_share`` of the points missing; :data:`ERA5_STATIC` on (latitude, longitude)."""
+    import netCDF4
+
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    lats = np.linspace(72, 72 - 0.25 * (lat - 1), lat, dtype=np.float32)
+    lons = np.linspace(-10, -10 + 0.25 * (lon - 1), lon, dtype=np.float32)
+    base = 280 - 0.5 * (lats[:, None] - 50) + 3 * _smooth(rng, lat, lon, 16)
+    fields = {
+        "t2m": (base, 4.0, "K"),
+        "msl": (101300 + 800 * _smooth(rng, lat, lon, 40), 600.0, "Pa"),
+        "u10": (3 * _smooth(rng, lat, lon, 20), 2.0, "m s**-1"),
+        "v10": (3 * _smooth(rng, lat, lon, 20), 2.0, "m s**-1"),
+        "tcc": (0.6 + 0.2 * _smooth(rng, lat, lon, 12), 0.2, "(0 - 1)"),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
+        nc.setncatts({"Conventions": "CF-1.6", "title": "ERA5-like sample data", "source": __name__})
+        nc.createDimension("time", times)
+        nc.createDimension("latitude", lat)
+        nc.createDimension("longitude", lon)
+        for name, values, units in (("latitude", lats, "degrees_north"), ("longitude", lons, "degrees_east")):
+            nc.createVariable(name, "f4", (name,))[:] = values
+            nc[name].units = units
+        time = nc.createVariable("time", "i4", ("time",))
+        time.units, time.calendar = "hours since 1900-01-01 00:00:00.0", "gregorian"
+        time[:] = 1_051_896 + 6 * np.arange(times)
+        chunks = (1, lat, lon)
+
+        def add(name: str, data: np.ndarray, dims: tuple[str, ...], units: str) -> None:
+            storage = dict(zlib=zlib, shuffle=zlib, chunksizes=chunks if zlib and data.ndim == 3 else None)
+            if not packed:
+                var = nc.createVariable(name, "f4", dims, fill_value=np.float32(-32767), **storage)
+                var.units = units
+                var.set_auto_maskandscale(False)
+                var[:] = np.where(np.isnan(data), -32767, data).astype(np.float32)
+                return
+            low, high = np.nanmin(data), np.nanmax(data)
+            scale = (high - low) / (2**16 - 3) or 1.0  # as the CDS packs: the range over 16 bits
+            offset = low + (high - low) / 2
+            var = nc.createVariable(name, "i2", dims, fill_value=np.int16(-32767), **storage)
+            var.scale_factor, var.add_offset, var.units = scale, offset, units
+            var.set_auto_maskandscale(False)
+            var[:] = np.where(np.isnan(data), -32767, np.round((data - offset) / scale)).astype(np.int16)
+
+        for name, (mean, spread, units) in fields.items():
+            series = mean + spread * np.cumsum(0.3 * rng.standard_normal((times + 1, lat, lon)), axis=0)
+            if fill_share:
+                series[rng.random(series.shape) < fill_share] = np.nan
+            add(name, series[:times], ("time", "latitude", "longitude"), units)
+            if name == "t2m":
+                add("t2m_next", series[1:], ("time", "latitude", "longitude"), units)
+        land = (_smooth(rng, lat, lon, 24) > 0).astype(np.float64)
+        add(
+            "z",
+            9.81 * np.maximum(0, 400 * _smooth(rng, lat, lon, 16)) * land,
+            ("latitude", "longitude"),
+            "m**2 s**-2",
+        )
+        add("lsm", land, ("latitude", "longitude"), "(0 - 1)")
+    os.replace(tmp, path)
+    return path
+
+
 # -- AP2 ---------------------------------------------------------------------------------------
 
 #: Slots of the templates below: ``|``-separated options.
