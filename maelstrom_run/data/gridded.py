@@ -259,7 +259,7 @@ def _open(path: Path) -> Any:
 
 
 @dataclass(frozen=True)
-class _Decoding:
+class Decoding:
     """How stored values become values, as xarray decodes them by default (``valid_*`` ignored as there)."""
 
     unsigned: np.dtype | None = None
@@ -271,8 +271,14 @@ class _Decoding:
     wide: bool = False
 
     @classmethod
-    def of(cls, ds: Any) -> _Decoding | None:
-        attrs, dtype = ds.attrs, ds.dtype
+    def of(cls, ds: Any) -> Decoding | None:
+        """Of an h5py dataset."""
+        return cls.from_attrs(ds.attrs, ds.dtype)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any], dtype: np.dtype) -> Decoding | None:
+        """Of a variable's attributes and stored dtype; None when the stored values are the values."""
+        dtype = np.dtype(dtype)
         unsigned = None
         if dtype.kind == "i" and str(_attr(attrs, "_Unsigned", "false")).lower() == "true":
             unsigned = np.dtype(f"{dtype.byteorder}u{dtype.itemsize}")
@@ -331,7 +337,7 @@ def _attr(attrs: Any, key: str, default: Any) -> Any:
 def decoded(ds: Any, index: Any = ()) -> np.ndarray:
     """``ds[index]`` of an h5py dataset, CF-decoded into float32."""
     raw = ds[index] if index != () else ds[()]
-    decoding = _Decoding.of(ds)
+    decoding = Decoding.of(ds)
     if decoding is None:
         return np.asarray(raw, np.float32)
     out = np.empty(np.shape(raw), np.float32)
@@ -350,7 +356,7 @@ class _Variable:
     offset: int | None
     #: Bytes in storage per slab.
     slab_bytes: int
-    decoding: _Decoding | None = None
+    decoding: Decoding | None = None
     #: Chunk shape and HDF5 filter ids when the chunks can be read raw and decompressed here.
     chunks: tuple[int, ...] | None = None
     filters: tuple[int, ...] = ()
@@ -395,7 +401,7 @@ def _variable(path: Path, f: Any, name: str, file_size: int, ndim: int, along: b
     if ds.chunks is not None and along:
         filters = _filters(ds)
         chunks = tuple(ds.chunks) if filters is not None else None
-    decoding = _Decoding.of(ds)
+    decoding = Decoding.of(ds)
     return _Variable(name, shape, ds.dtype, offset, int(storage), decoding, chunks, filters or (), along)
 
 
