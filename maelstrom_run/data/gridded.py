@@ -61,6 +61,9 @@ TARGETS = ("difference", "mean")
 _LEAD_UNITS = {"s": 1 / 3600, "sec": 1 / 3600, "second": 1 / 3600, "seconds": 1 / 3600, "min": 1 / 60,
                "minute": 1 / 60, "minutes": 1 / 60, "h": 1.0, "hour": 1.0, "hours": 1.0, "day": 24.0,
                "days": 24.0}  # fmt: skip
+#: Held around every h5py call of the loader: HDF5 is not thread-safe and h5py's own lock does not
+#: cover objects freed in one thread while another reads (seen as corrupt reads and crashes).
+_H5_LOCK = threading.RLock()
 #: HDF5 filter ids the raw-chunk reader undoes itself.
 _DEFLATE, _SHUFFLE = 1, 2
 
@@ -419,7 +422,7 @@ class AP1Files:
         #: per file: the variables of the predictor channels (one, or one per channel) and the target
         self.variables: list[dict[str, _Variable]] = []
         for path in self.paths:
-            with _open(path) as f:
+            with _H5_LOCK, _open(path) as f:
                 self.variables.append(self._check(path, f))
                 shape = self._shape(f)
                 if len(self.variables) == 1:
@@ -552,7 +555,7 @@ class AP1Files:
         lay = self.layout
         values, nbytes = [], 0
         for path in self.paths[:: max(1, -(-len(self.paths) // max_files))]:
-            with h5py.File(path, "r") as f:
+            with _H5_LOCK, h5py.File(path, "r") as f:
                 first = f[lay.predictors[0] if lay.stacked else lay.predictors]
                 step = max(1, max(first.shape[1:3]) // 128)
                 index = np.s_[:, ::step, ::step]
@@ -584,14 +587,17 @@ class _Reader:
         self.variables = variables
         self.fd: int | None = None
         self.h5: Any = None
+        self.datasets: dict[str, Any] = {}
         self.lock = threading.Lock()
         self._scratch = threading.local()
 
-    def _h5(self) -> Any:
-        with self.lock:
-            if self.h5 is None:
-                self.h5 = _open(self.path)
-            return self.h5
+    def _dataset(self, name: str) -> Any:
+        """The h5py dataset ``name``, opened once (call with :data:`_H5_LOCK` held)."""
+        if self.h5 is None:
+            self.h5, self.datasets = _open(self.path), {}
+        if name not in self.datasets:
+            self.datasets[name] = self.h5[name]
+        return self.datasets[name]
 
     def _raw_buffer(self, var: _Variable) -> np.ndarray:
         """A per-thread buffer for one stored slab of ``var``."""
@@ -614,7 +620,8 @@ class _Reader:
         elif var.chunks is not None:
             nbytes = self._read_chunks(var, lead, raw)
         else:
-            self._h5()[name].read_direct(raw, np.s_[lead] if var.along else np.s_[...])
+            with _H5_LOCK:
+                self._dataset(name).read_direct(raw, np.s_[lead] if var.along else np.s_[...])
             nbytes = var.slab_bytes
         if var.decoding is None:
             np.copyto(out, raw, casting="unsafe")
@@ -639,23 +646,23 @@ class _Reader:
 
     def _read_chunks(self, var: _Variable, lead: int, out: np.ndarray) -> int:
         """The chunks covering slab ``lead``, read raw under the lock and decompressed outside it."""
-        ds = self._h5()[var.name]
         chunks, shape = var.chunks, var.shape
         c0 = lead - lead % chunks[0]
         ranges = [range(0, n, c) for n, c in zip(shape[1:], chunks[1:], strict=True)]
         nbytes = 0
         for corner in np.ndindex(*(len(r) for r in ranges)):
             start = tuple(r[i] for r, i in zip(ranges, corner, strict=True))
-            with self.lock:  # h5py's own lock too; the raw read is short
+            with _H5_LOCK:  # the raw read is short; decompressing below runs in parallel
+                ds = self._dataset(var.name)
                 try:
                     mask, data = ds.id.read_direct_chunk((c0, *start))
                 except (OSError, KeyError, RuntimeError):  # a chunk never written: the fill value
-                    mask, data = None, None
+                    mask, data = None, ds.fillvalue
             window = tuple(
                 slice(s, min(s + c, n)) for s, c, n in zip(start, chunks[1:], shape[1:], strict=True)
             )
-            if data is None:
-                out[window] = ds.fillvalue
+            if mask is None:
+                out[window] = data
                 continue
             nbytes += len(data)
             for i, fid in reversed(list(enumerate(var.filters))):
@@ -675,8 +682,10 @@ class _Reader:
             os.close(self.fd)
             self.fd = None
         if self.h5 is not None:
-            self.h5.close()
-            self.h5 = None
+            with _H5_LOCK:
+                self.datasets.clear()
+                self.h5.close()
+                self.h5 = None
 
 
 @dataclass

@@ -22,6 +22,7 @@ import io
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -361,67 +362,86 @@ def generate_era5_like(
     """One file in the layout of ERA5 from the Copernicus CDS, for the loader's
     ``conf/loader/gridded_era5.yaml``: :data:`ERA5_PREDICTORS` and ``t2m_next`` (six hours
     later) on ``(time, latitude, longitude)``, packed int16 with ``scale_factor``/``add_offset``
-    and ``_FillValue`` -32767 (``packed=False``: float32), optionally zlib-compressed in chunks of
-    one time step; ``fill_share`` of the points missing; :data:`ERA5_STATIC` on (latitude, longitude)."""
+    (float64) and ``_FillValue`` -32767 (``packed=False``: float32, a ``_FillValue`` only with
+    ``fill_share``), optionally zlib-compressed in chunks of one time step; ``fill_share`` of the
+    points missing; :data:`ERA5_STATIC` on (latitude, longitude). Written one step at a time."""
     import netCDF4
 
     path = Path(path)
     rng = np.random.default_rng(seed)
     lats = np.linspace(72, 72 - 0.25 * (lat - 1), lat, dtype=np.float32)
     lons = np.linspace(-10, -10 + 0.25 * (lon - 1), lon, dtype=np.float32)
-    base = 280 - 0.5 * (lats[:, None] - 50) + 3 * _smooth(rng, lat, lon, 16)
-    fields = {
-        "t2m": (base, 4.0, "K"),
-        "msl": (101300 + 800 * _smooth(rng, lat, lon, 40), 600.0, "Pa"),
-        "u10": (3 * _smooth(rng, lat, lon, 20), 2.0, "m s**-1"),
-        "v10": (3 * _smooth(rng, lat, lon, 20), 2.0, "m s**-1"),
-        "tcc": (0.6 + 0.2 * _smooth(rng, lat, lon, 12), 0.2, "(0 - 1)"),
+    fields = {  # name: (first field, change per step, units)
+        "t2m": (280 - 0.5 * (lats[:, None] - 50) + 3 * _smooth(rng, lat, lon, 16), 1.0, "K"),
+        "msl": (101300 + 800 * _smooth(rng, lat, lon, 40), 150.0, "Pa"),
+        "u10": (3 * _smooth(rng, lat, lon, 20), 0.5, "m s**-1"),
+        "v10": (3 * _smooth(rng, lat, lon, 20), 0.5, "m s**-1"),
+        "tcc": (0.6 + 0.2 * _smooth(rng, lat, lon, 12), 0.05, "(0 - 1)"),
+    }
+    land = (_smooth(rng, lat, lon, 24) > 0).astype(np.float64)
+    static = {
+        "z": (9.81 * np.maximum(0, 400 * _smooth(rng, lat, lon, 16)) * land, "m**2 s**-2"),
+        "lsm": (land, "(0 - 1)"),
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
         nc.setncatts({"Conventions": "CF-1.6", "title": "ERA5-like sample data", "source": __name__})
-        nc.createDimension("time", times)
-        nc.createDimension("latitude", lat)
-        nc.createDimension("longitude", lon)
+        for name, size in (("time", times), ("latitude", lat), ("longitude", lon)):
+            nc.createDimension(name, size)
         for name, values, units in (("latitude", lats, "degrees_north"), ("longitude", lons, "degrees_east")):
             nc.createVariable(name, "f4", (name,))[:] = values
             nc[name].units = units
         time = nc.createVariable("time", "i4", ("time",))
         time.units, time.calendar = "hours since 1900-01-01 00:00:00.0", "gregorian"
         time[:] = 1_051_896 + 6 * np.arange(times)
-        chunks = (1, lat, lon)
+        grid = ("time", "latitude", "longitude")
 
-        def add(name: str, data: np.ndarray, dims: tuple[str, ...], units: str) -> None:
-            storage = dict(zlib=zlib, shuffle=zlib, chunksizes=chunks if zlib and data.ndim == 3 else None)
-            if not packed:
-                var = nc.createVariable(name, "f4", dims, fill_value=np.float32(-32767), **storage)
-                var.units = units
-                var.set_auto_maskandscale(False)
-                var[:] = np.where(np.isnan(data), -32767, data).astype(np.float32)
-                return
-            low, high = np.nanmin(data), np.nanmax(data)
-            scale = (high - low) / (2**16 - 3) or 1.0  # as the CDS packs: the range over 16 bits
-            offset = low + (high - low) / 2
-            var = nc.createVariable(name, "i2", dims, fill_value=np.int16(-32767), **storage)
-            var.scale_factor, var.add_offset, var.units = scale, offset, units
+        def add(name: str, dims: tuple[str, ...], low: float, high: float, units: str) -> Any:
+            storage = {
+                "zlib": zlib,
+                "shuffle": zlib,
+                "chunksizes": (1, lat, lon) if zlib and len(dims) == 3 else None,
+            }
+            if packed:
+                var = nc.createVariable(name, "i2", dims, fill_value=np.int16(-32767), **storage)
+                # as the CDS packs: the range over 16 bits, float64 attributes
+                var.scale_factor = np.float64((high - low) / (2**16 - 3) or 1.0)
+                var.add_offset = np.float64(low + (high - low) / 2)
+            else:
+                fill = np.float32(-32767) if fill_share else False
+                var = nc.createVariable(name, "f4", dims, fill_value=fill, **storage)
+            var.units = units
             var.set_auto_maskandscale(False)
-            var[:] = np.where(np.isnan(data), -32767, np.round((data - offset) / scale)).astype(np.int16)
+            return var
 
-        for name, (mean, spread, units) in fields.items():
-            series = mean + spread * np.cumsum(0.3 * rng.standard_normal((times + 1, lat, lon)), axis=0)
-            if fill_share:
-                series[rng.random(series.shape) < fill_share] = np.nan
-            add(name, series[:times], ("time", "latitude", "longitude"), units)
-            if name == "t2m":
-                add("t2m_next", series[1:], ("time", "latitude", "longitude"), units)
-        land = (_smooth(rng, lat, lon, 24) > 0).astype(np.float64)
-        add(
-            "z",
-            9.81 * np.maximum(0, 400 * _smooth(rng, lat, lon, 16)) * land,
-            ("latitude", "longitude"),
-            "m**2 s**-2",
-        )
-        add("lsm", land, ("latitude", "longitude"), "(0 - 1)")
+        def stored(var: Any, values: np.ndarray) -> np.ndarray:
+            if not packed:
+                return np.where(np.isnan(values), -32767, values).astype(np.float32)
+            packed_values = np.round((values - var.add_offset) / var.scale_factor)
+            return np.where(np.isnan(values), -32767, np.clip(packed_values, -32766, 32767)).astype(np.int16)
+
+        for name, (values, units) in static.items():
+            var = add(name, ("latitude", "longitude"), values.min(), values.max(), units)
+            var[:] = stored(var, values)
+        for name, (first, change, units) in fields.items():
+            reach = 4 * change * np.sqrt(times + 1)  # a random walk stays within this, nearly always
+            var = add(name, grid, first.min() - reach, first.max() + reach, units)
+            after = (
+                add("t2m_next", grid, first.min() - reach, first.max() + reach, units)
+                if name == "t2m"
+                else None
+            )
+            step_rng = np.random.default_rng([seed, len(name), sum(map(ord, name))])
+            current = first
+            for t in range(times):
+                following = current + change * step_rng.standard_normal((lat, lon))
+                shown = current.copy()
+                if fill_share:
+                    shown[step_rng.random((lat, lon)) < fill_share] = np.nan
+                var[t] = stored(var, shown)
+                if after is not None:
+                    after[t] = stored(after, following)
+                current = following
     os.replace(tmp, path)
     return path
 
