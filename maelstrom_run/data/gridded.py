@@ -302,22 +302,20 @@ class Decoding:
         return cls(unsigned, tuple(dict.fromkeys(fills)), scale, offset, wide or dtype.itemsize > 4)
 
     def apply(self, raw: np.ndarray, out: np.ndarray) -> None:
-        """``out`` (float32, any strides) = the decoded ``raw``."""
+        """``out`` (float32, any strides) = the decoded ``raw``, in blocks of rows that stay in the
+        core's cache: scaled, offset and masked in a contiguous block, then one copy into ``out``."""
         src = raw.view(self.unsigned) if self.unsigned is not None else raw
-        if not self.wide:
-            self._scale(src, out, np.float32)
-        else:  # blocks of rows small enough for the core's cache
-            src2, out2 = (
-                src.reshape(len(src), -1) if src.ndim else src.reshape(1, 1),
-                out.reshape(len(src) if src.ndim else 1, -1),
-            )
-            rows = max(1, (1 << 15) // max(1, src2.shape[1]))
-            for i in range(0, len(src2), rows):
-                block = np.empty(src2[i : i + rows].shape, np.float64)
-                self._scale(src2[i : i + rows], block, np.float64)
-                out2[i : i + rows] = block
-        for fill in self.fills:
-            np.copyto(out, np.float32(np.nan), where=src == fill)
+        if src.ndim == 0:
+            src, out = src.reshape(1), out.reshape(1)
+        dtype = np.float64 if self.wide else np.float32
+        rows = max(1, (1 << 15) // max(1, src[0].size))
+        for i in range(0, len(src), rows):
+            part = src[i : i + rows]
+            block = np.empty(part.shape, dtype)
+            self._scale(part, block, dtype)
+            for fill in self.fills:
+                np.copyto(block, dtype(np.nan), where=part == fill)
+            out[i : i + rows] = block
 
     def _scale(self, src: np.ndarray, out: np.ndarray, dtype: type) -> None:
         if self.scale != 1.0:
@@ -665,16 +663,30 @@ class _Reader:
                 out[window] = data
                 continue
             nbytes += len(data)
+            shuffled = False
             for i, fid in reversed(list(enumerate(var.filters))):
                 if mask & (1 << i):
                     continue  # HDF5 skipped this filter for this chunk
                 if fid == _DEFLATE:
-                    data = zlib.decompress(data)
-                else:  # shuffle: bytes grouped by significance back to values
-                    size = var.dtype.itemsize
-                    data = np.frombuffer(data, np.uint8).reshape(size, -1).T.tobytes()
-            block = np.frombuffer(data, var.dtype).reshape(chunks)[lead - c0]
-            out[window] = block[tuple(slice(0, w.stop - w.start) for w in window)]
+                    data = zlib.decompress(data)  # the GIL released: threads inflate in parallel
+                else:
+                    shuffled = True  # shuffle comes first in the pipeline: undone last, below
+            size = var.dtype.itemsize
+            whole = chunks[0] == 1 and tuple(chunks[1:]) == shape[1:]
+            if whole:  # the chunk is the slab: straight into out
+                target = out.reshape(-1).view(np.uint8).reshape(-1, size)
+            else:
+                target = np.empty((int(np.prod(chunks)), size), np.uint8)
+            planes = np.frombuffer(data, np.uint8)
+            if shuffled and size > 1:  # bytes grouped by significance back to values
+                planes = planes.reshape(size, -1)
+                for b in range(size):
+                    target[:, b] = planes[b]
+            else:
+                target.reshape(-1)[:] = planes
+            if not whole:
+                block = target.view(var.dtype).reshape(chunks)[lead - c0]
+                out[window] = block[tuple(slice(0, w.stop - w.start) for w in window)]
         return nbytes
 
     def close(self) -> None:
