@@ -51,6 +51,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..config.validate import ConfigError
+from .sources import DataError
 
 GB = 1e9
 #: The raw forecast that ``target: difference`` subtracts from the analysis (AP1).
@@ -72,8 +73,9 @@ _DEFLATE, _SHUFFLE = 1, 2
 _BLOCK_BYTES = 1 << 20
 
 
-class LoaderError(ValueError):
-    """An input file that cannot be loaded; the message names the file and the key."""
+class LoaderError(DataError):
+    """An input file that cannot be loaded; the message names the file and the key (a
+    :class:`DataError`, so the commands report it as the user error it is)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,11 @@ class Layout:
         known = set(cls.__dataclass_fields__)
         if unknown := [k for k in layout if k not in known]:
             raise ConfigError(f"loader.layout.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
-        values = {k: (tuple(v) if isinstance(v, list | tuple) else v) for k, v in layout.items()}
+        # lists (also OmegaConf's) as tuples: a Layout is hashable and compared by value
+        values = {
+            k: (tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v)
+            for k, v in layout.items()
+        }
         for key in ("predictors", "static"):
             if isinstance(values.get(key), tuple) and not values[key]:
                 raise ConfigError(f"loader.layout.{key}: an empty list; name the variables")
