@@ -50,12 +50,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..config.schema import LoaderLayout
 from ..config.validate import ConfigError
 from .sources import DataError
 
 GB = 1e9
 #: The raw forecast that ``target: difference`` subtracts from the analysis (AP1).
-BASE = "air_temperature_2m"
+BASE = str(LoaderLayout.base)
 FEATURES = ("static_predictors", "coordinates", "leadtime")
 TARGETS = ("difference", "mean")
 #: Hours per unit of a lead time variable (its ``units``); AP1's files hold seconds.
@@ -90,18 +91,19 @@ class Layout:
     the ``leadtime`` feature reads (its units say seconds, minutes, hours or days).
     """
 
-    sample_dim: str = "leadtime"
-    y_dim: str = "y"
-    x_dim: str = "x"
-    predictors: str | tuple[str, ...] = "predictors"
-    predictor_names: str | None = "predictor"
-    target: str = "target_mean"
-    base: str | None = BASE
-    static: str | tuple[str, ...] | None = "static_predictors"
-    static_names: str | None = "static_predictor"
-    leadtime: str | None = "leadtime"
-    latitude: str = "latitude"
-    longitude: str = "longitude"
+    # the defaults are those of the config schema's LoaderLayout (AP1's): one place for them
+    sample_dim: str = LoaderLayout.sample_dim
+    y_dim: str = LoaderLayout.y_dim
+    x_dim: str = LoaderLayout.x_dim
+    predictors: str | tuple[str, ...] = LoaderLayout.predictors  # type: ignore[assignment]
+    predictor_names: str | None = LoaderLayout.predictor_names
+    target: str = LoaderLayout.target
+    base: str | None = LoaderLayout.base
+    static: str | tuple[str, ...] | None = LoaderLayout.static  # type: ignore[assignment]
+    static_names: str | None = LoaderLayout.static_names
+    leadtime: str | None = LoaderLayout.leadtime
+    latitude: str = LoaderLayout.latitude
+    longitude: str = LoaderLayout.longitude
 
     @classmethod
     def from_config(cls, layout: Mapping[str, Any] | None) -> Layout:
