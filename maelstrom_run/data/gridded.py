@@ -39,6 +39,7 @@ Throughput is counted as bytes read from storage and bytes delivered (GB = 1e9 b
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -280,6 +281,8 @@ class Decoding:
     #: float64 scale or offset (as ERA5's): computed in float64, as xarray does, then rounded to
     #: float32; float32 arithmetic would lose digits where the offset cancels the scaled value
     wide: bool = False
+    #: The stored dtype, for the lookup table of 8- and 16-bit integers.
+    dtype: np.dtype | None = None
 
     @classmethod
     def of(cls, ds: Any) -> Decoding | None:
@@ -307,11 +310,32 @@ class Decoding:
         )
         if unsigned is None and not fills and scale == 1.0 and offset == 0.0 and dtype == np.dtype("<f4"):
             return None  # the stored floats are the values
-        return cls(unsigned, tuple(dict.fromkeys(fills)), scale, offset, wide or dtype.itemsize > 4)
+        return cls(unsigned, tuple(dict.fromkeys(fills)), scale, offset, wide or dtype.itemsize > 4, dtype)
+
+    @functools.cached_property
+    def table(self) -> np.ndarray | None:
+        """For 8- and 16-bit integers (packed data): the decoded value of every stored bit pattern,
+        computed once as :meth:`apply` computes it; decoding is then one lookup per value."""
+        if self.dtype is None or self.dtype.kind not in "iu" or self.dtype.itemsize > 2:
+            return None
+        bits = np.dtype(f"u{self.dtype.itemsize}")
+        patterns = np.arange(2 ** (8 * self.dtype.itemsize), dtype=bits).view(self.dtype)
+        out = np.empty(len(patterns), np.float32)
+        self._compute(patterns, out)
+        return out
 
     def apply(self, raw: np.ndarray, out: np.ndarray) -> None:
         """``out`` (float32, any strides) = the decoded ``raw``, in blocks of rows that stay in the
         core's cache: scaled, offset and masked in a contiguous block, then one copy into ``out``."""
+        if self.table is not None and raw.ndim:
+            bits = raw.view(f"u{raw.dtype.itemsize}")
+            rows = max(1, (1 << 15) // max(1, raw[0].size))
+            for i in range(0, len(raw), rows):
+                out[i : i + rows] = np.take(self.table, bits[i : i + rows])
+            return
+        self._compute(raw, out)
+
+    def _compute(self, raw: np.ndarray, out: np.ndarray) -> None:
         src = raw.view(self.unsigned) if self.unsigned is not None else raw
         if src.ndim == 0:
             src, out = src.reshape(1), out.reshape(1)
