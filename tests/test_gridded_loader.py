@@ -326,3 +326,29 @@ def test_layouts_that_do_not_match_the_file(tmp_path, files):
     not_nc.write_text("hello")
     with pytest.raises(LoaderError, match=r"notes\.nc: not a NetCDF file"):
         GriddedLoader([not_nc], options())
+
+
+def test_unsigned_bytes_big_endian_and_float64_equal_xarray(tmp_path):
+    """Fields stored as ``_Unsigned`` bytes with a scale, big-endian floats and float64 doubles."""
+    path = tmp_path / "odd.nc"
+    rng = np.random.default_rng(5)
+    with netCDF4.Dataset(path, "w") as nc:
+        for name, size in {"time": 2, "latitude": 16, "longitude": 20}.items():
+            nc.createDimension(name, size)
+        grid = ("time", "latitude", "longitude")
+        cover = nc.createVariable("cover", "i1", grid, fill_value=np.int8(-1))  # 255 unsigned: missing
+        cover.setncattr("_Unsigned", "true")
+        cover.scale_factor, cover.add_offset = np.float32(0.5), np.float32(-10.0)
+        cover.set_auto_maskandscale(False)
+        cover[:] = rng.integers(0, 256, (2, 16, 20)).astype("u1").view("i1")
+        nc.createVariable("big", ">f4", grid, endian="big")[:] = rng.standard_normal((2, 16, 20))
+        nc.createVariable("double", "f8", grid)[:] = rng.standard_normal((2, 16, 20))
+        nc.createVariable("target", "f4", grid)[:] = rng.standard_normal((2, 16, 20))
+    layout = {"predictors": ["cover", "big", "double"], "target": "target", "base": None, "static": None}
+    options = era5_options(layout=layout, features=(), target="mean", patch_size=None)
+    got_x, got_t = collect(GriddedLoader([path], options))
+    with xr.open_dataset(path) as ds:
+        assert np.nanmax(ds["cover"].values) > 100 and np.isnan(ds["cover"].values).any()  # unsigned, masked
+        want = np.stack([ds[n].values for n in ("cover", "big", "double")], -1).astype(np.float32)
+        np.testing.assert_allclose(got_x, want, rtol=1e-6)
+        np.testing.assert_allclose(got_t, ds["target"].values, rtol=1e-6)
