@@ -147,6 +147,8 @@ class Dataset:
         return self._handles[key]
 
     def _fetch_hint(self) -> str:
+        if self.kind == FILES_KIND:
+            return "check the paths given to load_dataset"
         if self.source == "files":
             return "check dataset.path"
         return f"run `maelstrom data get {self.name} --tier {self.tier}`"
