@@ -1,9 +1,11 @@
-"""Throughput of the AP1 gridded loader against two baselines measured in the same run.
+"""Throughput of the gridded loader against baselines measured in the same run.
 
     python benchmarks/loader.py [--size-gb 1.6] [--runs 3] [--dir DIR] [--quick]
 
-Generates one AP1 forecast file (the climetlab-maelstrom-yr layout, 14 predictors) of about
-``--size-gb`` GB, then reads it end to end with each configuration, each run in a fresh
+Generates one AP1 forecast file (the climetlab-maelstrom-yr layout, 8 predictors) of about
+``--size-gb`` GB and three ERA5-style files of about half that (``conf/loader/gridded_era5.yaml``:
+5 variables on (time, latitude, longitude): float32; packed int16; packed int16 zlib-compressed),
+then reads it end to end with each configuration, each run in a fresh
 subprocess (so peak RSS is that configuration's own) that reads the file ``--passes`` times
 (buffers reused from pass to pass, as over the epochs of a training), one warm-up run and the
 median of ``--runs`` runs:
@@ -14,6 +16,8 @@ median of ``--runs`` runs:
   (``read_direct`` into reused buffers), ``--threads`` threads.
 - **loader**: :class:`maelstrom_run.data.gridded.GriddedLoader`, ``threads=1`` and ``--threads``.
 - **O_DIRECT**: raw sequential reads of the file bypassing the page cache (cold only).
+- **ERA5 loader**: the loader on the ERA5-style files (warm): float32 and packed int16 with
+  ``--threads`` threads, the compressed file with 1 and ``--threads`` threads.
 
 Every configuration does the same work per field: read the predictors and the target, subtract
 the raw forecast from the target, normalise the predictors and cut ``--patch``-sized patches
@@ -24,7 +28,9 @@ the loader up. Targets (exit 1 when one is missed):
 
 - warm input >= 2.9 GB/s with ``--threads 2`` and >= 0.95 of the reference,
 - cold input >= 0.8 of the O_DIRECT read rate,
-- peak RSS <= RSS of an idle process + prefetch x field size + output buffers + 64 MB.
+- peak RSS <= RSS of an idle process + prefetch x field size + output buffers + 64 MB,
+- packed int16: output (decoded float32 bytes delivered) >= 0.8 of the float32 file's,
+- zlib-compressed: ``--threads`` threads >= 1.7 x one thread (output rate; with 2 threads).
 
 The generated file is removed at the end (``--keep`` keeps it).
 """
@@ -53,7 +59,15 @@ WARM_TARGET_GBPS = 2.9
 REFERENCE_RATIO = 0.95
 COLD_RATIO = 0.8
 RSS_SLACK = 64 * MB
-PREDICTORS = 14
+PACKED_RATIO = 0.8
+ZLIB_SCALING = 1.7
+PREDICTORS = 8
+#: The raw forecast ``target: difference`` subtracts (as the loader does).
+BASE_INDEX = 2
+#: ``loader.layout`` of the ERA5-style files (as ``conf/loader/gridded_era5.yaml``, no static fields).
+ERA5_LAYOUT = {"sample_dim": "time", "y_dim": "latitude", "x_dim": "longitude",
+               "predictors": ["t2m", "msl", "u10", "v10", "tcc"], "predictor_names": None,
+               "target": "t2m_next", "base": None, "static": None, "leadtime": None}  # fmt: skip
 
 
 # -- the measured configurations (run in a child process) ---------------------------------------
@@ -79,7 +93,7 @@ def run_naive(spec: dict) -> dict:
         leads, ny, nx, _ = ds["predictors"].shape
         for lead in [lead for _ in range(spec["passes"]) for lead in range(leads)]:
             raw = ds["predictors"][lead].values
-            target = ds["target_mean"][lead].values - raw[..., 0]
+            target = ds["target_mean"][lead].values - raw[..., BASE_INDEX]
             read += raw.nbytes + ds["target_mean"][lead].nbytes
             inputs = (raw - mean) / std
             windows = _patches(ny, nx, p)
@@ -125,7 +139,7 @@ def run_reference(spec: dict) -> dict:
                     return
                 pred.read_direct(field, np.s_[lead])
                 targ.read_direct(target, np.s_[lead])
-                np.subtract(target, field[..., 0], out=target)
+                np.subtract(target, field[..., BASE_INDEX], out=target)
                 for y in range(0, ny, step):
                     np.multiply(rows[y : y + step], scale, out=rows[y : y + step])
                     np.add(rows[y : y + step], shift, out=rows[y : y + step])
@@ -151,10 +165,11 @@ def run_reference(spec: dict) -> dict:
 def run_loader(spec: dict) -> dict:
     import h5py  # noqa: F401 - imported before the clock starts, as in the other configurations
 
-    from maelstrom_run.data.gridded import GriddedLoader, GriddedOptions, Stats
+    from maelstrom_run.data.gridded import GriddedLoader, GriddedOptions, Layout, Stats
 
     mean, std = _stats(spec)
     start = time.perf_counter()
+    layout = spec.get("layout")
     options = GriddedOptions(
         batch_size=spec["batch"],
         patch_size=spec["patch"],
@@ -163,6 +178,8 @@ def run_loader(spec: dict) -> dict:
         shuffle=False,
         normalise=True,
         features=(),
+        target="mean" if layout else "difference",
+        layout=Layout.from_config(layout),
     )
     stats = Stats((mean, std), (np.zeros(3, np.float32), np.ones(3, np.float32)))
     with GriddedLoader([spec["file"]], options, stats) as loader:
@@ -278,7 +295,7 @@ def generate(directory: Path, size_gb: float, y: int, x: int) -> tuple[Path, dic
     from maelstrom_run.data.samples import generate_ap1
 
     leadtimes = max(2, round(size_gb * GB / (y * x * (PREDICTORS + 2) * 4)))
-    (path,) = generate_ap1(directory, 1, leadtimes, y, x, PREDICTORS, 3, seed=0)
+    (path,) = generate_ap1(directory, 1, leadtimes, y, x, PREDICTORS, 6, seed=0)
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -286,6 +303,19 @@ def generate(directory: Path, size_gb: float, y: int, x: int) -> tuple[Path, dic
         step = max(1, max(ds.shape[1:3]) // 128)
         sample = ds[:, ::step, ::step, :].reshape(-1, ds.shape[-1]).astype(np.float64)
     return path, {"mean": sample.mean(0).tolist(), "std": np.maximum(sample.std(0), 1e-6).tolist()}
+
+
+def generate_era5(directory: Path, size_gb: float, y: int, x: int) -> dict[str, Path]:
+    """The ERA5-style files of about ``size_gb`` GB as float32 each: float32, int16, int16 + zlib."""
+    from maelstrom_run.data.samples import generate_era5_like
+
+    times = max(2, round(size_gb * GB / (y * x * 6 * 4)))
+    kinds = {
+        "float32": {"packed": False},
+        "int16": {"packed": True},
+        "int16+zlib": {"packed": True, "zlib": True},
+    }
+    return {k: generate_era5_like(directory / f"era5_{k}.nc", times, y, x, **v) for k, v in kinds.items()}
 
 
 def main() -> int:
@@ -334,6 +364,8 @@ def main() -> int:
     try:
         with console.status(f"generating a {args.size_gb:.2f} GB AP1 file ({y}x{x}) in {workdir}"):
             path, stats = generate(workdir, args.size_gb, y, x)
+        with console.status(f"generating ERA5-style files of {args.size_gb / 2:.2f} GB as float32"):
+            era5 = generate_era5(workdir, args.size_gb / 2, y, x)
         size = path.stat().st_size
         common = {"file": str(path), "patch": args.patch, "batch": args.batch, "passes": args.passes, **stats}
         configs = [
@@ -343,6 +375,17 @@ def main() -> int:
             ("loader threads=1", "warm", {"kind": "loader", "threads": 1, "prefetch": args.prefetch}),
             (f"loader threads={args.threads}", "warm", {"kind": "loader", "threads": args.threads,
                                                          "prefetch": args.prefetch}),
+        ]  # fmt: skip
+        era5_spec = {"kind": "loader", "layout": ERA5_LAYOUT, "prefetch": args.prefetch, "mean": [0.0] * 5,
+                     "std": [1.0] * 5}  # fmt: skip
+        configs += [
+            (f"ERA5 loader float32, threads={args.threads}", "warm",
+             {**era5_spec, "file": str(era5["float32"]), "threads": args.threads}),
+            (f"ERA5 loader int16 packed, threads={args.threads}", "warm",
+             {**era5_spec, "file": str(era5["int16"]), "threads": args.threads}),
+            ("ERA5 loader int16+zlib, threads=1", "warm", {**era5_spec, "file": str(era5["int16+zlib"]), "threads": 1}),
+            (f"ERA5 loader int16+zlib, threads={args.threads}", "warm",
+             {**era5_spec, "file": str(era5["int16+zlib"]), "threads": args.threads}),
         ]  # fmt: skip
         if not args.no_cold:
             configs += [
@@ -385,8 +428,8 @@ def main() -> int:
             f"{r['output']:.2f}" if r["output"] else "-",
             f"{r['rss'] / MB:.0f}",
             "-" if r["first"] is None else f"{r['first'] * 1e3:.0f}",
-            f"{r['input'] / naive_in:.1f}x" if mode == "warm" else "-",
-            f"{r['input'] / ref:.2f}x" if ref else "-",
+            f"{r['input'] / naive_in:.1f}x" if mode == "warm" and not label.startswith("ERA5") else "-",
+            f"{r['input'] / ref:.2f}x" if ref and not label.startswith("ERA5") else "-",
         )
     console.print(table)
 
@@ -413,6 +456,14 @@ def main() -> int:
         f"{extra['buffers']['batches']} batches x {extra['batch_bytes'] / MB:.0f} MB + {RSS_SLACK / MB:.0f} MB",
         peak <= bound, f"{peak / MB:.0f} MB <= {bound / MB:.0f} MB")
     )  # fmt: skip
+    float_out = results[f"ERA5 loader float32, threads={args.threads}", "warm"]["output"]
+    packed_out = results[f"ERA5 loader int16 packed, threads={args.threads}", "warm"]["output"]
+    checks.append((f"packed int16 output (decoded float bytes) >= {PACKED_RATIO} x float32 ({float_out:.2f} GB/s)",
+                   packed_out >= PACKED_RATIO * float_out, f"{packed_out / float_out:.2f}x"))  # fmt: skip
+    one = results["ERA5 loader int16+zlib, threads=1", "warm"]["output"]
+    many = results[f"ERA5 loader int16+zlib, threads={args.threads}", "warm"]["output"]
+    checks.append((f"zlib: threads={args.threads} output >= {ZLIB_SCALING} x threads=1 ({one:.2f} GB/s)",
+                   many >= ZLIB_SCALING * one, f"{many / one:.2f}x"))  # fmt: skip
     failed = False
     for name, ok, value in checks:
         failed |= not ok

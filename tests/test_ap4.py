@@ -296,3 +296,49 @@ def test_maelstrom_run_ap4_end_to_end(run_cli, cli_env, tmp_path, maelstrom_home
     assert "model.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}
     # the arrays stay in the cache for the next run
     assert list((maelstrom_home / "cache" / "preprocessed" / "ap4").glob("t850-*/manifest.json"))
+
+
+def test_packed_and_filled_files_are_decoded_as_xarray_does(tiny, tmp_path):
+    """ENS-10 files packed into int16 with fill values (as archive downloads are): the statistics
+    and the normalised samples are those of xarray's decoded values, fill values left out."""
+    import xarray as xr
+
+    p, _ = tiny
+    packed_dir = tmp_path / "packed"
+    packed_dir.mkdir()
+    rng = np.random.default_rng(1)
+    for source in p.source.iterdir():
+        with xr.open_dataset(source) as ds:
+            ds = ds.load()
+        encoding = {}
+        for name, var in ds.data_vars.items():
+            if var.dtype.kind != "f" or var.ndim < 3:
+                continue
+            values = var.values.copy()
+            values[rng.random(values.shape) < 0.01] = np.nan
+            ds[name] = var.copy(data=values)
+            low, high = np.nanmin(values), np.nanmax(values)
+            scale = float(high - low) / 65000 or 1.0
+            encoding[name] = {"dtype": "int16", "scale_factor": scale, "add_offset": float(low + high) / 2,
+                              "_FillValue": np.int16(-32767)}  # fmt: skip
+        ds.to_netcdf(packed_dir / source.name, encoding=encoding)
+    packed = plan(_config(tmp_path, source="files", path=str(packed_dir)), tmp_path / "cache2")
+    preprocess(packed, tmp_path / "out")
+    stats = compute_stats(packed, tmp_path / "out")
+    for f, field in enumerate(packed.fields):
+        values = []
+        for date in packed.dates:
+            with xr.open_dataset(packed.file("pl", date)) as ds:
+                assert ds[field].encoding["dtype"] == np.int16
+                values.append(ds[field].values[: packed.train_years, 2])
+        values = np.concatenate(values)
+        for level in range(2):
+            assert stats["mean"][f, level] == pytest.approx(np.nanmean(values[:, level]), rel=1e-5, abs=1e-7)
+            assert stats["std"][f, level] == pytest.approx(np.nanstd(values[:, level]), rel=1e-4)
+    sample = np.load(tmp_path / "out" / "samples" / "00010.npy")
+    with xr.open_dataset(packed.file("pl", "0104")) as ds:
+        for c, field in enumerate(packed.fields):
+            f = stats["fields"].index(field)
+            expected = (ds[field].values[3, 2, 1] - stats["mean"][f, 1]) / stats["std"][f, 1]
+            np.testing.assert_allclose(sample[c], expected, rtol=1e-5, atol=1e-5)  # NaN where filled
+        np.testing.assert_allclose(sample[15], ds["t_mean"].values[3, 2, 1], rtol=1e-6)

@@ -74,9 +74,9 @@ def test_ap1_tiny(tmp_path):
 
     from maelstrom_run.apps.ap1.model import build_unet
 
-    model = build_unet(8 + 3 + 1, filters=16, levels=2, kernel_size=3, dropout=0.0)
+    model = build_unet(8 + 6 + 1, filters=16, levels=2, kernel_size=3, dropout=0.0)
     model.load_weights(weights)
-    assert model(keras.ops.zeros((1, 16, 16, 12))).shape == (1, 16, 16)
+    assert model(keras.ops.zeros((1, 16, 16, 15))).shape == (1, 16, 16)
 
 
 @pytest.mark.slow

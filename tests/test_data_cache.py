@@ -109,7 +109,9 @@ def test_truncated_netcdf_and_missing_keys(tmp_path: Path, maelstrom_home: Path)
         ds.to_xarray(select={"x": slice(0, 2)})
     truncated = tmp_path / "data" / "downscaling_tier1_2016-05.nc"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(DataError, match=f"{truncated}: not a readable NetCDF file .*truncated or corrupted"):
+    with pytest.raises(
+        DataError, match=f"{truncated}: a NetCDF4/HDF5 file that cannot be read .*truncated or corrupted"
+    ):
         load_dataset(config).to_xarray()
     with pytest.raises(DataError, match="matches no file"):
         load_dataset({**config, "path": str(tmp_path / "nowhere" / "*.nc")})

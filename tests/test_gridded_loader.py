@@ -7,13 +7,14 @@ import shutil
 import netCDF4
 import numpy as np
 import pytest
+import xarray as xr
 
 from maelstrom_run.core.errors import ConfigError
 from maelstrom_run.data import gridded
-from maelstrom_run.data.gridded import BASE, GriddedLoader, GriddedOptions, LoaderError
-from maelstrom_run.data.samples import generate_ap1
+from maelstrom_run.data.gridded import BASE, GriddedLoader, GriddedOptions, Layout, LoaderError
+from maelstrom_run.data.samples import ERA5_PREDICTORS, ERA5_STATIC, generate_ap1, generate_era5_like
 
-SIZES = {"runs": 2, "leadtimes": 3, "y": 40, "x": 48, "predictors": 8, "static_predictors": 3}
+SIZES = {"runs": 2, "leadtimes": 3, "y": 40, "x": 48, "predictors": 8, "static_predictors": 6}
 FEATURES = ("static_predictors", "coordinates", "leadtime")
 
 
@@ -75,13 +76,13 @@ def test_values_match_numpy(files, threads, block_rows, monkeypatch):
     loader = GriddedLoader(files, options(threads=threads, features=FEATURES))
     got_x, got_t = collect(loader)
     want_x, want_t = expected_batches(files, loader)
-    assert got_x.shape == (2 * 3 * 2 * 3, 16, 16, 8 + 3 + 2 + 1) == want_x.shape
+    assert got_x.shape == (2 * 3 * 2 * 3, 16, 16, 8 + 6 + 2 + 1) == want_x.shape
     np.testing.assert_allclose(got_x, want_x, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got_t, want_t, rtol=1e-5, atol=1e-5)
 
 
 def test_selected_predictors_raw_values_and_absolute_target(files):
-    chosen = ("bias_recent", BASE)
+    chosen = ("bias_yesterday", BASE)
     loader = GriddedLoader(files, options(normalise=False, predictors=chosen, target="mean"))
     got_x, got_t = collect(loader)
     with netCDF4.Dataset(files[0]) as nc:
@@ -94,7 +95,7 @@ def test_selected_predictors_raw_values_and_absolute_target(files):
 
 
 @pytest.mark.parametrize(
-    "chosen", [("bias_recent", BASE), ("bias_recent",)], ids=["base-picked", "base-not-picked"]
+    "chosen", [("bias_yesterday", BASE), ("bias_yesterday",)], ids=["base-picked", "base-not-picked"]
 )
 def test_difference_target_with_picked_predictors_in_blocks(files, chosen, monkeypatch):
     monkeypatch.setattr(gridded, "_BLOCK_BYTES", 5 * 16 * len(chosen) * 4)  # blocks of 5 rows
@@ -202,3 +203,152 @@ def test_bad_options(files):
         GriddedLoader(files, options(predictors=("snow",)))
     with pytest.raises(ConfigError, match="loader.patch_size: 64 does not fit the 40x48 grid"):
         GriddedLoader(files, options(patch_size=64))
+
+
+# -- other layouts: ERA5-style files, packed, filled, compressed -------------------------------
+
+ERA5_LAYOUT = {
+    "sample_dim": "time", "y_dim": "latitude", "x_dim": "longitude", "predictors": list(ERA5_PREDICTORS),
+    "predictor_names": None, "target": "t2m_next", "base": "t2m", "static": list(ERA5_STATIC),
+    "static_names": None, "leadtime": None,
+}  # fmt: skip
+
+
+def era5_options(**kw) -> GriddedOptions:
+    layout = Layout.from_config({**ERA5_LAYOUT, **kw.pop("layout", {})})
+    values = {"batch_size": 4, "patch_size": 16, "shuffle": False, "normalise": False, "layout": layout}
+    return GriddedOptions(**{**values, "features": ("static_predictors", "coordinates"), **kw})
+
+
+def xarray_batches(paths, target="difference"):
+    """What the loader must hand out, from xarray's decoded values: every 16 x 16 tile in order."""
+    inputs, targets = [], []
+    for path in paths:
+        with xr.open_dataset(path) as ds:
+            pred = np.stack([ds[n].values for n in ERA5_PREDICTORS], -1)
+            goal = ds["t2m_next"].values - (ds["t2m"].values if target == "difference" else 0)
+            static = np.stack([ds[n].values for n in ERA5_STATIC], -1)
+            lon, lat = np.meshgrid(ds["longitude"].values, ds["latitude"].values)
+        ny, nx = pred.shape[1:3]
+        for t in range(pred.shape[0]):
+            for y in range(0, ny - 15, 16):
+                for x in range(0, nx - 15, 16):
+                    w = np.s_[y : y + 16, x : x + 16]
+                    inputs.append(np.concatenate([pred[t][w], static[w], np.stack([lat, lon], -1)[w]], -1))
+                    targets.append(goal[t][w])
+    return np.array(inputs, np.float32), np.array(targets, np.float32)
+
+
+@pytest.mark.parametrize(
+    "storage",
+    [{"packed": True}, {"packed": True, "zlib": True}, {"packed": False, "zlib": True}, {"packed": False}],
+    ids=["int16", "int16-zlib", "float32-zlib", "float32-filled"],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_era5_layout_equals_xarray_decoding(tmp_path, storage, threads):
+    paths = [
+        generate_era5_like(tmp_path / f"era5_{i}.nc", 3, 33, 40, fill_share=0.01, seed=i, **storage)
+        for i in range(2)
+    ]
+    loader = GriddedLoader(paths, era5_options(threads=threads))
+    got_x, got_t = collect(loader)
+    want_x, want_t = xarray_batches(paths)
+    assert got_x.shape == (2 * 3 * 2 * 2, 16, 16, 5 + 2 + 2) == want_x.shape
+    assert np.isnan(want_x).any()  # fill values: NaN in the same places
+    np.testing.assert_allclose(got_x, want_x, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(got_t, want_t, rtol=1e-6, atol=1e-4)
+
+
+def test_era5_statistics_skip_fill_values_and_normalise(tmp_path):
+    path = generate_era5_like(tmp_path / "era5.nc", 4, 32, 32, fill_share=0.02, zlib=True)
+    loader = GriddedLoader([path], era5_options(normalise=True, target="mean", features=()))
+    with xr.open_dataset(path) as ds:
+        for c, name in enumerate(ERA5_PREDICTORS):
+            values = ds[name].values
+            np.testing.assert_allclose(loader.stats.predictors[0][c], np.nanmean(values), rtol=1e-5)
+            np.testing.assert_allclose(loader.stats.predictors[1][c], np.nanstd(values), rtol=1e-3)
+    inputs = collect(loader)[0]
+    assert abs(np.nanmean(inputs)) < 0.2 and 0.8 < np.nanstd(inputs) < 1.2
+
+
+def test_leadtime_feature_reads_seconds(files):
+    """AP1's leadtime is in seconds: the un-normalised feature is the lead time in days."""
+    loader = GriddedLoader(files, options(features=("leadtime",), normalise=False))
+    with netCDF4.Dataset(files[0]) as nc:
+        assert nc["leadtime"].units == "seconds"
+        seconds = nc["leadtime"][:]
+    np.testing.assert_allclose(loader._lead_values, seconds / 86400)
+    assert loader._lead_values[1] == pytest.approx(16 / 24)  # 3 lead times over 48 h: 0, 16, 32 h
+
+
+def test_layouts_that_do_not_match_the_file(tmp_path, files):
+    path = generate_era5_like(tmp_path / "era5.nc", 2, 20, 24)
+    with pytest.raises(
+        LoaderError, match=r"era5\.nc: variable 'predictors' not found \(loader.layout.predictors\)"
+    ):
+        GriddedLoader([path], options())
+    with pytest.raises(LoaderError, match=r"variable 't2m' has dimensions \(time, latitude, longitude\), expected "
+                       r"\(time, y, x\); set loader.layout"):  # fmt: skip
+        GriddedLoader([path], era5_options(layout={"y_dim": "y", "x_dim": "x"}))
+    with pytest.raises(
+        ConfigError, match=r"loader.patch_size: 32 does not fit the 20x24 grid .*set it to at most 20"
+    ):
+        GriddedLoader([path], era5_options(patch_size=32))
+    with pytest.raises(ConfigError, match="loader.layout.predictor: unknown key"):
+        Layout.from_config({"predictor": "t2m"})
+    with pytest.raises(ConfigError, match=r"loader.target: difference needs loader.layout.base"):
+        era5_options(target="difference", layout={"base": None})
+
+    channels_first = tmp_path / "cf.nc"
+    with netCDF4.Dataset(channels_first, "w") as nc:
+        for name, size in {"leadtime": 2, "predictor": 3, "y": 4, "x": 5}.items():
+            nc.createDimension(name, size)
+        nc.createVariable("predictors", "f4", ("leadtime", "predictor", "y", "x"))
+        nc.createVariable("target_mean", "f4", ("leadtime", "y", "x"))
+    with pytest.raises(LoaderError, match=r"cf\.nc: variable 'predictors' is channels-first"):
+        GriddedLoader([channels_first], options(features=()))
+
+    text = tmp_path / "names.nc"
+    with netCDF4.Dataset(text, "w") as nc:
+        for name, size in {"time": 2, "latitude": 4, "longitude": 5}.items():
+            nc.createDimension(name, size)
+        nc.createVariable("t2m", str, ("time", "latitude", "longitude"))
+        nc.createVariable("t2m_next", "f4", ("time", "latitude", "longitude"))
+    with pytest.raises(LoaderError, match=r"names\.nc: variable 't2m' holds strings, not numbers"):
+        GriddedLoader([text], era5_options(layout={"predictors": ["t2m"], "static": None}, features=()))
+
+    classic = tmp_path / "classic.nc"
+    with netCDF4.Dataset(classic, "w", format="NETCDF3_CLASSIC") as nc:
+        nc.createDimension("x", 2)
+    with pytest.raises(LoaderError, match=r"classic\.nc: a NetCDF3 \(CDF1\) file; .*nccopy -k nc4"):
+        GriddedLoader([classic], options())
+    not_nc = tmp_path / "notes.nc"
+    not_nc.write_text("hello")
+    with pytest.raises(LoaderError, match=r"notes\.nc: not a NetCDF file"):
+        GriddedLoader([not_nc], options())
+
+
+def test_unsigned_bytes_big_endian_and_float64_equal_xarray(tmp_path):
+    """Fields stored as ``_Unsigned`` bytes with a scale, big-endian floats and float64 doubles."""
+    path = tmp_path / "odd.nc"
+    rng = np.random.default_rng(5)
+    with netCDF4.Dataset(path, "w") as nc:
+        for name, size in {"time": 2, "latitude": 16, "longitude": 20}.items():
+            nc.createDimension(name, size)
+        grid = ("time", "latitude", "longitude")
+        cover = nc.createVariable("cover", "i1", grid, fill_value=np.int8(-1))  # 255 unsigned: missing
+        cover.setncattr("_Unsigned", "true")
+        cover.scale_factor, cover.add_offset = np.float32(0.5), np.float32(-10.0)
+        cover.set_auto_maskandscale(False)
+        cover[:] = rng.integers(0, 256, (2, 16, 20)).astype("u1").view("i1")
+        nc.createVariable("big", ">f4", grid, endian="big")[:] = rng.standard_normal((2, 16, 20))
+        nc.createVariable("double", "f8", grid)[:] = rng.standard_normal((2, 16, 20))
+        nc.createVariable("target", "f4", grid)[:] = rng.standard_normal((2, 16, 20))
+    layout = {"predictors": ["cover", "big", "double"], "target": "target", "base": None, "static": None}
+    options = era5_options(layout=layout, features=(), target="mean", patch_size=None)
+    got_x, got_t = collect(GriddedLoader([path], options))
+    with xr.open_dataset(path) as ds:
+        assert np.nanmax(ds["cover"].values) > 100 and np.isnan(ds["cover"].values).any()  # unsigned, masked
+        want = np.stack([ds[n].values for n in ("cover", "big", "double")], -1).astype(np.float32)
+        np.testing.assert_allclose(got_x, want, rtol=1e-6)
+        np.testing.assert_allclose(got_t, ds["target"].values, rtol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 
 import netCDF4
 import numpy as np
@@ -12,13 +13,41 @@ import xarray as xr
 from maelstrom_run.data.samples import (
     AP1_PREDICTORS,
     AP1_STATIC_PREDICTORS,
+    ap1_runs,
     ensure_ap1,
     ensure_ap2,
     generate_ap1,
     generate_ap2,
 )
 
-SIZES = {"runs": 3, "leadtimes": 4, "y": 20, "x": 24, "predictors": 8, "static_predictors": 3}
+SIZES = {"runs": 3, "leadtimes": 4, "y": 20, "x": 24, "predictors": 8, "static_predictors": 6}
+
+#: The variables of the real AP1 files (issue 12, read from files of the 5GB tier): dimensions,
+#: dtype (``str``: a string variable) and units.
+REAL_AP1 = {
+    "predictors": (("leadtime", "y", "x", "predictor"), np.float32, None),
+    "static_predictors": (("y", "x", "static_predictor"), np.float32, None),
+    "target_mean": (("leadtime", "y", "x"), np.float32, "celsius"),
+    "target_std": (("leadtime", "y", "x"), np.float32, "celsius"),
+    "leadtime": (("leadtime",), np.float64, "seconds"),
+    "time": ((), np.float64, "seconds since 1970-01-01 00:00:00 +00:00"),
+    "projection_lcc": ((), np.int32, None),
+    "x": (("x",), np.float32, "m"),
+    "y": (("y",), np.float32, "m"),
+    "altitude": (("y", "x"), np.float32, "m"),
+    "land_area_fraction": (("y", "x"), np.float32, "1"),
+    "latitude": (("y", "x"), np.float32, "degrees_north"),
+    "longitude": (("y", "x"), np.float32, "degrees_east"),
+    "predictor": (("predictor",), str, None),
+    "predictor_units": (("predictor",), str, None),
+    "static_predictor": (("static_predictor",), str, None),
+    "static_predictor_units": (("static_predictor",), str, None),
+}
+REAL_PREDICTORS = [
+    "air_temperature_0.1_2m", "air_temperature_0.9_2m", "air_temperature_2m", "bias_yesterday",
+    "cloud_area_fraction", "precipitation_amount", "x_wind_10m", "y_wind_10m",
+]  # fmt: skip
+REAL_STATIC = ["altitude", "analysis_std", "bias_recent", "land_area_fraction", "model_altitude", "model_laf"]
 
 
 @pytest.fixture(scope="module")
@@ -26,67 +55,56 @@ def ap1_files(tmp_path_factory):
     return generate_ap1(tmp_path_factory.mktemp("ap1"), **SIZES, seed=7)
 
 
-def test_ap1_files_are_consecutive_runs(ap1_files):
-    assert [p.name for p in ap1_files] == [
-        "air_temperature_20200301T03Z.nc",
-        "air_temperature_20200302T09Z.nc",
-        "air_temperature_20200303T15Z.nc",
+def test_ap1_files_are_consecutive_runs_named_as_the_real_ones(ap1_files, tmp_path):
+    assert [p.name for p in ap1_files] == ["20200301T03Z.nc", "20200302T09Z.nc", "20200303T15Z.nc"]
+    # the real dataset has no file for 2020-05-22: run 82 is 2020-05-23 (day 21: 03 UTC, day 23: 15 UTC)
+    assert ap1_runs(83)[-2:] == [
+        dt.datetime(2020, 5, 21, 3, tzinfo=dt.UTC),
+        dt.datetime(2020, 5, 23, 15, tzinfo=dt.UTC),
     ]
 
 
-def test_ap1_layout_with_netcdf4(ap1_files):
+def test_ap1_has_exactly_the_variables_of_the_real_files(ap1_files):
     with netCDF4.Dataset(ap1_files[0]) as nc:
-        nc.set_auto_maskandscale(False)
         assert {name: len(dim) for name, dim in nc.dimensions.items()} == {
-            "time": 1, "leadtime": 4, "y": 20, "x": 24, "predictor": 8, "static_predictor": 3,
+            "leadtime": 4, "y": 20, "x": 24, "predictor": 8, "static_predictor": 6,
         }  # fmt: skip
-        expected = {
-            "predictors": (("leadtime", "y", "x", "predictor"), np.float32),
-            "static_predictors": (("y", "x", "static_predictor"), np.float32),
-            "target_mean": (("leadtime", "y", "x"), np.float32),
-            "target_std": (("leadtime", "y", "x"), np.float32),
-            "latitude": (("y", "x"), np.float32),
-            "longitude": (("y", "x"), np.float32),
-            "leadtime": (("leadtime",), np.float64),
-            "time": (("time",), np.float64),
-            "x": (("x",), np.float32),
-            "y": (("y",), np.float32),
-        }
-        for name, (dims, dtype) in expected.items():
-            assert nc[name].dimensions == dims, name
-            assert nc[name].dtype == dtype, name
+        assert set(nc.variables) == set(REAL_AP1)
+        for name, (dims, dtype, units) in REAL_AP1.items():
+            var = nc[name]
+            assert var.dimensions == dims, name
+            assert var.dtype == dtype, name
+            assert getattr(var, "units", None) == units, name
+        assert list(nc["predictor"][:]) == REAL_PREDICTORS == list(AP1_PREDICTORS)
+        assert list(nc["static_predictor"][:]) == REAL_STATIC == list(AP1_STATIC_PREDICTORS)
+        assert len(nc["predictor_units"][:]) == 8 and len(nc["static_predictor_units"][:]) == 6
         assert nc["predictors"].chunking() == "contiguous" and not nc["predictors"].filters()["zlib"]
-        assert list(nc["predictor"][:]) == list(AP1_PREDICTORS[:8])
-        assert list(nc["static_predictor"][:]) == list(AP1_STATIC_PREDICTORS[:3])
-        assert nc["leadtime"].units == "hours"
-        assert list(nc["leadtime"][:]) == [0, 12, 24, 36]
-        assert netCDF4.num2date(nc["time"][0], nc["time"].units).isoformat().startswith("2020-03-01T03:00")
-        lat, lon = nc["latitude"][:], nc["longitude"][:]
+
+
+def test_ap1_values_with_xarray(ap1_files):
+    with xr.open_dataset(ap1_files[1], decode_timedelta=False) as ds:
+        assert ds["time"].values == np.datetime64("2020-03-02T09:00")
+        assert list(ds["leadtime"].values) == [0, 12 * 3600, 24 * 3600, 36 * 3600]
+        assert ds["static_predictors"].sel(static_predictor="bias_recent").shape == (20, 24)
+        lat, lon = ds["latitude"].values, ds["longitude"].values
         assert 59 < lat.min() < lat.max() < 61 and 10 < lon.min() < lon.max() < 12  # around Oslo
-        target, predictors = nc["target_mean"][:], nc["predictors"][:]
+        target, predictors = ds["target_mean"].values, ds["predictors"].values
         assert np.isfinite(target).all() and np.isfinite(predictors).all()
         assert -40 < target.min() < target.max() < 40
-        assert (nc["target_std"][:] > 0).all()
-        cloud = predictors[..., list(AP1_PREDICTORS).index("cloud_area_fraction")]
+        assert (ds["target_std"].values > 0).all()
+        cloud = ds["predictors"].sel(predictor="cloud_area_fraction").values
         assert 0 <= cloud.min() <= cloud.max() <= 1
 
 
-def test_ap1_layout_with_xarray(ap1_files):
-    with xr.open_dataset(ap1_files[1]) as ds:
-        assert ds["predictors"].dims == ("leadtime", "y", "x", "predictor")
-        assert ds["target_mean"].dims == ("leadtime", "y", "x")
-        assert list(ds["predictor"].values[:2]) == ["air_temperature_2m", "air_temperature_0.1_2m"]
-        assert ds["time"].values[0] == np.datetime64("2020-03-02T09:00")
-        assert ds["predictors"].sel(predictor="bias_recent").shape == (4, 20, 24)
-
-
 def test_ap1_target_is_learnable(ap1_files):
-    """The analysis is the raw forecast minus a model bias that ``bias_recent`` sees."""
-    with netCDF4.Dataset(ap1_files[2]) as nc:
-        predictors, target = nc["predictors"][:], nc["target_mean"][:]
-    correction = target - predictors[..., 0]
-    bias_recent = predictors[..., AP1_PREDICTORS.index("bias_recent")]
-    assert np.corrcoef(correction.ravel(), bias_recent.ravel())[0, 1] < -0.5
+    """The analysis is the raw forecast minus a model bias that the static ``bias_recent`` sees."""
+    with xr.open_dataset(ap1_files[2]) as ds:
+        raw = ds["predictors"].sel(predictor="air_temperature_2m").values
+        correction = ds["target_mean"].values - raw
+        bias_recent = ds["static_predictors"].sel(static_predictor="bias_recent").values
+    assert (
+        np.corrcoef(correction.ravel(), np.broadcast_to(bias_recent, correction.shape).ravel())[0, 1] < -0.5
+    )
     assert 0.2 < np.abs(correction).mean() < 3.0
 
 

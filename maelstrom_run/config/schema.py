@@ -197,6 +197,30 @@ class AP4Dataset:
 
 
 @dataclass
+class LoaderLayout:
+    """Gridded: where the loader finds things in the files (``maelstrom_run.data.gridded.Layout``);
+    the defaults are AP1's."""
+
+    sample_dim: str = "leadtime"
+    y_dim: str = "y"
+    x_dim: str = "x"
+    #: One 4-D variable (sample, y, x, predictor), or a list of 3-D variables stacked as channels.
+    predictors: str | list[str] = "predictors"
+    #: The variable naming the channels of a 4-D predictors variable.
+    predictor_names: str | None = "predictor"
+    target: str = "target_mean"
+    #: The predictor ``target: difference`` subtracts.
+    base: str | None = "air_temperature_2m"
+    #: One 3-D variable (y, x, static), a list of 2-D (y, x) variables, or null.
+    static: str | list[str] | None = "static_predictors"
+    static_names: str | None = "static_predictor"
+    #: The lead time variable along the sample dimension (units seconds, hours or days), or null.
+    leadtime: str | None = "leadtime"
+    latitude: str = "latitude"
+    longitude: str = "longitude"
+
+
+@dataclass
 class LoaderConf:
     kind: Literal["gridded", "text"] = MISSING
     #: Worker threads (>= 1).
@@ -215,6 +239,8 @@ class LoaderConf:
     target: Literal["difference", "mean"] = "difference"
     #: Train on arrays written by ``maelstrom data preprocess`` (AP4) instead of reading NetCDF.
     preprocessed: bool = False
+    #: Gridded: the files' layout; null is AP1's (``conf/loader/gridded_era5.yaml``: ERA5-style).
+    layout: LoaderLayout | None = None
 
 
 @dataclass

@@ -6,6 +6,11 @@
     ds.files                                       # local paths
     ds.to_xarray()                                 # one xarray.Dataset
     ds.to_pytorch(["t2m_in", "z_in"]) / ds.to_tfdataset([...])   # one sample per index
+    ds = load_dataset("my_era5.nc")               # own files: a path, a glob or a list of paths
+
+Every view hands out CF-decoded values, as ``xarray.open_dataset(path)`` with its defaults does
+(scale/offset, fill values as NaN, valid ranges, ``_Unsigned``, times with their calendar, strings);
+``decode=False`` gives the raw stored values.
 
 Where the files come from is the config's ``source`` (``sample``, ``files`` or ``remote``) or the
 ``source`` argument; a tier that only the remote source knows (``5GB`` of AP1) fetches it.
@@ -17,6 +22,7 @@ import difflib
 import glob
 import importlib
 import itertools
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +47,13 @@ SAMPLE_GENERATORS = {
 SAMPLE_DIMENSION = {"ap1": "leadtime", "ap2": "index", "ap3": "column", "ap5": "time", "ap6": "time"}
 #: How the files of a kind are joined by :meth:`Dataset.to_xarray`.
 CONCAT_DIMENSION = {"ap1": "time", "ap2": "index", "ap3": "column", "ap5": "time", "ap6": "time"}
+#: The kind of a dataset named by its files (``load_dataset("dir/*.nc")``): the sample and join
+#: dimension is found in the files (:func:`_guess_dimension`).
+FILES_KIND = "files"
+
+#: First bytes of the NetCDF flavours: HDF5 (NetCDF4) and the classic formats (CDF1/2/5).
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_CDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
 
 
 def _ensure_ap2(cache_dir: Path, sizes: Mapping[str, Any], seed: int = 0) -> list[Path]:
@@ -117,6 +130,7 @@ class Dataset:
     source: str
     files: list[Path]
     config: dict[str, Any] = field(repr=False, default_factory=dict)
+    _handles: dict[tuple[str, bool], Any] = field(repr=False, default_factory=dict, compare=False)
 
     @property
     def nbytes(self) -> int:
@@ -124,27 +138,22 @@ class Dataset:
 
     # -- xarray -----------------------------------------------------------------------------------
 
-    def open(self, path: Path) -> Any:
-        """One file as an ``xarray.Dataset`` (lazy); a clear error for a damaged file."""
-        import xarray as xr
+    def open(self, path: Path, *, decode: bool = True) -> Any:
+        """One file as an ``xarray.Dataset`` (lazy), CF-decoded unless ``decode=False``; a clear error
+        for a damaged file."""
+        key = (str(path), decode)
+        if key not in self._handles:
+            # one handle per file and view: libnetcdf has crashed reopening files with string
+            # variables that another open handle had read
+            self._handles[key] = open_file(path, decode=decode, hint=self._fetch_hint())
+        return self._handles[key]
 
-        path = Path(path)
-        if not path.exists():
-            raise DataError(f"{path}: no such file; run `maelstrom data get {self.name} --tier {self.tier}`")
-        if path.suffix == ".csv":
-            import pandas as pd
-
-            frame = pd.read_csv(path)
-            frame.index.name = "index"
-            return xr.Dataset.from_dataframe(frame)
-        try:
-            return xr.open_dataset(path, engine="netcdf4", mask_and_scale=False)
-        except (OSError, ValueError, RuntimeError) as exc:
-            size = path.stat().st_size
-            raise DataError(
-                f"{path}: not a readable NetCDF file ({size} bytes; truncated or corrupted?): {exc}; "
-                f"delete it and run `maelstrom data get {self.name} --tier {self.tier}` again"
-            ) from exc
+    def _fetch_hint(self) -> str:
+        if self.kind == FILES_KIND:
+            return "check the paths given to load_dataset"
+        if self.source == "files":
+            return "check dataset.path"
+        return f"run `maelstrom data get {self.name} --tier {self.tier}`"
 
     def to_xarray(
         self,
@@ -152,27 +161,68 @@ class Dataset:
         *,
         select: Mapping[str, Any] | None = None,
         pattern: str | None = None,
+        decode: bool = True,
     ) -> Any:
         """The files (those whose name matches the glob ``pattern``, when given) as one ``xarray.Dataset``,
-        joined along the kind's file dimension; only ``variables`` and the ``select`` index ranges."""
+        joined along the kind's file dimension; only ``variables`` and the ``select`` index ranges.
+
+        Variables along the join dimension are concatenated; those along the sample dimension but
+        not the join one (AP1's ``predictors`` of each forecast run), and those with other values in
+        other files, are stacked along it, a new dimension when the files do not have it; the rest
+        (grids, static fields the same in every file) come from the first file.
+        """
         import xarray as xr
 
-        files = [p for p in self.files if pattern is None or Path(p).match(pattern)]
-        if not files:
-            raise DataError(f"dataset {self.name}: no file matches {pattern!r}")
-        parts = [self._subset(self.open(p), p, variables, select) for p in files]
+        files = self._matching(pattern)
+        dim = self.concat_dimension
+        parts = []
+        for path in files:
+            ds = self.open(path, decode=decode)
+            # the join dimension's variable (AP1's scalar time) goes with the chosen ones
+            keep = None if variables is None else [*variables, *([dim] if dim in ds.variables else [])]
+            parts.append(self._subset(ds, path, None if keep is None else list(dict.fromkeys(keep)), select))
         if len(parts) == 1:
             return parts[0]
-        dim = CONCAT_DIMENSION.get(self.kind, "time")
+        # a scalar variable named as the join dimension (AP1's time) becomes its index
+        parts = [part.set_coords(dim) if dim in part.data_vars else part for part in parts]
+        sample = self.sample_dimension
+
+        def per_file(name: str, var: Any) -> bool:
+            if sample in var.dims:  # AP1's predictors
+                return True
+            # the rest (grids, static fields) once, unless a file has other values (AP1's bias_recent)
+            return any(name in part and not var.equals(part[name]) for part in parts[1:])
+
+        joined = sorted(
+            {str(k) for k, v in parts[0].data_vars.items() if dim not in v.dims and per_file(str(k), v)}
+        )
         try:
-            if all(dim in part.dims for part in parts):
-                return xr.concat(parts, dim=dim, data_vars="minimal", coords="minimal", compat="override")
-            return xr.concat(parts, dim=dim)
+            return xr.concat(parts, dim=dim, data_vars=joined, coords="minimal", compat="override")
         except (ValueError, KeyError) as exc:
             raise DataError(
                 f"dataset {self.name}: its files do not join along {dim!r} ({exc}); "
                 "open them one by one with Dataset.open or pick some with pattern="
             ) from exc
+
+    @property
+    def sample_dimension(self) -> str:
+        if self.kind == FILES_KIND:
+            if not self.config.get("sample_dimension"):  # found once, in the first file
+                self.config["sample_dimension"] = _guess_dimension(self.open(self.files[0]))
+            return str(self.config["sample_dimension"])
+        return SAMPLE_DIMENSION.get(self.kind, "time")
+
+    @property
+    def concat_dimension(self) -> str:
+        if self.kind == FILES_KIND:
+            return self.sample_dimension
+        return CONCAT_DIMENSION.get(self.kind, "time")
+
+    def _matching(self, pattern: str | None) -> list[Path]:
+        files = [p for p in self.files if pattern is None or Path(p).match(pattern)]
+        if not files:
+            raise DataError(f"dataset {self.name}: no file matches {pattern!r}")
+        return files
 
     def _subset(self, ds: Any, path: Path, variables: Sequence[str] | None, select: Mapping[str, Any] | None):
         if variables is not None:
@@ -191,15 +241,19 @@ class Dataset:
 
     # -- one sample per index ---------------------------------------------------------------------
 
-    def samples(self, variables: Sequence[str] | None = None, pattern: str | None = None) -> SampleIndex:
+    def samples(
+        self, variables: Sequence[str] | None = None, pattern: str | None = None, *, decode: bool = True
+    ) -> SampleIndex:
         """Random access to samples (along :data:`SAMPLE_DIMENSION`) across the files."""
-        return SampleIndex(self, variables, pattern)
+        return SampleIndex(self, variables, pattern, decode=decode)
 
-    def to_pytorch(self, variables: Sequence[str] | None = None, pattern: str | None = None) -> Any:
+    def to_pytorch(
+        self, variables: Sequence[str] | None = None, pattern: str | None = None, *, decode: bool = True
+    ) -> Any:
         """A ``torch.utils.data.Dataset`` of dicts ``{variable: tensor}``, one sample per index."""
         import torch
 
-        index = self.samples(variables, pattern)
+        index = self.samples(variables, pattern, decode=decode)
 
         class _TorchDataset(torch.utils.data.Dataset):
             def __len__(self) -> int:
@@ -210,11 +264,13 @@ class Dataset:
 
         return _TorchDataset()
 
-    def to_tfdataset(self, variables: Sequence[str] | None = None, pattern: str | None = None) -> Any:
+    def to_tfdataset(
+        self, variables: Sequence[str] | None = None, pattern: str | None = None, *, decode: bool = True
+    ) -> Any:
         """A ``tf.data.Dataset`` of dicts ``{variable: tensor}``, one sample per element."""
         import tensorflow as tf
 
-        index = self.samples(variables, pattern)
+        index = self.samples(variables, pattern, decode=decode)
         first = index[0]
         signature = {k: tf.TensorSpec(v.shape, tf.as_dtype(v.dtype), name=k) for k, v in first.items()}
 
@@ -226,16 +282,21 @@ class Dataset:
 
 
 class SampleIndex:
-    """Sample ``i`` of a dataset: a dict of NumPy arrays, read from its file when asked for."""
+    """Sample ``i`` of a dataset: a dict of NumPy arrays, read from its file when asked for.
 
-    def __init__(self, dataset: Dataset, variables: Sequence[str] | None, pattern: str | None) -> None:
+    A variable named in ``variables`` without the sample dimension is the same whole array in
+    every sample of its file; by default only the numeric variables along the dimension are read.
+    """
+
+    def __init__(
+        self, dataset: Dataset, variables: Sequence[str] | None, pattern: str | None, *, decode: bool = True
+    ) -> None:
         import numpy as np
 
-        self.dim = SAMPLE_DIMENSION.get(dataset.kind, "time")
-        files = [p for p in dataset.files if pattern is None or Path(p).match(pattern)]
+        self.dim = dataset.sample_dimension
         self.parts = []
-        for path in files:
-            ds = dataset.open(path)
+        for path in dataset._matching(pattern):
+            ds = dataset.open(path, decode=decode)
             names = (
                 list(variables)
                 if variables is not None
@@ -246,14 +307,17 @@ class SampleIndex:
             if not names:
                 continue
             ds = dataset._subset(ds, path, names, None)
-            for name in names:
-                if self.dim not in ds[name].dims:
-                    raise DataError(
-                        f"{path}: variable {name!r} has no dimension {self.dim!r} ({ds[name].dims})"
-                    )
+            if self.dim not in ds.dims:
+                raise DataError(
+                    f"{path}: none of {', '.join(names)} has the sample dimension {self.dim!r} "
+                    f"(dimensions: {', '.join(map(str, ds.dims)) or 'none'})"
+                )
             self.parts.append((ds, names, int(ds.sizes[self.dim])))
         if not self.parts:
-            raise DataError(f"dataset {dataset.name}: no variable along {self.dim!r} in its files")
+            raise DataError(
+                f"dataset {dataset.name}: no numeric variable along {self.dim!r} in its files; "
+                "name the variables to read"
+            )
         self.offsets = np.cumsum([0] + [n for _, _, n in self.parts])
 
     def __len__(self) -> int:
@@ -267,7 +331,80 @@ class SampleIndex:
         part = int(np.searchsorted(self.offsets, i, side="right")) - 1
         ds, names, _ = self.parts[part]
         local = i - int(self.offsets[part])
-        return {name: np.ascontiguousarray(ds[name].isel({self.dim: local}).values) for name in names}
+        return {
+            name: np.ascontiguousarray(
+                ds[name].isel({self.dim: local}).values if self.dim in ds[name].dims else ds[name].values
+            )
+            for name in names
+        }
+
+
+# -- opening one file ---------------------------------------------------------------------------
+
+
+def netcdf_flavour(path: Path) -> str | None:
+    """``hdf5`` (NetCDF4), ``cdf1``/``cdf2``/``cdf5`` (the classic formats) or None, from the first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if head in _CDF_MAGIC:
+            return "cdf" + {1: "1", 2: "2", 5: "5"}[head[3]]
+        # an HDF5 superblock may follow a user block of 512, 1024, 2048 ... bytes
+        for offset in (0, 512, 1024, 2048, 4096):
+            f.seek(offset)
+            if f.read(8) == _HDF5_MAGIC:
+                return "hdf5"
+    return None
+
+
+def open_file(path: str | os.PathLike[str], *, decode: bool = True, hint: str = "check the path") -> Any:
+    """One NetCDF (or CSV) file as a lazy ``xarray.Dataset``, decoded as ``xarray.open_dataset(path)``
+    does by default (``decode=False``: the raw stored values). NetCDF3 files that libnetcdf cannot
+    read are read with scipy. Errors are one line naming the file; ``hint`` says what to do."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; {hint}")
+    if path.suffix == ".csv":
+        import pandas as pd
+
+        frame = pd.read_csv(path)
+        frame.index.name = "index"
+        return xr.Dataset.from_dataframe(frame)
+    flavour = netcdf_flavour(path)
+    size = path.stat().st_size
+    if flavour is None:
+        raise DataError(
+            f"{path}: not a NetCDF file ({size} bytes, neither HDF5 nor CDF at its start); {hint}"
+        )
+    engines = ["netcdf4", "scipy"] if flavour in ("cdf1", "cdf2") else ["netcdf4"]
+    errors = []
+    for engine in engines:
+        try:
+            return xr.open_dataset(path, engine=engine, decode_cf=decode)
+        except Exception as exc:  # noqa: BLE001 - a damaged file fails in many ways, each engine its own
+            errors.append(f"{engine}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    what = "NetCDF4/HDF5" if flavour == "hdf5" else f"NetCDF3 ({flavour.upper()})"
+    raise DataError(
+        f"{path}: a {what} file that cannot be read ({size} bytes; truncated or corrupted?): "
+        f"{'; '.join(errors)}; {hint}"
+    )
+
+
+def _guess_dimension(ds: Any) -> str:
+    """The sample dimension of a user's file: its unlimited dimension, ``time``, or else the first
+    dimension of its first variable with the most dimensions."""
+    unlimited = ds.encoding.get("unlimited_dims") or ()
+    for name in unlimited:
+        return str(name)
+    if "time" in ds.dims:
+        return "time"
+    variables = sorted(ds.data_vars.values(), key=lambda v: -v.ndim)
+    if variables and variables[0].ndim:
+        return str(variables[0].dims[0])
+    if ds.dims:
+        return str(next(iter(ds.dims)))
+    return "time"
 
 
 # -- resolving files ----------------------------------------------------------------------------
@@ -303,7 +440,7 @@ def remote_requests(config: Mapping[str, Any], tier: str, dataset: str | None = 
     return [Request(join(base, n), checksums.get(n), size, dataset or name) for n, size in names]
 
 
-def _local_files(config: Mapping[str, Any]) -> list[Path]:
+def _local_files(config: Mapping[str, Any], what: str = "dataset.path") -> list[Path]:
     location = config.get("path")
     if not location:
         raise DataError(
@@ -313,8 +450,39 @@ def _local_files(config: Mapping[str, Any]) -> list[Path]:
     pattern = str(path / "*") if path.is_dir() else str(path)
     files = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
     if not files:
-        raise DataError(f"dataset.path: {pattern} matches no file")
+        if not glob.has_magic(pattern) and not path.is_dir():
+            raise DataError(f"{what}: {pattern}: no such file")
+        raise DataError(f"{what}: {pattern} matches no file")
     return files
+
+
+_FILE_SUFFIXES = (".nc", ".nc4", ".nc3", ".cdf", ".netcdf", ".h5", ".hdf5", ".he5", ".csv")
+
+
+def _is_local(name_or_config: Any) -> bool:
+    """A path, glob or list of paths rather than a dataset name or config."""
+    if isinstance(name_or_config, os.PathLike):
+        return True
+    if isinstance(name_or_config, str):
+        s = name_or_config
+        return os.sep in s or "/" in s or glob.has_magic(s) or s.lower().endswith(_FILE_SUFFIXES)
+    return isinstance(name_or_config, Sequence) and not isinstance(name_or_config, str | bytes)
+
+
+def local_dataset(where: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> Dataset:
+    """The dataset of local files: a path, a directory, a glob or a list of them (kind ``files``)."""
+    entries = [where] if isinstance(where, str | os.PathLike) else list(where)
+    if not entries:
+        raise DataError("load_dataset: an empty list of files; give a path, a glob or a list of paths")
+    files: list[Path] = []
+    for entry in entries:
+        files += _local_files({"path": str(entry)}, what="load_dataset")
+    first = Path(str(entries[0]))
+    name = (
+        first.stem if len(entries) == 1 and not glob.has_magic(str(first)) else first.parent.name or "files"
+    )
+    config = {"kind": FILES_KIND, "name": name, "source": "files", "path": [str(e) for e in entries]}
+    return Dataset(name=name, kind=FILES_KIND, tier="files", source="files", files=files, config=config)
 
 
 def _sample_files(config: Mapping[str, Any], tier: str, cache_dir: Path) -> list[Path]:
@@ -340,11 +508,13 @@ def load_dataset(
 ) -> Dataset:
     """The files of a dataset tier, generated, found or fetched into the cache as its source says.
 
-    ``name_or_config``: a dataset name (``ap1`` .. ``ap6``, or one of ``$MAELSTROM_CONFIG_PATH``)
-    or a dataset config (``cfg.dataset``). ``tier``: a key of ``tiers`` (sample sizes) or of
+    ``name_or_config``: a dataset name (``ap1`` .. ``ap6``, or one of ``$MAELSTROM_CONFIG_PATH``),
+    a dataset config (``cfg.dataset``), or local files: a path, a glob or a list of paths. ``tier``: a key of ``tiers`` (sample sizes) or of
     ``remote.tiers`` (default ``tiny``). ``source``: ``sample``, ``files`` or ``remote`` (default: the
     config's, or ``remote`` for a tier only the remote source has).
     """
+    if _is_local(name_or_config):
+        return local_dataset(name_or_config)
     if isinstance(name_or_config, str):
         name = name_or_config
         config = dataset_config(name)
@@ -380,4 +550,4 @@ def load_dataset(
     return Dataset(name=name, kind=str(config["kind"]), tier=tier, source=source, files=files, config=config)
 
 
-__all__ = ["Dataset", "available", "dataset_config", "load_dataset"]
+__all__ = ["Dataset", "available", "dataset_config", "load_dataset", "local_dataset", "open_file"]

@@ -1,23 +1,32 @@
-"""Gridded loader for AP1 forecast files: read -> select -> normalise -> feature -> patch -> batch.
+"""Gridded loader: read -> decode -> select -> normalise -> feature -> patch -> batch.
 
-The files are in the climetlab-maelstrom-yr layout (see :mod:`maelstrom_run.data.samples`):
+The layout of the files is configuration (``loader.layout``, :class:`Layout`); the default is the
+climetlab-maelstrom-yr layout of AP1 (see :mod:`maelstrom_run.data.samples`):
 ``predictors(leadtime, y, x, predictor)``, ``target_mean(leadtime, y, x)``,
-``static_predictors(y, x, static_predictor)``. The unit of work is a *field*: one leadtime of
-one file, ``(y, x, predictor)``.
+``static_predictors(y, x, static_predictor)``. Other layouts name a list of 3-D variables
+``(sample, y, x)`` stacked as channels (ERA5: ``t2m``, ``msl``, ... on ``(time, latitude,
+longitude)``), the target variable, static fields and the names of the sample, y and x
+dimensions. The unit of work is a *field*: one step along the sample dimension of one file,
+``(y, x, predictor)``.
 
 - **read**: uncompressed contiguous variables (the layout of the AP1 files) are read with
   plain sequential ``os.preadv`` calls at the offset h5py reports, straight into a reused buffer:
   no HDF5 lock, the GIL released, one request per variable of a field (as h5py's ``read_direct``
   does), the kernel's normal read-ahead doing the rest on cold files (explicit ``WILLNEED`` hints
-  measured slower). Chunked or compressed variables fall back to h5py's
-  ``read_direct`` (HDF5 serialises those reads).
+  measured slower). Chunked deflate-compressed variables are read chunk by chunk raw
+  (``read_direct_chunk``, under h5py's lock) and decompressed outside it with zlib, which releases
+  the GIL, so threads decompress in parallel. Other filters fall back to h5py's ``read_direct``.
+- **decode**: as ``xarray.open_dataset`` does by default: ``_Unsigned``, ``_FillValue`` and
+  ``missing_value`` as NaN, then ``scale_factor`` and ``add_offset``, into float32, in the
+  worker threads (no xarray on the way).
 - **select**: the predictors named in ``loader.predictors`` (all when unset).
 - **normalise**: per predictor, with means and standard deviations computed at run time from a
   subsample of the files (``loader.normalise``); nothing is baked into the files. Each patch is
   normalised in the output batch right after its copy, while it is in the CPU cache.
 - **feature**: the static predictors, the coordinates (latitude, longitude) and the leadtime as
-  extra input channels (``loader.features``); the target is ``target_mean`` minus the raw
-  forecast ``air_temperature_2m`` (``loader.target: difference``) or ``target_mean`` itself.
+  extra input channels (``loader.features``); the target is the target variable minus the raw
+  forecast (``layout.base``, AP1's ``air_temperature_2m``; ``loader.target: difference``) or the
+  target variable itself (``mean``).
 - **patch**: square patches of ``loader.patch_size`` tiling each field (a random tiling origin
   and order when shuffling); no patch size means the whole field.
 - **batch**: ``batch_size`` patches into one of a ring of preallocated output buffers.
@@ -30,39 +39,93 @@ Throughput is counted as bytes read from storage and bytes delivered (GB = 1e9 b
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..core.errors import ConfigError
+from ..config.schema import LoaderLayout
+from ..core.errors import ConfigError, DataError
 
 GB = 1e9
-#: The raw forecast that ``target: difference`` subtracts from the analysis.
-BASE = "air_temperature_2m"
+#: The raw forecast that ``target: difference`` subtracts from the analysis (AP1).
+BASE = str(LoaderLayout.base)
 FEATURES = ("static_predictors", "coordinates", "leadtime")
 TARGETS = ("difference", "mean")
-#: Variables every AP1 file must have, with their dimensions.
-LAYOUT = {
-    "predictors": ("leadtime", "y", "x", "predictor"),
-    "target_mean": ("leadtime", "y", "x"),
-    "static_predictors": ("y", "x", "static_predictor"),
-    "leadtime": ("leadtime",),
-    "predictor": ("predictor",),
-}
+#: Hours per unit of a lead time variable (its ``units``); AP1's files hold seconds.
+_LEAD_UNITS = {"s": 1 / 3600, "sec": 1 / 3600, "second": 1 / 3600, "seconds": 1 / 3600, "min": 1 / 60,
+               "minute": 1 / 60, "minutes": 1 / 60, "h": 1.0, "hour": 1.0, "hours": 1.0, "day": 24.0,
+               "days": 24.0}  # fmt: skip
+#: Held around every h5py call of the loader: HDF5 is not thread-safe and h5py's own lock does not
+#: cover objects freed in one thread while another reads (seen as corrupt reads and crashes).
+_H5_LOCK = threading.RLock()
+#: HDF5 filter ids the raw-chunk reader undoes itself.
+_DEFLATE, _SHUFFLE = 1, 2
 
 
 #: Rows of a patch go over in blocks of about this size (copy, then work on the copy in the cache).
 _BLOCK_BYTES = 1 << 20
 
 
-class LoaderError(ValueError):
-    """An input file that cannot be loaded; the message names the file and the key."""
+class LoaderError(DataError):
+    """An input file that cannot be loaded; the message names the file and the key (a
+    :class:`DataError`, so the commands report it as the user error it is)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the loader finds things in the files (``loader.layout``); the defaults are AP1's.
+
+    ``predictors``: one 4-D variable ``(sample, y, x, predictor)`` whose channel names are in the
+    variable ``predictor_names`` (numbered when null), or a list of 3-D variables ``(sample, y, x)``
+    stacked as channels in that order. ``static``: likewise a 3-D ``(y, x, static)`` variable named
+    by ``static_names``, or a list of 2-D ``(y, x)`` variables, or null. ``base``: the predictor
+    ``target: difference`` subtracts. ``leadtime``: the variable along the sample dimension that
+    the ``leadtime`` feature reads (its units say seconds, minutes, hours or days).
+    """
+
+    # the defaults are those of the config schema's LoaderLayout (AP1's): one place for them
+    sample_dim: str = LoaderLayout.sample_dim
+    y_dim: str = LoaderLayout.y_dim
+    x_dim: str = LoaderLayout.x_dim
+    predictors: str | tuple[str, ...] = LoaderLayout.predictors  # type: ignore[assignment]
+    predictor_names: str | None = LoaderLayout.predictor_names
+    target: str = LoaderLayout.target
+    base: str | None = LoaderLayout.base
+    static: str | tuple[str, ...] | None = LoaderLayout.static  # type: ignore[assignment]
+    static_names: str | None = LoaderLayout.static_names
+    leadtime: str | None = LoaderLayout.leadtime
+    latitude: str = LoaderLayout.latitude
+    longitude: str = LoaderLayout.longitude
+
+    @classmethod
+    def from_config(cls, layout: Mapping[str, Any] | None) -> Layout:
+        if not layout:
+            return cls()
+        known = set(cls.__dataclass_fields__)
+        if unknown := [k for k in layout if k not in known]:
+            raise ConfigError(f"loader.layout.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+        # lists (also OmegaConf's) as tuples: a Layout is hashable and compared by value
+        values = {
+            k: (tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v)
+            for k, v in layout.items()
+        }
+        for key in ("predictors", "static"):
+            if isinstance(values.get(key), tuple) and not values[key]:
+                raise ConfigError(f"loader.layout.{key}: an empty list; name the variables")
+        return cls(**{**{k: getattr(cls(), k) for k in known}, **values})
+
+    @property
+    def stacked(self) -> bool:
+        """Predictors are separate 3-D variables (not one 4-D variable)."""
+        return isinstance(self.predictors, tuple)
 
 
 @dataclass(frozen=True)
@@ -81,6 +144,7 @@ class GriddedOptions:
     seed: int = 0
     #: Patch sides (and the crop of whole fields) must divide by this (a U-Net's 2**levels).
     multiple: int = 1
+    layout: Layout = field(default_factory=Layout)
 
     def __post_init__(self) -> None:
         def bad(key: str, message: str) -> ConfigError:
@@ -102,11 +166,22 @@ class GriddedOptions:
             raise bad("target", f"{self.target!r} is not one of {', '.join(TARGETS)}")
         if self.predictors is not None and not self.predictors:
             raise bad("predictors", "an empty list selects nothing; leave it null for all predictors")
+        if self.target == "difference" and self.layout.base is None:
+            raise bad(
+                "target", "difference needs loader.layout.base (the predictor to subtract); or set mean"
+            )
+        if "leadtime" in self.features and self.layout.leadtime is None:
+            raise bad("features", "leadtime needs loader.layout.leadtime (the lead time variable)")
+        if "static_predictors" in self.features and self.layout.static is None:
+            raise bad("features", "static_predictors needs loader.layout.static (the static fields)")
 
     @classmethod
     def from_config(cls, loader: Any, batch_size: int, seed: int = 0, **overrides: Any) -> GriddedOptions:
         get = loader.get if hasattr(loader, "get") else lambda key, default=None: default
         predictors = get("predictors", None)
+        layout = get("layout", None)
+        if layout is not None and not isinstance(layout, Mapping):
+            raise ConfigError(f"loader.layout: expected a mapping, got {layout!r}")
         values: dict[str, Any] = {
             "batch_size": int(batch_size),
             "patch_size": get("patch_size", None),
@@ -118,6 +193,7 @@ class GriddedOptions:
             "predictors": None if predictors is None else tuple(predictors),
             "target": get("target", "difference"),
             "seed": int(seed),
+            "layout": Layout.from_config(dict(layout) if layout is not None else None),
         }
         values.update(overrides)
         return cls(**values)
@@ -150,18 +226,19 @@ class Counters:
     fields: int = 0
 
 
-def _dims(path: Path, f: Any, name: str) -> tuple[str, ...]:
+def _dims(path: Path, f: Any, name: str, key: str) -> tuple[str, ...]:
     if name not in f:
-        raise LoaderError(
-            f"{path}: variable {name!r} not found; AP1 files have {', '.join(LAYOUT)} (found {', '.join(f)})"
-        )
+        found = ", ".join(k for k in f if not k.startswith("_"))
+        raise LoaderError(f"{path}: variable {name!r} not found (loader.layout.{key}); the file has {found}")
     import h5py
 
     ds = f[name]
+    if not isinstance(ds, h5py.Dataset):
+        raise LoaderError(f"{path}: {name!r} is a group, not a variable (loader.layout.{key})")
     if ds.ndim == 1 and h5py.h5ds.is_scale(ds.id):  # a coordinate variable: its own dimension
         return (name,)
     try:
-        return tuple(ds.dims[i][0].name.lstrip("/") for i in range(ds.ndim))
+        return tuple(ds.dims[i][0].name.rsplit("/", 1)[-1] for i in range(ds.ndim))
     except (IndexError, RuntimeError, KeyError):  # a variable without dimension scales
         raise LoaderError(f"{path}: variable {name!r} has no named dimensions (not NetCDF4?)") from None
 
@@ -169,8 +246,20 @@ def _dims(path: Path, f: Any, name: str) -> tuple[str, ...]:
 def _open(path: Path) -> Any:
     import h5py
 
+    from .datasets import netcdf_flavour
+
     if not path.exists():
         raise LoaderError(f"{path}: no such file; check dataset.path, or fetch the dataset again")
+    flavour = netcdf_flavour(path)
+    if flavour is None:
+        raise LoaderError(
+            f"{path}: not a NetCDF file (neither HDF5 nor CDF at its start); check dataset.path"
+        )
+    if flavour != "hdf5":
+        raise LoaderError(
+            f"{path}: a NetCDF3 ({flavour.upper()}) file; the gridded loader reads NetCDF4: convert it "
+            "with `nccopy -k nc4 IN OUT`"
+        )
     try:
         return h5py.File(path, "r")
     except OSError as exc:
@@ -180,95 +269,341 @@ def _open(path: Path) -> Any:
         ) from None
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How stored values become values, as xarray decodes them by default (``valid_*`` ignored as there)."""
+
+    unsigned: np.dtype | None = None
+    fills: tuple[float, ...] = ()
+    scale: float = 1.0
+    offset: float = 0.0
+    #: float64 scale or offset (as ERA5's): computed in float64, as xarray does, then rounded to
+    #: float32; float32 arithmetic would lose digits where the offset cancels the scaled value
+    wide: bool = False
+    #: The stored dtype, for the lookup table of 8- and 16-bit integers.
+    dtype: np.dtype | None = None
+
+    @classmethod
+    def of(cls, ds: Any) -> Decoding | None:
+        """Of an h5py dataset."""
+        return cls.from_attrs(ds.attrs, ds.dtype)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any], dtype: np.dtype) -> Decoding | None:
+        """Of a variable's attributes and stored dtype; None when the stored values are the values."""
+        dtype = np.dtype(dtype)
+        unsigned = None
+        if dtype.kind == "i" and str(_attr(attrs, "_Unsigned", "false")).lower() == "true":
+            unsigned = np.dtype(f"{dtype.byteorder}u{dtype.itemsize}")
+        stored = unsigned or dtype
+        fills = []
+        for key in ("_FillValue", "missing_value"):
+            for value in np.atleast_1d(_attr(attrs, key, [])):
+                fill = np.asarray(value).astype(dtype).view(stored) if unsigned else np.asarray(value, stored)
+                if not (stored.kind == "f" and np.isnan(fill)):
+                    fills.append(fill.item())
+        scale = float(_attr(attrs, "scale_factor", 1.0))
+        offset = float(_attr(attrs, "add_offset", 0.0))
+        wide = any(
+            np.asarray(attrs[k]).dtype == np.float64 for k in ("scale_factor", "add_offset") if k in attrs
+        )
+        if unsigned is None and not fills and scale == 1.0 and offset == 0.0 and dtype == np.dtype("<f4"):
+            return None  # the stored floats are the values
+        return cls(unsigned, tuple(dict.fromkeys(fills)), scale, offset, wide or dtype.itemsize > 4, dtype)
+
+    @functools.cached_property
+    def table(self) -> np.ndarray | None:
+        """For 8- and 16-bit integers (packed data): the decoded value of every stored bit pattern,
+        computed once as :meth:`apply` computes it; decoding is then one lookup per value."""
+        if self.dtype is None or self.dtype.kind not in "iu" or self.dtype.itemsize > 2:
+            return None
+        bits = np.dtype(f"u{self.dtype.itemsize}")
+        patterns = np.arange(2 ** (8 * self.dtype.itemsize), dtype=bits).view(self.dtype)
+        out = np.empty(len(patterns), np.float32)
+        self._compute(patterns, out)
+        return out
+
+    def apply(self, raw: np.ndarray, out: np.ndarray) -> None:
+        """``out`` (float32, any strides) = the decoded ``raw``, in blocks of rows that stay in the
+        core's cache: scaled, offset and masked in a contiguous block, then one copy into ``out``."""
+        if self.table is not None and raw.ndim:
+            bits = raw.view(f"u{raw.dtype.itemsize}")
+            rows = max(1, (1 << 15) // max(1, raw[0].size))
+            for i in range(0, len(raw), rows):
+                out[i : i + rows] = np.take(self.table, bits[i : i + rows])
+            return
+        self._compute(raw, out)
+
+    def _compute(self, raw: np.ndarray, out: np.ndarray) -> None:
+        src = raw.view(self.unsigned) if self.unsigned is not None else raw
+        if src.ndim == 0:
+            src, out = src.reshape(1), out.reshape(1)
+        dtype = np.float64 if self.wide else np.float32
+        rows = max(1, (1 << 15) // max(1, src[0].size))
+        for i in range(0, len(src), rows):
+            part = src[i : i + rows]
+            block = np.empty(part.shape, dtype)
+            self._scale(part, block, dtype)
+            for fill in self.fills:
+                np.copyto(block, dtype(np.nan), where=part == fill)
+            out[i : i + rows] = block
+
+    def _scale(self, src: np.ndarray, out: np.ndarray, dtype: type) -> None:
+        if self.scale != 1.0:
+            np.multiply(src, dtype(self.scale), out=out, casting="unsafe")
+        else:
+            np.copyto(out, src, casting="unsafe")
+        if self.offset:
+            np.add(out, dtype(self.offset), out=out)
+
+
+def _attr(attrs: Any, key: str, default: Any) -> Any:
+    value = attrs.get(key, default)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray) and value.size == 1 and key != "missing_value":
+        return value.reshape(()).item()
+    return value
+
+
+def decoded(ds: Any, index: Any = ()) -> np.ndarray:
+    """``ds[index]`` of an h5py dataset, CF-decoded into float32."""
+    raw = ds[index] if index != () else ds[()]
+    decoding = Decoding.of(ds)
+    if decoding is None:
+        return np.asarray(raw, np.float32)
+    out = np.empty(np.shape(raw), np.float32)
+    decoding.apply(np.asarray(raw), out)
+    return out
+
+
 @dataclass
 class _Variable:
-    """Where one variable's leadtime slabs are: a raw byte offset, or only h5py."""
+    """Where one variable's slabs (one step along the sample dimension) are, and how to decode them."""
 
     name: str
     shape: tuple[int, ...]
-    #: Byte offset of the data when they can be read raw (contiguous, uncompressed, little-endian).
+    dtype: np.dtype
+    #: Byte offset of the data when they can be read raw (contiguous, unfiltered).
     offset: int | None
-    #: Bytes in storage per leadtime slab.
+    #: Bytes in storage per slab.
     slab_bytes: int
+    decoding: Decoding | None = None
+    #: Chunk shape and HDF5 filter ids when the chunks can be read raw and decompressed here.
+    chunks: tuple[int, ...] | None = None
+    filters: tuple[int, ...] = ()
+    #: False for a field without the sample dimension (static): one slab, whatever the step.
+    along: bool = True
+
+    @property
+    def direct(self) -> bool:
+        """Slabs can be read straight into a float32 buffer."""
+        return self.offset is not None and self.decoding is None and self.dtype == np.dtype("<f4")
 
 
-def _variable(path: Path, f: Any, name: str, file_size: int) -> _Variable:
+def _filters(ds: Any) -> tuple[int, ...] | None:
+    """The filter pipeline of a chunked variable when only deflate and shuffle: undone here."""
+    plist = ds.id.get_create_plist()
+    ids = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
+    return ids if set(ids) <= {_DEFLATE, _SHUFFLE} else None
+
+
+def _variable(path: Path, f: Any, name: str, file_size: int, ndim: int, along: bool = True) -> _Variable:
+    """``along``: the variable has the sample dimension first (a slab per step); else one slab."""
     ds = f[name]
-    if ds.dtype != np.dtype("<f4"):
-        raise LoaderError(f"{path}: variable {name!r} is {ds.dtype}, expected float32")
-    slab = int(np.prod(ds.shape[1:])) * 4
-    offset = ds.id.get_offset() if ds.chunks is None and ds.compression is None else None
-    if offset is not None and offset + slab * ds.shape[0] > file_size:
+    if ds.dtype.kind not in "fiu":
+        import h5py
+
+        kind = "strings" if h5py.check_string_dtype(ds.dtype) else str(ds.dtype)
         raise LoaderError(
-            f"{path}: variable {name!r} ends at byte {offset + slab * ds.shape[0]} but the file has "
+            f"{path}: variable {name!r} holds {kind}, not numbers; loader.layout must name numeric fields"
+        )
+    if ds.ndim != ndim:
+        raise LoaderError(f"{path}: variable {name!r} has {ds.ndim} dimensions, expected {ndim}")
+    shape = tuple(ds.shape) if along else (1, *ds.shape)
+    slab = int(np.prod(shape[1:])) * ds.dtype.itemsize
+    offset = ds.id.get_offset() if ds.chunks is None and ds.compression is None else None
+    if offset is not None and offset + slab * shape[0] > file_size:
+        raise LoaderError(
+            f"{path}: variable {name!r} ends at byte {offset + slab * shape[0]} but the file has "
             f"{file_size} bytes; it is truncated, fetch it again"
         )
-    storage = slab if offset is not None else ds.id.get_storage_size() // max(1, ds.shape[0])
-    return _Variable(name, tuple(ds.shape), offset, int(storage))
+    storage = slab if offset is not None else ds.id.get_storage_size() // max(1, shape[0])
+    chunks = filters = None
+    if ds.chunks is not None and along:
+        filters = _filters(ds)
+        chunks = tuple(ds.chunks) if filters is not None else None
+    decoding = Decoding.of(ds)
+    return _Variable(name, shape, ds.dtype, offset, int(storage), decoding, chunks, filters or (), along)
 
 
 class AP1Files:
-    """The layout of a set of AP1 files, checked once: names, shapes, offsets, static fields."""
+    """The layout of a set of gridded files, checked once: names, shapes, offsets, static fields.
 
-    def __init__(self, files: Sequence[str | os.PathLike[str]]) -> None:
+    (Named after AP1, the default layout; any :class:`Layout` works.)
+    """
+
+    def __init__(self, files: Sequence[str | os.PathLike[str]], layout: Layout | None = None) -> None:
+        self.layout = layout = layout or Layout()
         self.paths = [Path(p) for p in files]
         if not self.paths:
-            raise LoaderError("no AP1 files given; check dataset.path")
+            raise LoaderError("no files given; check dataset.path")
+        #: per file: the variables of the predictor channels (one, or one per channel) and the target
         self.variables: list[dict[str, _Variable]] = []
         for path in self.paths:
-            with _open(path) as f:
-                dims = {name: _dims(path, f, name) for name in LAYOUT}
-                for name, expected in LAYOUT.items():
-                    if dims[name] != expected:
-                        raise LoaderError(
-                            f"{path}: variable {name!r} has dimensions ({', '.join(dims[name])}), "
-                            f"expected ({', '.join(expected)})"
-                        )
-                size = path.stat().st_size
-                self.variables.append({n: _variable(path, f, n, size) for n in ("predictors", "target_mean")})
-                shape = self.variables[-1]["predictors"].shape
+            with _H5_LOCK, _open(path) as f:
+                self.variables.append(self._check(path, f))
+                shape = self._shape(f)
                 if len(self.variables) == 1:
-                    self.shape = shape  # (leadtime, y, x, predictor)
-                    self.predictor_names = list(f["predictor"].asstr()[:])
-                    self.leadtimes = np.asarray(f["leadtime"][:], dtype=np.float64)
-                    self.static = np.asarray(f["static_predictors"][:], dtype=np.float32)
-                    self.static_names = (
-                        list(f["static_predictor"].asstr()[:]) if "static_predictor" in f else []
-                    )
-                    self.latlon = (
-                        np.stack([f["latitude"][:], f["longitude"][:]], axis=-1).astype(np.float32)
-                        if "latitude" in f and "longitude" in f
-                        else None
-                    )
+                    self.shape = shape  # (sample, y, x, predictor)
+                    self._first(path, f)
                 elif shape != self.shape:
                     raise LoaderError(
-                        f"{path}: predictors has shape {shape}, but {self.paths[0].name} has {self.shape}; "
-                        "the files of one loader must share the grid"
+                        f"{path}: predictors have the shape {shape}, but {self.paths[0].name} has "
+                        f"{self.shape}; the files of one loader must share the grid"
                     )
+
+    def _check(self, path: Path, f: Any) -> dict[str, _Variable]:
+        lay = self.layout
+        field_dims = (lay.sample_dim, lay.y_dim, lay.x_dim)
+        names = list(lay.predictors) if lay.stacked else [str(lay.predictors)]
+        size = path.stat().st_size
+        out: dict[str, _Variable] = {}
+        for name in [*names, lay.target]:
+            key = "target" if name == lay.target and name not in names else "predictors"
+            dims = _dims(path, f, name, key)
+            four = not lay.stacked and key == "predictors"
+            if four and len(dims) == 4 and dims[1:] == (lay.predictor_names or dims[1], *field_dims[1:]):
+                raise LoaderError(
+                    f"{path}: variable {name!r} is channels-first ({', '.join(dims)}); the loader needs "
+                    f"the channel dimension last: ({', '.join(field_dims)}, {dims[1]}); transpose the files "
+                    "(e.g. `ncpdq -a`) or list the channels as 3-D variables in loader.layout.predictors"
+                )
+            if dims[:3] != field_dims or len(dims) != (4 if four else 3):
+                want = (*field_dims, "predictor") if four else field_dims
+                raise LoaderError(
+                    f"{path}: variable {name!r} has dimensions ({', '.join(dims)}), expected "
+                    f"({', '.join(want)}); set loader.layout (sample_dim, y_dim, x_dim, {key})"
+                )
+            out[name] = _variable(path, f, name, size, 4 if four else 3)
+        for name, dims in self._static_dims(path, f).items():
+            out[name] = _variable(path, f, name, size, len(dims), along=False)
+        if lay.leadtime is not None:
+            dims = _dims(path, f, lay.leadtime, "leadtime")
+            if dims != (lay.sample_dim,):
+                raise LoaderError(
+                    f"{path}: variable {lay.leadtime!r} has dimensions ({', '.join(dims)}), expected "
+                    f"({lay.sample_dim}); set loader.layout.leadtime (null: no lead time variable)"
+                )
+        return out
+
+    def _shape(self, f: Any) -> tuple[int, int, int, int]:
+        lay = self.layout
+        if lay.stacked:
+            leads, ny, nx = f[lay.predictors[0]].shape
+            for name in lay.predictors[1:]:
+                if f[name].shape != (leads, ny, nx):
+                    raise LoaderError(
+                        f"{f.filename}: {name!r} has the shape {f[name].shape}, but {lay.predictors[0]!r} "
+                        f"has {(leads, ny, nx)}; loader.layout.predictors must share the grid"
+                    )
+            return (leads, ny, nx, len(lay.predictors))
+        leads, ny, nx, p = f[lay.predictors].shape
+        return (leads, ny, nx, p)
+
+    def _first(self, path: Path, f: Any) -> None:
+        lay = self.layout
+        _, ny, nx, p = self.shape
+        if lay.stacked:
+            self.predictor_names = list(lay.predictors)
+        elif lay.predictor_names is not None and lay.predictor_names in f:
+            self.predictor_names = [str(n) for n in f[lay.predictor_names].asstr()[:]]
+        else:
+            self.predictor_names = [f"predictor_{i}" for i in range(p)]
+        self.leadtimes = np.zeros(self.shape[0])
+        if lay.leadtime is not None:
+            ds = f[lay.leadtime]
+            units = str(_attr(ds.attrs, "units", "hours")).strip().lower()
+            if units not in _LEAD_UNITS:
+                raise LoaderError(
+                    f"{path}: {lay.leadtime!r} has units {units!r}, not a duration (seconds, hours, days); "
+                    "set loader.layout.leadtime to the lead time variable, or null"
+                )
+            self.leadtimes = decoded(ds).astype(np.float64) * _LEAD_UNITS[units]  # hours
+        #: the first file's static fields (their statistics); each file's own are read with its fields
+        self.static, self.static_names = np.empty((ny, nx, 0), np.float32), []
+        if lay.static is not None:
+            parts = [decoded(f[name]) for name in self._static_dims(path, f)]
+            parts = [values[..., None] if values.ndim == 2 else values for values in parts]
+            self.static = np.ascontiguousarray(np.concatenate(parts, axis=-1), np.float32)
+            if isinstance(lay.static, tuple):
+                self.static_names = list(lay.static)
+            elif lay.static_names is not None and lay.static_names in f:
+                self.static_names = [str(n) for n in f[lay.static_names].asstr()[:]]
+        self.latlon = None
+        if lay.latitude in f and lay.longitude in f:
+            lat, lon = decoded(f[lay.latitude]), decoded(f[lay.longitude])
+            if lat.ndim == 1 and lon.ndim == 1:  # a regular grid: broadcast
+                lon, lat = np.meshgrid(lon, lat)
+            if lat.shape == (ny, nx) and lon.shape == (ny, nx):
+                self.latlon = np.stack([lat, lon], axis=-1).astype(np.float32)
+
+    def _static_dims(self, path: Path, f: Any) -> dict[str, tuple[str, ...]]:
+        """The static variables and their dimensions, checked: (y, x, static) or a list of (y, x)."""
+        lay = self.layout
+        if lay.static is None:
+            return {}
+        stacked = isinstance(lay.static, tuple)
+        out = {}
+        for name in lay.static if stacked else [lay.static]:
+            dims = _dims(path, f, name, "static")
+            want = (lay.y_dim, lay.x_dim) if stacked else (lay.y_dim, lay.x_dim, dims[-1])
+            if dims != want:
+                raise LoaderError(
+                    f"{path}: variable {name!r} has dimensions ({', '.join(dims)}), expected "
+                    f"({', '.join(want)}); set loader.layout.static"
+                )
+            out[name] = dims
+        return out
+
+    @property
+    def static_channels(self) -> int:
+        return int(self.static.shape[-1])
 
     @property
     def field_bytes(self) -> int:
-        """Bytes of one field (predictors and target of one leadtime) in memory."""
+        """Bytes of one field (predictors and target of one step) in memory."""
         _, ny, nx, p = self.shape
         return ny * nx * (p + 1) * 4
 
     def statistics(self, max_files: int = 8) -> Stats:
-        """Means and standard deviations from a subsample of the files (about 128 points a side)."""
+        """Means and standard deviations from a subsample of the files (about 128 points a side),
+        of the decoded values, fill values left out."""
         import h5py
 
+        lay = self.layout
         values, nbytes = [], 0
         for path in self.paths[:: max(1, -(-len(self.paths) // max_files))]:
-            with h5py.File(path, "r") as f:
-                ds = f["predictors"]
-                step = max(1, max(ds.shape[1:3]) // 128)
-                values.append(ds[:, ::step, ::step, :].reshape(-1, ds.shape[-1]))
-                nbytes += values[-1].nbytes
+            with _H5_LOCK, h5py.File(path, "r") as f:
+                first = f[lay.predictors[0] if lay.stacked else lay.predictors]
+                step = max(1, max(first.shape[1:3]) // 128)
+                index = np.s_[:, ::step, ::step]
+                if lay.stacked:
+                    part = np.stack([decoded(f[n], index) for n in lay.predictors], axis=-1)
+                else:
+                    part = decoded(first, index)
+                values.append(part.reshape(-1, part.shape[-1]))
+                nbytes += values[-1].size * first.dtype.itemsize
         predictors = np.concatenate(values)
         static = self.static.reshape(-1, self.static.shape[-1])
 
         def moments(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             a = a.astype(np.float64)
-            return a.mean(axis=0).astype(np.float32), np.maximum(a.std(axis=0), 1e-6).astype(np.float32)
+            if not a.size:
+                return np.zeros(a.shape[-1], np.float32), np.ones(a.shape[-1], np.float32)
+            mean, std = np.nanmean(a, axis=0), np.nanstd(a, axis=0)
+            mean, std = np.nan_to_num(mean), np.nan_to_num(std, nan=1.0)  # channels of fill values only
+            return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
         return Stats(moments(predictors), moments(static), nbytes + self.static.nbytes)
 
@@ -281,37 +616,119 @@ class _Reader:
         self.variables = variables
         self.fd: int | None = None
         self.h5: Any = None
+        self.datasets: dict[str, Any] = {}
         self.lock = threading.Lock()
+        self._scratch = threading.local()
+
+    def _dataset(self, name: str) -> Any:
+        """The h5py dataset ``name``, opened once (call with :data:`_H5_LOCK` held)."""
+        if self.h5 is None:
+            self.h5, self.datasets = _open(self.path), {}
+        if name not in self.datasets:
+            self.datasets[name] = self.h5[name]
+        return self.datasets[name]
+
+    def _raw_buffer(self, var: _Variable) -> np.ndarray:
+        """A per-thread buffer for one stored slab of ``var``."""
+        shape, key = var.shape[1:], (var.shape[1:], var.dtype.str)
+        cache = getattr(self._scratch, "buffers", None)
+        if cache is None:
+            cache = self._scratch.buffers = {}
+        if key not in cache:
+            cache[key] = np.empty(shape, var.dtype)
+        return cache[key]
 
     def read(self, name: str, lead: int, out: np.ndarray) -> int:
+        """Slab ``lead`` of variable ``name``, decoded, into ``out`` (float32, any strides)."""
         var = self.variables[name]
-        if var.offset is None:
-            with self.lock:
-                if self.h5 is None:
-                    self.h5 = _open(self.path)
-            self.h5[name].read_direct(out, np.s_[lead])
-            return var.slab_bytes
+        if var.direct and out.flags.c_contiguous:
+            return self._pread(var, lead, out)
+        raw = self._raw_buffer(var)
+        if var.offset is not None:
+            nbytes = self._pread(var, lead, raw)
+        elif var.chunks is not None:
+            nbytes = self._read_chunks(var, lead, raw)
+        else:
+            with _H5_LOCK:
+                self._dataset(name).read_direct(raw, np.s_[lead] if var.along else np.s_[...])
+            nbytes = var.slab_bytes
+        if var.decoding is None:
+            np.copyto(out, raw, casting="unsafe")
+        else:
+            var.decoding.apply(raw, out)
+        return nbytes
+
+    def _pread(self, var: _Variable, lead: int, out: np.ndarray) -> int:
         with self.lock:
             if self.fd is None:
                 self.fd = os.open(self.path, os.O_RDONLY)
         view = memoryview(out).cast("B")
-        start, done = var.offset + lead * var.slab_bytes, 0
+        start, done = var.offset + (lead if var.along else 0) * var.slab_bytes, 0
         while done < var.slab_bytes:
             n = os.preadv(self.fd, [view[done:]], start + done)
             if n <= 0:
                 raise LoaderError(
-                    f"{self.path}: {name} ends early at byte {start + done}; the file is truncated"
+                    f"{self.path}: {var.name} ends early at byte {start + done}; the file is truncated"
                 )
             done += n
         return var.slab_bytes
+
+    def _read_chunks(self, var: _Variable, lead: int, out: np.ndarray) -> int:
+        """The chunks covering slab ``lead``, read raw under the lock and decompressed outside it."""
+        chunks, shape = var.chunks, var.shape
+        c0 = lead - lead % chunks[0]
+        ranges = [range(0, n, c) for n, c in zip(shape[1:], chunks[1:], strict=True)]
+        nbytes = 0
+        for corner in np.ndindex(*(len(r) for r in ranges)):
+            start = tuple(r[i] for r, i in zip(ranges, corner, strict=True))
+            with _H5_LOCK:  # the raw read is short; decompressing below runs in parallel
+                ds = self._dataset(var.name)
+                try:
+                    mask, data = ds.id.read_direct_chunk((c0, *start))
+                except (OSError, KeyError, RuntimeError):  # a chunk never written: the fill value
+                    mask, data = None, ds.fillvalue
+            window = tuple(
+                slice(s, min(s + c, n)) for s, c, n in zip(start, chunks[1:], shape[1:], strict=True)
+            )
+            if mask is None:
+                out[window] = data
+                continue
+            nbytes += len(data)
+            shuffled = False
+            for i, fid in reversed(list(enumerate(var.filters))):
+                if mask & (1 << i):
+                    continue  # HDF5 skipped this filter for this chunk
+                if fid == _DEFLATE:
+                    data = zlib.decompress(data)  # the GIL released: threads inflate in parallel
+                else:
+                    shuffled = True  # shuffle comes first in the pipeline: undone last, below
+            size = var.dtype.itemsize
+            whole = chunks[0] == 1 and tuple(chunks[1:]) == shape[1:]
+            if whole:  # the chunk is the slab: straight into out
+                target = out.reshape(-1).view(np.uint8).reshape(-1, size)
+            else:
+                target = np.empty((int(np.prod(chunks)), size), np.uint8)
+            planes = np.frombuffer(data, np.uint8)
+            if shuffled and size > 1:  # bytes grouped by significance back to values
+                planes = planes.reshape(size, -1)
+                for b in range(size):
+                    target[:, b] = planes[b]
+            else:
+                target.reshape(-1)[:] = planes
+            if not whole:
+                block = target.view(var.dtype).reshape(chunks)[lead - c0]
+                out[window] = block[tuple(slice(0, w.stop - w.start) for w in window)]
+        return nbytes
 
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
         if self.h5 is not None:
-            self.h5.close()
-            self.h5 = None
+            with _H5_LOCK:
+                self.datasets.clear()
+                self.h5.close()
+                self.h5 = None
 
 
 @dataclass
@@ -366,14 +783,15 @@ class _Plan:
 class _Buffers:
     """A field's predictors and target."""
 
-    def __init__(self, ny: int, nx: int, p: int) -> None:
+    def __init__(self, ny: int, nx: int, p: int, s: int = 0) -> None:
         # first touched by the first read into them, then reused on every pass
         self.predictors = np.empty((ny, nx, p), np.float32)
         self.target = np.empty((ny, nx), np.float32)
+        self.static = np.empty((ny, nx, s), np.float32)
 
 
 class GriddedLoader:
-    """Batches of patches of AP1 files; iterate it for one pass (``iter_batches`` for more).
+    """Batches of patches of gridded files (AP1's layout unless ``options.layout`` says otherwise); iterate it for one pass (``iter_batches`` for more).
 
     ``stats`` normalises with given statistics (those of the training files for a validation
     loader); by default they are computed from the files when ``normalise`` is on.
@@ -383,7 +801,8 @@ class GriddedLoader:
         self, files: Sequence[str | os.PathLike[str]], options: GriddedOptions, stats: Stats | None = None
     ) -> None:
         self.options = options
-        self.layout = AP1Files(files)
+        self.layout = AP1Files(files, options.layout)
+        base_name = options.layout.base
         leads, ny, nx, _ = self.layout.shape
         names = self.layout.predictor_names
         first = self.layout.paths[0]
@@ -393,9 +812,10 @@ class GriddedLoader:
                 f"{first}: loader.predictors: {', '.join(map(repr, missing))} not in the file's predictor "
                 f"variable ({', '.join(names)})"
             )
-        if options.target == "difference" and BASE not in names:
+        if options.target == "difference" and base_name not in names:
             raise LoaderError(
-                f"{first}: loader.target difference needs the predictor {BASE!r}, not in the file"
+                f"{first}: loader.target difference needs the predictor {base_name!r} "
+                f"(loader.layout.base), not among {', '.join(names)}"
             )
         if "coordinates" in options.features and self.layout.latlon is None:
             raise LoaderError(
@@ -407,12 +827,15 @@ class GriddedLoader:
             if np.array_equal(self.selected, np.arange(self.selected[0], self.selected[-1] + 1))
             else None
         )
-        self.base = names.index(BASE) if BASE in names else None
+        self.base = names.index(base_name) if base_name in names else None
         m = options.multiple
         if options.patch_size is None:
             self.patch = (ny - ny % m, nx - nx % m)
         elif options.patch_size > min(ny, nx):
-            raise ConfigError(f"loader.patch_size: {options.patch_size} does not fit the {ny}x{nx} grid")
+            raise ConfigError(
+                f"loader.patch_size: {options.patch_size} does not fit the {ny}x{nx} grid of {first}; "
+                f"set it to at most {min(ny, nx) - min(ny, nx) % m}, or null for whole fields"
+            )
         else:
             self.patch = (options.patch_size, options.patch_size)
         if min(self.patch) < 1:
@@ -424,7 +847,10 @@ class GriddedLoader:
             stats = self.layout.statistics()
         self.stats = stats if options.normalise else None
         self._extra = self._features()
-        self.channels = len(self.selected) + self._extra.shape[-1] + ("leadtime" in options.features)
+        self._n_static = self.layout.static_channels if "static_predictors" in options.features else 0
+        self.channels = (
+            len(self.selected) + self._n_static + self._extra.shape[-1] + ("leadtime" in options.features)
+        )
         self.counters = Counters()
         #: Seconds from the start of the latest pass to its first batch.
         self.first_batch_s = 0.0
@@ -436,6 +862,11 @@ class GriddedLoader:
             # x * scale + shift over (x, predictor) rows of a patch: one long inner loop per row
             self._scale = np.tile(1 / std, (self.patch[1], 1)).astype(np.float32)
             self._shift = np.tile(-mean / std, (self.patch[1], 1)).astype(np.float32)
+            mean, std = (a.astype(np.float64) for a in self.stats.static_predictors)
+            self._static_scale, self._static_shift = (
+                (1 / std).astype(np.float32),
+                (-mean / std).astype(np.float32),
+            )
         self._pool: list[_Buffers] = []
         self._ring: list[Batch] = []
         self._readers = [_Reader(p, v) for p, v in zip(self.layout.paths, self.layout.variables, strict=True)]
@@ -446,15 +877,10 @@ class GriddedLoader:
     # -- features ------------------------------------------------------------------------------
 
     def _features(self) -> np.ndarray:
-        """Extra channels that do not depend on the field: static predictors, coordinates."""
+        """Extra channels that are the same in every file: the coordinates (static fields are
+        read with each field: AP1's ``bias_recent`` and ``analysis_std`` change from run to run)."""
         _, ny, nx, _ = self.layout.shape
         parts = []
-        if "static_predictors" in self.options.features:
-            static = self.layout.static
-            if self.stats is not None:
-                mean, std = self.stats.static_predictors
-                static = (static - mean) / std
-            parts.append(static)
         if "coordinates" in self.options.features:
             latlon = self.layout.latlon
             if self.stats is not None:
@@ -503,7 +929,7 @@ class GriddedLoader:
     def _ensure_buffers(self, fields: int) -> None:
         _, ny, nx, p = self.layout.shape
         while len(self._pool) < fields:
-            self._pool.append(_Buffers(ny, nx, p))
+            self._pool.append(_Buffers(ny, nx, p, self._n_static))
         ring = self.options.threads + 1  # one held by the consumer, one assembled per thread
         shape = (self.options.batch_size, *self.patch)
         while len(self._ring) < ring:
@@ -571,9 +997,21 @@ class GriddedLoader:
     def _read(self, where: tuple[int, int], buf: _Buffers) -> int:
         """read: the raw field into ``buf``; returns bytes read."""
         index, lead = where
-        reader = self._readers[index]
-        nbytes = reader.read("predictors", lead, buf.predictors)
-        return nbytes + reader.read("target_mean", lead, buf.target)
+        reader, lay = self._readers[index], self.options.layout
+        if lay.stacked:  # each 3-D variable into its channel
+            nbytes = sum(reader.read(n, lead, buf.predictors[..., c]) for c, n in enumerate(lay.predictors))
+        else:
+            nbytes = reader.read(str(lay.predictors), lead, buf.predictors)
+        if self._n_static:  # the file's own static fields, with each of its fields
+            if isinstance(lay.static, tuple):
+                nbytes += sum(reader.read(n, lead, buf.static[..., c]) for c, n in enumerate(lay.static))
+            else:
+                nbytes += reader.read(str(lay.static), lead, buf.static)
+        if not lay.stacked or lay.target not in lay.predictors:
+            return nbytes + reader.read(lay.target, lead, buf.target)
+        # the target is one of the predictors: already read
+        buf.target[...] = buf.predictors[..., list(lay.predictors).index(lay.target)]
+        return nbytes
 
     def _assemble(self, plan: _Plan, k: int, rows: np.ndarray, out: Batch, buf: _Buffers) -> None:
         """select -> normalise -> patch -> feature -> batch: the patches ``rows`` of batch ``k``
@@ -587,7 +1025,7 @@ class GriddedLoader:
         (py, px), sel = self.patch, self._selected_slice
         scale, shift = (self._scale, self._shift) if self.stats is not None else (None, None)
         patches = plan.patches[k * plan.batch_size : (k + 1) * plan.batch_size]
-        n_sel, n_extra = len(self.selected), self._extra.shape[-1]
+        n_sel, n_extra, n_static = len(self.selected), self._extra.shape[-1], self._n_static
         with_lead = "leadtime" in self.options.features
         difference = self.options.target == "difference"
         base = (
@@ -618,8 +1056,16 @@ class GriddedLoader:
                 if scale is not None:
                     np.multiply(dest, scale, out=dest)
                     np.add(dest, shift, out=dest)
+            if n_static:
+                dest = inputs[..., n_sel : n_sel + n_static]
+                dest[...] = buf.static[y0 : y0 + py, x0 : x0 + px]
+                if scale is not None:
+                    np.multiply(dest, self._static_scale, out=dest)
+                    np.add(dest, self._static_shift, out=dest)
             if n_extra:
-                inputs[..., n_sel : n_sel + n_extra] = self._extra[y0 : y0 + py, x0 : x0 + px]
+                inputs[..., n_sel + n_static : n_sel + n_static + n_extra] = self._extra[
+                    y0 : y0 + py, x0 : x0 + px
+                ]
             if with_lead:
                 inputs[..., -1] = self._lead_values[plan.fields[pos][1]]
 

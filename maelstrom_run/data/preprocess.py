@@ -130,8 +130,21 @@ def _open(path: Path) -> Any:
         raise ConfigError(
             f"{path}: cannot read it as NetCDF ({exc}); is it truncated? fetch it again"
         ) from None
-    nc.set_auto_maskandscale(False)
+    nc.set_auto_maskandscale(False)  # decoded by read_values, as xarray decodes
     return nc
+
+
+def read_values(var: Any, index: Any) -> np.ndarray:
+    """``var[index]`` of a netCDF4 variable, CF-decoded into float32 (fill values as NaN)."""
+    from .gridded import Decoding
+
+    raw = np.asarray(var[index])
+    decoding = Decoding.from_attrs({k: var.getncattr(k) for k in var.ncattrs()}, var.dtype)
+    if decoding is None:
+        return np.asarray(raw, np.float32)
+    out = np.empty(raw.shape, np.float32)
+    decoding.apply(raw, out)
+    return out
 
 
 def _require(nc: Any, path: Path, dims: Sequence[str], variables: Sequence[str], what: str) -> None:
@@ -253,7 +266,7 @@ class _Files:
         nc = self.get(kind, date)
         path = self.plan.file(kind, date)
         try:
-            data = np.asarray(nc[name][index], dtype=np.float32)
+            data = read_values(nc[name], index)
         except (RuntimeError, OSError) as exc:
             raise ConfigError(
                 f"{path}: cannot read {name} ({exc}); is it truncated? fetch it again"
@@ -325,9 +338,10 @@ def _file_stats(files: _Files, p: Plan, date: str) -> tuple[np.ndarray, np.ndarr
         for f, field in enumerate(p.fields):
             values = files.read(p.kind, date, field, (y, si)).astype(np.float64)
             values = values.reshape(levels, -1)
-            part_n[f] = values.shape[1]
-            part_mean[f] = values.mean(axis=1)
-            part_m2[f] = ((values - part_mean[f][:, None]) ** 2).sum(axis=1)
+            valid = ~np.isnan(values)  # fill values decoded as NaN are no data
+            part_n[f] = valid.sum(axis=1)
+            part_mean[f] = np.where(valid, values, 0).sum(axis=1) / np.maximum(part_n[f], 1)
+            part_m2[f] = np.where(valid, (values - part_mean[f][:, None]) ** 2, 0).sum(axis=1)
         acc = _merge(acc, (part_n, part_mean, part_m2))
     return acc
 

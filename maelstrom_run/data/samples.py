@@ -1,17 +1,10 @@
 """Sample data in the layout of the MAELSTROM datasets, generated on the spot.
 
-AP1 mimics climetlab-maelstrom-yr (MET Norway): one NetCDF4 file per forecast run with
-
-    predictors(leadtime, y, x, predictor)       float32  raw forecast fields
-    static_predictors(y, x, static_predictor)   float32  terrain
-    target_mean(leadtime, y, x)                 float32  2 m temperature analysis (degC)
-    target_std(leadtime, y, x)                  float32  its uncertainty (K)
-
-and the coordinates ``time`` (forecast reference time), ``leadtime`` (hours), ``y``/``x``
-(Lambert conformal metres), ``latitude``/``longitude`` and the names in ``predictor`` and
-``static_predictor``. The analysis is the raw forecast ``air_temperature_2m`` corrected for a
-persistent model bias (which ``bias_recent`` sees), the height difference between the model's
-and the real terrain and a slightly weak diurnal cycle, plus error no model can predict.
+AP1 mimics climetlab-maelstrom-yr (MET Norway): one NetCDF4 file per forecast run, named
+``YYYYMMDDTHHZ.nc``, in the layout of the real files (see :func:`generate_ap1` for each fact and
+where it comes from). The analysis is the raw forecast ``air_temperature_2m`` corrected for a
+persistent model bias (which the static ``bias_recent`` sees), the height difference between the
+model's and the real terrain and a slightly weak diurnal cycle, plus error no model can predict.
 
 AP2 mimics climetlab-maelstrom-social-media: a CSV of tweets, ``text`` and ``raining`` (0/1),
 from a small grammar of rain and dry phrases, negations ("no rain today"), places and noise.
@@ -27,8 +20,9 @@ import csv
 import datetime as dt
 import io
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,26 +31,51 @@ from ..core.rundir import write_atomic
 #: Version of the generators; part of the cache key, bump it when the generated data change.
 VERSION = 1
 
-#: Predictors of the real dataset in its order; files hold the first ``predictors`` of them.
+#: Version of the AP1 generator (its own: the layout follows the real files since version 2).
+AP1_VERSION = 2
+#: Predictors of the real files in their order; files hold the first ``predictors`` of them.
 AP1_PREDICTORS = (
-    "air_temperature_2m",
     "air_temperature_0.1_2m",
     "air_temperature_0.9_2m",
-    "bias_recent",
+    "air_temperature_2m",
     "bias_yesterday",
     "cloud_area_fraction",
     "precipitation_amount",
     "x_wind_10m",
     "y_wind_10m",
-    "analysis_std",
-    "air_pressure_at_sea_level",
-    "relative_humidity_2m",
-    "wind_speed_of_gust",
-    "surface_downwelling_shortwave_flux_in_air",
 )
-AP1_STATIC_PREDICTORS = ("altitude", "land_area_fraction", "model_altitude", "model_laf")
+AP1_STATIC_PREDICTORS = (
+    "altitude",
+    "analysis_std",
+    "bias_recent",
+    "land_area_fraction",
+    "model_altitude",
+    "model_laf",
+)
+#: Units of each predictor in ``predictor_units`` / ``static_predictor_units``.
+AP1_UNITS = {
+    "air_temperature_0.1_2m": "celsius",
+    "air_temperature_0.9_2m": "celsius",
+    "air_temperature_2m": "celsius",
+    "bias_yesterday": "celsius",
+    "cloud_area_fraction": "1",
+    "precipitation_amount": "mm",
+    "x_wind_10m": "m/s",
+    "y_wind_10m": "m/s",
+    "altitude": "m",
+    "analysis_std": "celsius",
+    "bias_recent": "celsius",
+    "land_area_fraction": "1",
+    "model_altitude": "m",
+    "model_laf": "1",
+}
 #: First forecast run of the real dataset; runs start at 03, 09, 15 or 21 UTC by the day.
 AP1_START = dt.date(2020, 3, 1)
+#: Days without a file in the real dataset (``Yr.get_all_dates`` of climetlab-maelstrom-yr 0.6.3).
+AP1_MISSING_DATES = frozenset(
+    dt.date.fromisoformat(d)
+    for d in ("2020-05-22", "2020-05-26", "2020-05-30", "2020-08-05", "2021-08-05", "2022-01-15")
+)
 
 _LAPSE_RATE = -0.0065  # K/m
 #: The MET Nordic grid (1 km); sample grids are centred on Oslo.
@@ -119,10 +138,10 @@ def _forecast(
     reference: dt.datetime,
     leadtimes: np.ndarray,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(predictors[y, x, predictor], target_mean, target_std)`` per leadtime of a run."""
+    """Yield ``({predictor: field}, target_mean, target_std)`` per leadtime (hours) of a run."""
     ny, nx = lat.shape
     # pairs of fields blended over the leadtimes: the weather evolves smoothly
-    lengths = {"anomaly": 150, "error": 8, "cloud": 20, "u": 40, "v": 40, "mslp": 200}
+    lengths = {"anomaly": 150, "error": 8, "cloud": 20, "u": 40, "v": 40}
     pairs = {name: (_smooth(rng, ny, nx, n), _smooth(rng, ny, nx, n)) for name, n in lengths.items()}
     bias = _smooth(rng, ny, nx, 12)  # the model's persistent error (K)
     altitude, laf = terrain["altitude"], terrain["land_area_fraction"]
@@ -133,9 +152,6 @@ def _forecast(
         valid = reference + dt.timedelta(hours=float(hours))
         day = valid.timetuple().tm_yday
         solar_hour = valid.hour + lon / 15
-        declination = np.radians(23.44) * np.sin(2 * np.pi * (284 + day) / 365)
-        phi, hour_angle = np.radians(lat), np.radians(15 * (solar_hour - 12))
-        sun = np.sin(phi) * np.sin(declination) + np.cos(phi) * np.cos(declination) * np.cos(hour_angle)
         cloud = 1 / (1 + np.exp(-2 * f["cloud"]))
         diurnal = 4 * (1 - 0.6 * cloud) * laf * np.sin(2 * np.pi * (solar_hour - 9) / 24)
         sea_level = 6 - 10 * np.cos(2 * np.pi * (day - 15) / 365) - 0.6 * (lat - 60) + 3 * f["anomaly"]
@@ -151,23 +167,17 @@ def _forecast(
         spread = 0.5 + hours / 48 + 0.5 * cloud
         u, v = 5 * f["u"], 5 * f["v"]
         rain = np.where(cloud > 0.8, 20 * (cloud - 0.8) * rng.gamma(2.0, 0.5, (ny, nx)), 0.0)
-        fields = (
-            raw,
-            raw - 1.28 * spread,
-            raw + 1.28 * spread,
-            bias + 0.3 * rng.standard_normal((ny, nx)),
-            bias + 0.5 * rng.standard_normal((ny, nx)),
-            cloud,
-            rain,
-            u,
-            v,
-            target_std * (1 + 0.1 * rng.standard_normal((ny, nx))),
-            101300 + 1200 * f["mslp"],
-            np.clip(0.55 + 0.4 * cloud + 0.05 * rng.standard_normal((ny, nx)), 0, 1),
-            1.5 * np.hypot(u, v) + 1,
-            900 * np.maximum(sun, 0) * (1 - 0.75 * cloud),
-        )
-        yield np.stack(fields, axis=-1).astype(np.float32), truth.astype(np.float32), target_std
+        fields = {
+            "air_temperature_0.1_2m": raw - 1.28 * spread,
+            "air_temperature_0.9_2m": raw + 1.28 * spread,
+            "air_temperature_2m": raw,
+            "bias_yesterday": bias + 0.5 * rng.standard_normal((ny, nx)),
+            "cloud_area_fraction": cloud,
+            "precipitation_amount": rain,
+            "x_wind_10m": u,
+            "y_wind_10m": v,
+        }
+        yield fields, truth.astype(np.float32), target_std
 
 
 def _write_run(
@@ -184,10 +194,19 @@ def _write_run(
     import netCDF4
 
     lat, lon = _latlon(*np.meshgrid(x, y))
+    names = AP1_PREDICTORS[:predictors]
+    static_names = AP1_STATIC_PREDICTORS[:static_predictors]
+    runs = list(_forecast(rng, terrain, lat, lon, reference, leadtimes))
+    # per run, not per leadtime in the real files: the model's recent bias and the analysis' uncertainty
+    static_fields = {
+        **terrain,
+        "bias_recent": runs[0][0]["bias_yesterday"] + 0.3 * rng.standard_normal(lat.shape),
+        "analysis_std": np.mean([std for _, _, std in runs], axis=0),
+    }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
-        nc.setncatts({"Conventions": "CF-1.8", "title": "MAELSTROM AP1 sample data", "source": __name__})
-        sizes = {"time": 1, "leadtime": len(leadtimes), "y": len(y), "x": len(x)}
+        nc.setncatts({"Conventions": "CF-1.6", "title": "MAELSTROM AP1 sample data", "source": __name__})
+        sizes = {"leadtime": len(leadtimes), "y": len(y), "x": len(x)}
         sizes.update(predictor=predictors, static_predictor=static_predictors)
         for name, size in sizes.items():
             nc.createDimension(name, size)
@@ -199,34 +218,58 @@ def _write_run(
                 var[...] = data
             return var
 
-        grid = {"grid_mapping": "projection", "coordinates": "latitude longitude"}
+        def strings(name: str, dim: str, values: Sequence[str]) -> None:
+            nc.createVariable(name, str, (dim,))[:] = np.array(list(values), dtype=object)
+
+        grid = {"grid_mapping": "projection_lcc", "coordinates": "latitude longitude"}
         epoch = {
             "units": "seconds since 1970-01-01 00:00:00 +00:00",
             "standard_name": "forecast_reference_time",
         }
-        add("time", ("time",), [reference.timestamp()], "f8", **epoch)
-        add("leadtime", ("leadtime",), leadtimes, "f8", units="hours", long_name="forecast lead time")
+        add("time", (), reference.timestamp(), "f8", **epoch)
+        add(
+            "leadtime",
+            ("leadtime",),
+            leadtimes * 3600.0,
+            "f8",
+            units="seconds",
+            long_name="forecast lead time",
+        )
         add("y", ("y",), y, units="m", standard_name="projection_y_coordinate")
         add("x", ("x",), x, units="m", standard_name="projection_x_coordinate")
         add("latitude", ("y", "x"), lat, units="degrees_north", standard_name="latitude")
         add("longitude", ("y", "x"), lon, units="degrees_east", standard_name="longitude")
-        add("projection", (), 0, "i4", **_PROJECTION)
+        add("projection_lcc", (), 0, "i4", **_PROJECTION)
         add("altitude", ("y", "x"), terrain["altitude"], units="m", standard_name="surface_altitude", **grid)
         add("land_area_fraction", ("y", "x"), terrain["land_area_fraction"], units="1", **grid)
-        for name, names in (("predictor", AP1_PREDICTORS), ("static_predictor", AP1_STATIC_PREDICTORS)):
-            nc.createVariable(name, str, (name,))[:] = np.array(names[: sizes[name]], dtype=object)
-        static = np.stack([terrain[name] for name in AP1_STATIC_PREDICTORS[:static_predictors]], axis=-1)
+        strings("predictor", "predictor", names)
+        strings("predictor_units", "predictor", [AP1_UNITS[n] for n in names])
+        strings("static_predictor", "static_predictor", static_names)
+        strings("static_predictor_units", "static_predictor", [AP1_UNITS[n] for n in static_names])
+        static = np.stack([static_fields[name] for name in static_names], axis=-1)
         add("static_predictors", ("y", "x", "static_predictor"), static, **grid)
 
         dims = ("leadtime", "y", "x")
         pred = add("predictors", (*dims, "predictor"), **grid)
-        mean = add("target_mean", dims, long_name="analysed air_temperature_2m", units="degC", **grid)
-        std = add("target_std", dims, long_name="uncertainty of the analysis", units="K", **grid)
-        for i, (p, t, s) in enumerate(_forecast(rng, terrain, lat, lon, reference, leadtimes)):
-            pred[i] = p[..., :predictors]
+        mean = add("target_mean", dims, long_name="analysed air_temperature_2m", units="celsius", **grid)
+        std = add("target_std", dims, long_name="uncertainty of the analysis", units="celsius", **grid)
+        for i, (fields, t, sd) in enumerate(runs):
+            pred[i] = np.stack([fields[n] for n in names], axis=-1).astype(np.float32)
             mean[i] = t
-            std[i] = s
+            std[i] = sd
     os.replace(tmp, path)
+
+
+def ap1_runs(runs: int) -> list[dt.datetime]:
+    """Reference times of the first ``runs`` forecast runs of the real dataset: one a day from
+    :data:`AP1_START` (days of :data:`AP1_MISSING_DATES` skipped) at 03/09/15/21 UTC by the day."""
+    out, date = [], AP1_START
+    while len(out) < runs:
+        if date not in AP1_MISSING_DATES:
+            hour = (21, 3, 9, 15)[date.day % 4]  # Yr.get_hour_from_date
+            out.append(dt.datetime(date.year, date.month, date.day, hour, tzinfo=dt.UTC))
+        date += dt.timedelta(days=1)
+    return out
 
 
 def generate_ap1(
@@ -241,7 +284,33 @@ def generate_ap1(
     *,
     overwrite: bool = True,
 ) -> list[Path]:
-    """Write one file per forecast run (daily from :data:`AP1_START`); returns their paths.
+    """Write one file per forecast run (see :func:`ap1_runs`); returns their paths.
+
+    The layout is that of the real files. Where each fact comes from: (issue) read from real
+    files of the 5GB tier, as reported in issue 12; (plugin) the code of climetlab-maelstrom-yr
+    0.6.3, ``climetlab_maelstrom_yr/yr.py``; (assumed) neither says it, chosen here.
+
+    - file names ``YYYYMMDDTHHZ.nc``: plugin (``pattern="{parameter}/{size}/{datestr}.nc"``,
+      ``datestr`` is ``"%sT%02dZ" % (date, hour)``); run hours 03/09/15/21 by the day of the
+      month: plugin (``get_hour_from_date``); first run 2020-03-01 and the missing days: plugin
+      (``get_all_dates``).
+    - dimensions ``leadtime, y, x, predictor, static_predictor`` and no ``time`` dimension:
+      issue; ``time`` a scalar (seconds since 1970): issue, and plugin (``preprocess`` copies
+      ``time`` with its dims; ``Merger`` joins the files along a new ``time``).
+    - ``predictors(leadtime, y, x, predictor)`` float32 with the 8 predictors of
+      :data:`AP1_PREDICTORS` in that order: issue; the same names: plugin (``get_normalization``).
+    - ``static_predictors(y, x, static_predictor)`` with :data:`AP1_STATIC_PREDICTORS`: issue and
+      plugin (``preprocess`` appends ``static_predictor`` to ``predictor``); float32: assumed.
+    - ``target_mean``, ``target_std`` (leadtime, y, x) in celsius: issue; the target is
+      ``target_mean`` (minus ``air_temperature_2m`` with ``predict_diff``): plugin.
+    - ``leadtime`` float64 in seconds: issue; how far apart the lead times are: assumed (up to
+      48 h).
+    - ``projection_lcc``; ``x``, ``y`` float32 metres; ``altitude``, ``land_area_fraction``,
+      ``latitude``, ``longitude`` on (y, x): issue. The projection's parameters (MET Nordic):
+      assumed.
+    - string variables ``predictor``, ``predictor_units``, ``static_predictor``,
+      ``static_predictor_units``: issue (the plugin opens them with ``concat_characters=False``);
+      the unit strings themselves (:data:`AP1_UNITS`): assumed.
 
     With ``overwrite=False`` existing files are kept (the content only depends on the arguments).
     """
@@ -252,14 +321,12 @@ def generate_ap1(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     terrain = _terrain(np.random.default_rng([seed, 0]), y, x)
-    ys = _CENTRE_XY[1] + _SPACING * (np.arange(y) - y // 2)
-    xs = _CENTRE_XY[0] + _SPACING * (np.arange(x) - x // 2)
+    ys = (_CENTRE_XY[1] + _SPACING * (np.arange(y) - y // 2)).astype(np.float32)
+    xs = (_CENTRE_XY[0] + _SPACING * (np.arange(x) - x // 2)).astype(np.float32)
     hours = np.arange(leadtimes) * max(1, 48 // leadtimes)
     paths = []
-    for run in range(runs):
-        date = AP1_START + dt.timedelta(days=run)
-        reference = dt.datetime(date.year, date.month, date.day, (21, 3, 9, 15)[date.day % 4], tzinfo=dt.UTC)
-        path = directory / f"air_temperature_{reference:%Y%m%dT%HZ}.nc"
+    for run, reference in enumerate(ap1_runs(runs)):
+        path = directory / f"{reference:%Y%m%dT%HZ}.nc"
         if overwrite or not path.exists():
             rng = np.random.default_rng([seed, 1, run])
             _write_run(path, reference, hours, xs, ys, terrain, predictors, static_predictors, rng)
@@ -271,9 +338,112 @@ def ensure_ap1(cache_dir: str | os.PathLike[str], sizes: Mapping[str, int], seed
     """The sample files of ``sizes`` (a tier of ``conf/dataset/ap1.yaml``), generated if missing."""
     keys = ("runs", "leadtimes", "y", "x", "predictors", "static_predictors")
     runs, leadtimes, y, x, predictors, static = (int(sizes[k]) for k in keys)
-    name = f"{runs}runs-{leadtimes}lt-{y}x{x}-{predictors}p{static}s-seed{seed}-v{VERSION}"
+    name = f"{runs}runs-{leadtimes}lt-{y}x{x}-{predictors}p{static}s-seed{seed}-v{AP1_VERSION}"
     directory = Path(cache_dir) / "samples" / "ap1" / name
     return generate_ap1(directory, runs, leadtimes, y, x, predictors, static, seed, overwrite=False)
+
+
+#: Variables of :func:`generate_era5_like`: the predictors, the target and the static fields.
+ERA5_PREDICTORS = ("t2m", "msl", "u10", "v10", "tcc")
+ERA5_STATIC = ("z", "lsm")
+
+
+def generate_era5_like(
+    path: str | os.PathLike[str],
+    times: int,
+    lat: int,
+    lon: int,
+    *,
+    packed: bool = True,
+    zlib: bool = False,
+    fill_share: float = 0.0,
+    seed: int = 0,
+) -> Path:
+    """One file in the layout of ERA5 from the Copernicus CDS, for the loader's
+    ``conf/loader/gridded_era5.yaml``: :data:`ERA5_PREDICTORS` and ``t2m_next`` (six hours
+    later) on ``(time, latitude, longitude)``, packed int16 with ``scale_factor``/``add_offset``
+    (float64) and ``_FillValue`` -32767 (``packed=False``: float32, a ``_FillValue`` only with
+    ``fill_share``), optionally zlib-compressed in chunks of one time step; ``fill_share`` of the
+    points missing; :data:`ERA5_STATIC` on (latitude, longitude). Written one step at a time."""
+    import netCDF4
+
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    lats = np.linspace(72, 72 - 0.25 * (lat - 1), lat, dtype=np.float32)
+    lons = np.linspace(-10, -10 + 0.25 * (lon - 1), lon, dtype=np.float32)
+    fields = {  # name: (first field, change per step, units)
+        "t2m": (280 - 0.5 * (lats[:, None] - 50) + 3 * _smooth(rng, lat, lon, 16), 1.0, "K"),
+        "msl": (101300 + 800 * _smooth(rng, lat, lon, 40), 150.0, "Pa"),
+        "u10": (3 * _smooth(rng, lat, lon, 20), 0.5, "m s**-1"),
+        "v10": (3 * _smooth(rng, lat, lon, 20), 0.5, "m s**-1"),
+        "tcc": (0.6 + 0.2 * _smooth(rng, lat, lon, 12), 0.05, "(0 - 1)"),
+    }
+    land = (_smooth(rng, lat, lon, 24) > 0).astype(np.float64)
+    static = {
+        "z": (9.81 * np.maximum(0, 400 * _smooth(rng, lat, lon, 16)) * land, "m**2 s**-2"),
+        "lsm": (land, "(0 - 1)"),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
+        nc.setncatts({"Conventions": "CF-1.6", "title": "ERA5-like sample data", "source": __name__})
+        for name, size in (("time", times), ("latitude", lat), ("longitude", lon)):
+            nc.createDimension(name, size)
+        for name, values, units in (("latitude", lats, "degrees_north"), ("longitude", lons, "degrees_east")):
+            nc.createVariable(name, "f4", (name,))[:] = values
+            nc[name].units = units
+        time = nc.createVariable("time", "i4", ("time",))
+        time.units, time.calendar = "hours since 1900-01-01 00:00:00.0", "gregorian"
+        time[:] = 1_051_896 + 6 * np.arange(times)
+        grid = ("time", "latitude", "longitude")
+
+        def add(name: str, dims: tuple[str, ...], low: float, high: float, units: str) -> Any:
+            storage = {
+                "zlib": zlib,
+                "shuffle": zlib,
+                "chunksizes": (1, lat, lon) if zlib and len(dims) == 3 else None,
+            }
+            if packed:
+                var = nc.createVariable(name, "i2", dims, fill_value=np.int16(-32767), **storage)
+                # as the CDS packs: the range over 16 bits, float64 attributes
+                var.scale_factor = np.float64((high - low) / (2**16 - 3) or 1.0)
+                var.add_offset = np.float64(low + (high - low) / 2)
+            else:
+                fill = np.float32(-32767) if fill_share else False
+                var = nc.createVariable(name, "f4", dims, fill_value=fill, **storage)
+            var.units = units
+            var.set_auto_maskandscale(False)
+            return var
+
+        def stored(var: Any, values: np.ndarray) -> np.ndarray:
+            if not packed:
+                return np.where(np.isnan(values), -32767, values).astype(np.float32)
+            packed_values = np.round((values - var.add_offset) / var.scale_factor)
+            return np.where(np.isnan(values), -32767, np.clip(packed_values, -32766, 32767)).astype(np.int16)
+
+        for name, (values, units) in static.items():
+            var = add(name, ("latitude", "longitude"), values.min(), values.max(), units)
+            var[:] = stored(var, values)
+        for name, (first, change, units) in fields.items():
+            reach = 4 * change * np.sqrt(times + 1)  # a random walk stays within this, nearly always
+            var = add(name, grid, first.min() - reach, first.max() + reach, units)
+            after = (
+                add("t2m_next", grid, first.min() - reach, first.max() + reach, units)
+                if name == "t2m"
+                else None
+            )
+            step_rng = np.random.default_rng([seed, len(name), sum(map(ord, name))])
+            current = first
+            for t in range(times):
+                following = current + change * step_rng.standard_normal((lat, lon))
+                shown = current.copy()
+                if fill_share:
+                    shown[step_rng.random((lat, lon)) < fill_share] = np.nan
+                var[t] = stored(var, shown)
+                if after is not None:
+                    after[t] = stored(after, following)
+                current = following
+    os.replace(tmp, path)
+    return path
 
 
 # -- AP2 ---------------------------------------------------------------------------------------
