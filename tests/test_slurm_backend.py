@@ -21,6 +21,7 @@ from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (fixture)
 
 from maelstrom_run.backends import get_backend
 from maelstrom_run.backends.script import Target, render_batch_script
+from maelstrom_run.config.validate import typed
 from maelstrom_run.core.spec import RunSpec
 from maelstrom_run.core.states import JobRef, JobState
 from maelstrom_run.launch.registry import Registry
@@ -41,7 +42,7 @@ class TestSlurmBackend(BackendContract):
 
 def _render(conf: dict, target: Target | None = None) -> str:
     return render_batch_script(
-        conf,
+        typed({"name": "slurm", "kind": "slurm", **conf}, "backend"),  # the typed config a backend gets
         job_name="job",
         target=target or Target(run_dir="/scratch/runs/r1"),
         output="/scratch/runs/r1/slurm-%j.out",
@@ -205,7 +206,7 @@ def test_sweep_larger_than_the_array_limit_is_split(
     arrays = {r.job_id.split("_")[0] for r in records}
     slurm.submitted.extend(arrays)
     assert len(records) == 5 and len(arrays) == 3
-    assert get_backend(SLURM).max_array_size() == slurm.max_array_size  # read from the cluster
+    assert get_backend(SLURM).transport.max_array_size() == slurm.max_array_size  # read from the cluster
 
 
 def test_blocking_sweep_returns_real_results(

@@ -25,7 +25,8 @@ from maelstrom_run.backends import get_backend
 from maelstrom_run.backends.script import Target, render_batch_script
 from maelstrom_run.backends.slurmrest import job_properties
 from maelstrom_run.config.resolvers import register as register_resolvers
-from maelstrom_run.core.errors import ConfigError
+from maelstrom_run.config.validate import typed
+from maelstrom_run.core.errors import ConfigError, UserError
 from maelstrom_run.core.spec import RunSpec
 from maelstrom_run.core.states import JobRef, JobState
 from maelstrom_run.launch.registry import Registry
@@ -90,7 +91,7 @@ class TestMaelstromLauncherIntegrationOnSlurmRest(IntegrationTestSuite):
 
 def _script(conf: dict, target: Target | None = None) -> str:
     return render_batch_script(
-        conf,
+        typed({"name": "slurmrest", "kind": "slurm", **conf}, "backend"),  # the typed config a backend gets
         job_name="job",
         target=target or Target(run_dir="/scratch/runs/r1"),
         output="/scratch/runs/r1/slurm-%j.out",
@@ -277,7 +278,7 @@ def test_an_expired_token_is_refused_before_any_request(
     monkeypatch.setenv("SLURM_JWT", f"{header}.{claims}.{signature}")
     backend = get_backend({**SLURMREST, "url": "http://127.0.0.1:1"})  # nothing may be asked
     spec = backend_spec("ok")
-    with pytest.raises(ConfigError, match="the token in backend.credentials.token expired at 2001-09-0"):
+    with pytest.raises(UserError, match="the token in backend.credentials.token expired at 2001-09-0"):
         backend.submit(spec)
     assert not Path(spec.run_dir).exists()
 

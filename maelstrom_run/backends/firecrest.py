@@ -64,7 +64,7 @@ from ..core.states import JobRef, JobState
 from ..core.status import JobStatus, reconcile
 from ..core.transfer import Progress
 from . import remote
-from .base import Rendered, StatusCache, wait_until_stopped
+from .base import Rendered, wait_until_stopped
 from .files import RemoteEntry, RemoteFiles
 from .script import Target, render_batch_script, worker_python
 from .slurm import STATES, WHY
@@ -271,12 +271,9 @@ class FirecrestSession(remote.GatewaySession):
 
 class FirecrestBackend(remote.GatewayBackend):
     Conf = FirecrestConf
+    Session = FirecrestSession
     conf: FirecrestConf
-
-    def __init__(self, conf: FirecrestConf) -> None:
-        super().__init__(conf)
-        self.session = FirecrestSession(self.name, conf)
-        self._statuses = StatusCache()
+    session: FirecrestSession
 
     # -- configuration ---------------------------------------------------------------------------
 

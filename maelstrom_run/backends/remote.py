@@ -39,7 +39,7 @@ from ..core.rundir import JOB_RETURN, REQUEUES, RESULT
 from ..core.spec import SPEC_FILE, RunSpec
 from ..core.states import JobRef
 from ..core.transfer import Progress, write_from
-from .base import Backend, Rendered, Submitted
+from .base import Backend, Rendered, StatusCache, Submitted
 from .staging import repository_root, snapshot_files
 
 T = TypeVar("T")
@@ -278,7 +278,14 @@ class GatewayBackend(Backend):
     copies one file of an ended job into its local run directory with ``_fetch_job_file``.
     """
 
+    #: The gateway's session class; each backend has one session, shared with its files.
+    Session: type[GatewaySession]
     session: GatewaySession
+
+    def __init__(self, conf: Any) -> None:
+        super().__init__(conf)
+        self.session = self.Session(self.name, conf)
+        self._statuses = StatusCache()
 
     def connect(self) -> None:
         self.session.client()

@@ -56,7 +56,7 @@ from ..core.states import JobRef, JobState
 from ..core.status import JobStatus, reconcile
 from ..core.transfer import Progress
 from . import remote
-from .base import Rendered, StatusCache
+from .base import Rendered
 from .files import RemoteEntry, RemoteFiles
 from .script import Target, parallel, render_batch_script, worker_python
 
@@ -299,13 +299,13 @@ class UnicoreSession(remote.GatewaySession):
 
 class UnicoreBackend(remote.GatewayBackend):
     Conf = UnicoreConf
+    Session = UnicoreSession
     conf: UnicoreConf
+    session: UnicoreSession
 
     def __init__(self, conf: UnicoreConf) -> None:
         super().__init__(conf)
-        self.session = UnicoreSession(self.name, conf)
         self._workdirs: dict[str, str] = {}
-        self._statuses = StatusCache()
 
     # -- connection and errors -------------------------------------------------------------------
 

@@ -223,7 +223,7 @@ def validate(config: dict[str, Any]) -> None:
     app = config.get("app")
     own = app.get("sections") if isinstance(app, dict) else None
     _check_dataclass(config, RootConf, "", own if isinstance(own, list) else ())
-    for key, check in _checks():
+    for key, check in _checks(config):
         value = _get(config, key)
         if value is not None:
             check(value, key)
@@ -242,10 +242,19 @@ def check_of(dotted: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def _checks(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """``(dotted key, check(value, key))`` of every schema field that names a check, for this config's
+    choices of the discriminated groups (the packages that own a value's rules register them there:
+    labels, schedules, units)."""
+    kinds = tuple(
+        (group, (config.get(group) or {}).get(key) if isinstance(config.get(group), dict) else None)
+        for group, (key, _) in DISCRIMINATED.items()
+    )
+    return _checks_of(kinds)
+
+
 @functools.cache
-def _checks() -> tuple[tuple[str, Any], ...]:
-    """``(dotted key, check(value, key))`` of every schema field that names a check (the packages that
-    own a value's rules register them there: labels, schedules, units)."""
+def _checks_of(kinds: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
     out = []
 
     def walk(cls: type, path: str) -> None:
@@ -258,6 +267,10 @@ def _checks() -> tuple[tuple[str, Any], ...]:
                 walk(tp, key)
 
     walk(RootConf, "")
+    for group, kind in kinds:
+        schema = schema_of(group, kind) if isinstance(kind, str) else None
+        if schema is not None:
+            walk(schema, group)
     return tuple(out)
 
 
@@ -276,7 +289,7 @@ def validate_changes(config: dict[str, Any], keys: Iterable[str]) -> None:
         for part in key.split("."):
             node = node[part]
         _check(node, tp, key)
-        for checked, check in _checks():  # a value with rules of its own, or a mapping holding one
+        for checked, check in _checks(config):  # a value with rules of its own, or a mapping holding one
             if checked == key or checked.startswith(key + ".") or key.startswith(checked + "."):
                 value = _get(config, checked)
                 if value is not None:
