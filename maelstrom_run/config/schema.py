@@ -276,7 +276,7 @@ class ColumnModel(ModelBase):
 
     #: Levels the emulator is built for; null: those of the data (a trained emulator fits one grid).
     levels: int | None = None
-    #: Weight of the heating-rate error (derived from the predicted fluxes) in the loss.
+    #: Weight in the loss of the heating-rate error (as the net flux each layer absorbs, W m-2).
     hr_weight: float = 0.5
     loss: Literal["mse", "mae"] = "mse"
 

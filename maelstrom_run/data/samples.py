@@ -473,7 +473,8 @@ def generate_ap3(
         mu = np.clip(mu, 0, 1)
         ps = 101325 + 1500 * rng.standard_normal(n)
         eta = np.linspace(0, 1, nl + 1)
-        p_hl = 1.0 + (ps[:, None] - 1.0) * eta[None, :] ** 3
+        # thin layers aloft as in the IFS's 137 levels (the top layer ~2 Pa thick, not a fraction of 1 Pa)
+        p_hl = 1.0 + (ps[:, None] - 1.0) * eta[None, :] ** 2.2
         t_surface = 288 - 40 * (np.abs(lat) / 90) ** 2 + 3 * rng.standard_normal(n)
         t_hl = np.maximum(t_surface[:, None] * (p_hl / ps[:, None]) ** 0.19, 200.0)
         p_full = 0.5 * (p_hl[:, 1:] + p_hl[:, :-1])
@@ -554,7 +555,7 @@ def generate_ap3(
 
 def ensure_ap3(cache_dir: str | os.PathLike[str], sizes: Mapping[str, int], seed: int = 0) -> list[Path]:
     files, columns, levels = int(sizes["files"]), int(sizes["columns"]), int(sizes.get("levels", 137))
-    name = f"{files}files-{columns}col-{levels}lev-seed{seed}-v{VERSION}"
+    name = f"{files}files-{columns}col-{levels}lev-l137grid-seed{seed}-v{VERSION}"
     return generate_ap3(
         Path(cache_dir) / "samples" / "ap3" / name, files, columns, levels, seed, overwrite=False
     )
