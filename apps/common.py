@@ -80,6 +80,15 @@ def split_count(total: int, fraction: float, what: str) -> int:
     return min(total - 1, max(1, round(total * fraction)))
 
 
+def torch_optimizer(m: Any, parameters: Iterable[Any]) -> Any:
+    """``model.optimizer`` (adam, adamw or sgd) over ``parameters`` with the model's learning rate and
+    weight decay."""
+    import torch
+
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    return kinds[m.optimizer](parameters, lr=m.learning_rate, weight_decay=m.weight_decay)
+
+
 def torch_epoch(
     model: Any,
     optimizer: Any,

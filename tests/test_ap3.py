@@ -1,13 +1,13 @@
 """AP3 (radiation emulation): the generated layout against the plugin's, the models' shapes, the
-baselines against independent fits, bad input, and the tiny tier end to end (locally and on Slurm)."""
+baselines against independent fits, bad input, the tiny tier in this process
+(tests/test_new_apps_end_to_end.py runs them through the CLI, locally and on Slurm)."""
 
 from __future__ import annotations
 
 import netCDF4
 import numpy as np
 import pytest
-from app_runner import check_epochs, check_tracked, run_main, submit_to_slurm
-from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (fixture)
+from app_runner import check_epochs, run_main
 
 from maelstrom_run.config import ConfigError
 from maelstrom_run.data.datasets import Dataset
@@ -106,23 +106,3 @@ def test_tiny_tier_trains_the_cnn(tmp_path):
     check_epochs(metrics, 2, ("loss", "val_flux_rmse", "val_hr_rmse", "val_linear_flux_rmse"))
     assert metrics[-1][1]["val_flux_rmse"] < metrics[-1][1]["val_meanprofile_flux_rmse"]
     assert {p.name for p in artifacts} == {"error_profiles.png", "model.weights.h5"}
-
-
-@pytest.mark.slow
-def test_maelstrom_run_ap3_end_to_end(run_cli, cli_env, tmp_path, maelstrom_home):
-    result = run_cli(["app=ap3"], cwd=tmp_path, env=cli_env, check=True, timeout=300)
-    assert "epoch 3/3" in result.stdout and "meanprofile baseline: flux RMSE" in result.stdout
-    metrics = check_tracked(
-        maelstrom_home,
-        "ap3",
-        "val_flux_rmse",
-        ("val_meanprofile_flux_rmse", "val_linear_hr_rmse.upper"),
-        {"error_profiles"},
-    )
-    assert metrics["val_flux_rmse"] < metrics["val_meanprofile_flux_rmse"]
-
-
-@pytest.mark.slow
-def test_tiny_tier_on_slurm(run_cli, cli_env, tmp_path, maelstrom_home, slurm: SlurmCluster):  # noqa: F811
-    assert submit_to_slurm(run_cli, tmp_path, cli_env, "ap3") == "succeeded"
-    check_tracked(maelstrom_home, "ap3", "val_flux_rmse", ("val_linear_flux_rmse",), {"error_profiles"})

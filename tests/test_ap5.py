@@ -1,15 +1,14 @@
 """AP5 (downscaling): the generated tier-1 and tier-2 layouts against the plugin's, the networks'
-shapes, the baseline's scores against NumPy, bad input, and the tiny tier end to end (locally and
-on Slurm)."""
+shapes, the baseline's scores against NumPy, bad input, the tiny tier in this process
+(tests/test_new_apps_end_to_end.py runs them through the CLI, locally and on Slurm)."""
 
 from __future__ import annotations
 
 import netCDF4
 import numpy as np
 import pytest
-from app_runner import check_epochs, check_tracked, run_main, submit_to_slurm
+from app_runner import check_epochs, run_main
 from omegaconf import OmegaConf
-from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (fixture)
 
 from maelstrom_run.config import ConfigError
 from maelstrom_run.data.datasets import Dataset
@@ -85,29 +84,13 @@ def test_bad_input_names_the_key_and_the_choices(tmp_path):
 
 @pytest.mark.slow
 def test_wgan_and_tier_2_train(tmp_path):
-    result, metrics, artifacts = run_main(tmp_path / "wgan", "app=ap5", "model=ap5_wgan", "train.epochs=2")
+    result, metrics, artifacts = run_main(
+        tmp_path / "wgan", "app=ap5", "model=ap5_wgan", "train.epochs=2", "train.steps_per_epoch=2"
+    )
     check_epochs(metrics, 2, ("loss", "val_rmse", "val_gradient_ratio", "val_baseline_rmse"))
     assert {p.name for p in artifacts} == {"downscaling_fields.png", "model.pt"}
-    result, metrics, _ = run_main(tmp_path / "t2", "app=ap5", "dataset=ap5_tier2", "train.epochs=1")
+    result, metrics, _ = run_main(
+        tmp_path / "t2", "app=ap5", "dataset=ap5_tier2", "train.epochs=1", "train.steps_per_epoch=2"
+    )
     check_epochs(metrics, 1, ("loss", "val_rmse", "val_baseline_rmse"))
     assert next((tmp_path / "t2" / "cache" / "samples" / "ap5").glob("tier-2-*/downscaling_tier2_1995-01.nc"))
-
-
-@pytest.mark.slow
-def test_maelstrom_run_ap5_end_to_end(run_cli, cli_env, tmp_path, maelstrom_home):
-    result = run_cli(["app=ap5"], cwd=tmp_path, env=cli_env, check=True, timeout=300)
-    assert "epoch 3/3" in result.stdout and "the interpolated input's" in result.stdout
-    metrics = check_tracked(
-        maelstrom_home,
-        "ap5",
-        "val_rmse",
-        ("val_baseline_rmse", "val_baseline_gradient_ratio"),
-        {"downscaling_fields"},
-    )
-    assert metrics["val_rmse"] < metrics["val_baseline_rmse"]
-
-
-@pytest.mark.slow
-def test_tiny_tier_on_slurm(run_cli, cli_env, tmp_path, maelstrom_home, slurm: SlurmCluster):  # noqa: F811
-    assert submit_to_slurm(run_cli, tmp_path, cli_env, "ap5") == "succeeded"
-    check_tracked(maelstrom_home, "ap5", "val_rmse", ("val_baseline_rmse",), {"downscaling_fields"})

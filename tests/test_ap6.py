@@ -1,14 +1,13 @@
 """AP6 (wind power): the generated layout against the plugin's, the regimes and the MLP, the
-baselines against independent computations, bad input, and the tiny tier end to end (locally and
-on Slurm)."""
+baselines against independent computations and bad input
+(tests/test_new_apps_end_to_end.py runs the tiny tier through the CLI, locally and on Slurm)."""
 
 from __future__ import annotations
 
 import netCDF4
 import numpy as np
 import pytest
-from app_runner import check_tracked, run_main, submit_to_slurm
-from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (fixture)
+from app_runner import run_main
 
 from maelstrom_run.config import ConfigError
 from maelstrom_run.data.samples import generate_ap6
@@ -67,23 +66,3 @@ def test_bad_input_names_the_key_and_the_choices(tmp_path):
         ConfigError, match=r"^model.regime_level: 300 is not there; valid: 500, 700, 850, 1000$"
     ):
         run_main(tmp_path, "app=ap6", "model.regime_level=300")
-
-
-@pytest.mark.slow
-def test_maelstrom_run_ap6_end_to_end(run_cli, cli_env, tmp_path, maelstrom_home):
-    result = run_cli(["app=ap6"], cwd=tmp_path, env=cli_env, check=True, timeout=300)
-    assert "epoch 3/3" in result.stdout and "the better baseline" in result.stdout
-    metrics = check_tracked(
-        maelstrom_home,
-        "ap6",
-        "val_mae",
-        ("val_persistence_mae", "val_climatology_rmse"),
-        {"weather_regimes", "production_forecast"},
-    )
-    assert metrics["val_mae"] < min(metrics["val_persistence_mae"], metrics["val_climatology_mae"])
-
-
-@pytest.mark.slow
-def test_tiny_tier_on_slurm(run_cli, cli_env, tmp_path, maelstrom_home, slurm: SlurmCluster):  # noqa: F811
-    assert submit_to_slurm(run_cli, tmp_path, cli_env, "ap6") == "succeeded"
-    check_tracked(maelstrom_home, "ap6", "val_mae", ("val_persistence_mae",), {"weather_regimes"})

@@ -33,10 +33,9 @@ from ..common import (
     seed_all,
     split_count,
     torch_epoch,
+    torch_optimizer,
 )
 from .model import Critic, generator, gradient_penalty
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
 @dataclass
@@ -240,7 +239,7 @@ def main(ctx: RunContext) -> dict[str, float]:
         flush=True,
     )
     model = generator(train.inputs.shape[1], m)
-    optimizer = OPTIMIZERS[m.optimizer](model.parameters(), lr=m.learning_rate, weight_decay=m.weight_decay)
+    optimizer = torch_optimizer(m, model.parameters())
     critic, critic_opt = None, None
     if m.arch == "wgan":
         critic = Critic(train.inputs.shape[1], m.critic_filters)

@@ -35,10 +35,10 @@ from ..common import (
     seed_all,
     split_count,
     torch_epoch,
+    torch_optimizer,
 )
 from .model import ProductionMLP, Regimes
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 #: Hours of each IFS run that are used (the plugin's WeatherMerger keeps the first 12).
 RUN_HOURS = 12
 _G = 9.80665
@@ -262,7 +262,7 @@ def main(ctx: RunContext) -> dict[str, float]:
     )
 
     model = ProductionMLP(x.shape[1], [int(h) for h in m.hidden])
-    optimizer = OPTIMIZERS[m.optimizer](model.parameters(), lr=m.learning_rate, weight_decay=m.weight_decay)
+    optimizer = torch_optimizer(m, model.parameters())
     loss_fn = torch.nn.functional.l1_loss if m.loss == "mae" else torch.nn.functional.mse_loss
     steps = cfg.train.steps_per_epoch or -(-len(fit) // batch)
     inputs, target = torch.from_numpy(x), torch.from_numpy(production.astype(np.float32))
