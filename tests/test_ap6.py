@@ -66,3 +66,6 @@ def test_bad_input_names_the_key_and_the_choices(tmp_path):
         ConfigError, match=r"^model.regime_level: 300 is not there; valid: 500, 700, 850, 1000$"
     ):
         run_main(tmp_path, "app=ap6", "model.regime_level=300")
+    files = generate_ap6(tmp_path / "files", days=1, turbines=1, levels=2, lat=4, lon=4)
+    with pytest.raises(ConfigError, match=r"^dataset: the IFS run 20170101_12 has no pl_20170101_12.nc"):
+        train._files([p for p in files if p.name != "pl_20170101_12.nc"])

@@ -50,11 +50,12 @@ class Split:
 
 def read(dataset: Any, files: list[Path], d: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The variables of ``dataset.inputs/static/target/baseline`` from ``files``, joined along time;
-    static fields from their first time. ``info``: the target's units and grid coordinates."""
+    static fields from their first time. ``info``: the target's units, grid coordinates and the number
+    of times of each file."""
     wanted = {"dataset.inputs": list(d.inputs), "dataset.static": list(d.static)}
     wanted |= {"dataset.target": [d.target], "dataset.baseline": [d.baseline]}
     parts: dict[str, list[np.ndarray]] = {name: [] for names in wanted.values() for name in names}
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"times": []}
     for path in files:
         ds = dataset.open(path)
         for key, names in wanted.items():
@@ -63,10 +64,11 @@ def read(dataset: Any, files: list[Path], d: Any) -> tuple[dict[str, np.ndarray]
                     raise not_one_of(f"{key} ({Path(path).name})", name, sorted(map(str, ds.data_vars)))
         for name in parts:
             parts[name].append(np.asarray(ds[name].values, dtype=np.float32))
-        if not info:
+        info["times"].append(int(ds[d.target].shape[0]))
+        if "units" not in info:
             y, x = ds[d.target].dims[-2:]
             units = str(ds[d.target].attrs.get("units", ""))
-            info = {"units": units, "y": (str(y), ds[y].values), "x": (str(x), ds[x].values)}
+            info.update(units=units, y=(str(y), ds[y].values), x=(str(x), ds[x].values))
         ds.close()
     arrays = {
         name: (values[0][0] if values[0].ndim == 3 else values[0])
@@ -229,7 +231,7 @@ def main(ctx: RunContext) -> dict[str, float]:
     n_val_files = split_count(len(files), d.validation_fraction, "monthly files")
     with timer.phase("read"):
         arrays, info = read(dataset, files, d)
-    n_train = sum(int(dataset.open(p).sizes["time"]) for p in files[:-n_val_files])
+    n_train = sum(info["times"][:-n_val_files])
     ny, nx = arrays[d.target].shape[-2:]
     check_grid(m.levels, ny, nx)
     train, val, stats = prepare(arrays, d, n_train)

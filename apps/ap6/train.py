@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maelstrom_run.config import ConfigError
 from maelstrom_run.tracking.context import RunContext
 
 from ..common import (
@@ -55,20 +56,27 @@ class Hourly:
     production: np.ndarray  # kW, hourly mean of the 10-minute values (NaN where none)
 
 
-def _files(files: list[Path]) -> tuple[dict[str, list[Path]], dict[int, Path]]:
-    """Weather files by type (``ml``, ``pl``, ``sfc``; sorted by run) and turbine files by id."""
-    weather: dict[str, list[Path]] = {"ml": [], "pl": [], "sfc": []}
+def _files(files: list[Path]) -> tuple[list[tuple[Path, Path, Path]], dict[int, Path]]:
+    """The ``(ml, pl, sfc)`` files of each IFS run, sorted by run, and the turbine files by id."""
+    weather: dict[str, dict[str, Path]] = {"ml": {}, "pl": {}, "sfc": {}}
     turbines: dict[int, Path] = {}
     for path in files:
-        if m := re.fullmatch(r"(ml|pl|sfc)_\d{8}_\d{2}\.nc", path.name):
-            weather[m.group(1)].append(path)
+        if m := re.fullmatch(r"(ml|pl|sfc)_(\d{8}_\d{2})\.nc", path.name):
+            weather[m.group(1)][m.group(2)] = path
         elif m := re.fullmatch(r"wind_turbine_(\d+)\.nc", path.name):
             turbines[int(m.group(1))] = path
-    for kind, paths in weather.items():
-        if not paths:
-            raise not_one_of("dataset (files)", f"{kind}_YYYYMMDD_HH.nc", ["ml_*", "pl_*", "sfc_*"])
-        paths.sort()
-    return weather, turbines
+    runs = sorted(set().union(*weather.values()))
+    if not runs:
+        raise ConfigError(
+            "dataset: no ml_/pl_/sfc_YYYYMMDD_HH.nc files; check dataset.path or dataset.source"
+        )
+    for kind, found in weather.items():
+        missing = [run for run in runs if run not in found]
+        if missing:
+            raise ConfigError(
+                f"dataset: the IFS run {missing[0]} has no {kind}_{missing[0]}.nc (each run needs ml_, pl_, sfc_)"
+            )
+    return [(weather["ml"][r], weather["pl"][r], weather["sfc"][r]) for r in runs], turbines
 
 
 def _nearest(values: np.ndarray, value: float) -> int:
@@ -91,7 +99,7 @@ def read(dataset: Any, cfg: Any) -> tuple[Hourly, dict[str, Any]]:
 
     times, leads, features, regime = [], [], [], []
     half = int(m.neighbourhood) // 2
-    for ml_path, pl_path, sfc_path in zip(weather["ml"], weather["pl"], weather["sfc"], strict=False):
+    for ml_path, pl_path, sfc_path in weather:
         ml, pl, sfc = dataset.open(ml_path), dataset.open(pl_path), dataset.open(sfc_path)
         if not info.get("grid"):
             lats, lons = ml["latitude"].values, ml["longitude"].values
