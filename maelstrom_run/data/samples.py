@@ -684,7 +684,8 @@ def generate_ap5(
 def ensure_ap5(cache_dir: str | os.PathLike[str], sizes: Mapping[str, int], seed: int = 0) -> list[Path]:
     months, times, lat, lon = (int(sizes[k]) for k in ("months", "times", "lat", "lon"))
     variant = str(sizes.get("variant", "tier-1"))
-    name = f"{variant}-{months}m-{times}t-{lat}x{lon}-seed{seed}-v{VERSION}"
+    prefix = "" if variant == "tier-1" else f"{variant}-"  # tier-1 sets keep the names they had
+    name = f"{prefix}{months}m-{times}t-{lat}x{lon}-seed{seed}-v{VERSION}"
     return generate_ap5(
         Path(cache_dir) / "samples" / "ap5" / name,
         months,
