@@ -80,6 +80,20 @@ def split_count(total: int, fraction: float, what: str) -> int:
     return min(total - 1, max(1, round(total * fraction)))
 
 
+def torch_device(timer: PhaseTimer) -> Any:
+    """The GPU when there is one, else the CPU; on a GPU the timer waits for the queued kernels at the
+    end of each phase, so their time lands in the phase that queued them."""
+    import functools
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda")
+    timer.synchronize = functools.partial(torch.cuda.synchronize, device)
+    return device
+
+
 def torch_optimizer(m: Any, parameters: Iterable[Any]) -> Any:
     """``model.optimizer`` (adam, adamw or sgd) over ``parameters`` with the model's learning rate and
     weight decay."""

@@ -32,6 +32,7 @@ from ..common import (
     scores,
     seed_all,
     split_count,
+    torch_device,
     torch_epoch,
     torch_optimizer,
 )
@@ -135,10 +136,11 @@ def baseline_skill(val: Split) -> dict[str, float]:
 @torch.no_grad()
 def predict(model: torch.nn.Module, split: Split, stats: dict[str, float], batch: int) -> np.ndarray:
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for start in range(0, len(split.inputs), batch):
-        x = torch.from_numpy(split.inputs[start : start + batch])
-        out.append(model(x)[:, 0].numpy())
+        x = torch.from_numpy(split.inputs[start : start + batch]).to(device)
+        out.append(model(x)[:, 0].cpu().numpy())
     correction = np.concatenate(out) * stats["residual_std"] + stats["residual_mean"]
     return split.baseline + correction
 
@@ -240,11 +242,12 @@ def main(ctx: RunContext) -> dict[str, float]:
         f"{train.inputs.shape[1]} input channels ({', '.join([*d.inputs, *d.static])})",
         flush=True,
     )
-    model = generator(train.inputs.shape[1], m)
+    device = torch_device(timer)
+    model = generator(train.inputs.shape[1], m).to(device)
     optimizer = torch_optimizer(m, model.parameters())
     critic, critic_opt = None, None
     if m.arch == "wgan":
-        critic = Critic(train.inputs.shape[1], m.critic_filters)
+        critic = Critic(train.inputs.shape[1], m.critic_filters).to(device)
         # Adam with beta1 = 0 and 0.9 as for WGAN-GP
         critic_opt = torch.optim.Adam(critic.parameters(), lr=m.learning_rate, betas=(0.0, 0.9))
     loss_fn = torch.nn.functional.l1_loss if m.loss == "mae" else torch.nn.functional.mse_loss
@@ -252,7 +255,10 @@ def main(ctx: RunContext) -> dict[str, float]:
     reference = baseline_skill(val)
 
     def loader(index: np.ndarray) -> Any:
-        return lambda: (torch.from_numpy(train.inputs[index]), _residual(train, index, stats))
+        return lambda: (
+            torch.from_numpy(train.inputs[index]).to(device),
+            _residual(train, index, stats).to(device),
+        )
 
     metrics: dict[str, float] = {}
     prediction = val.baseline

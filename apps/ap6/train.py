@@ -35,6 +35,7 @@ from ..common import (
     scores,
     seed_all,
     split_count,
+    torch_device,
     torch_epoch,
     torch_optimizer,
 )
@@ -269,11 +270,14 @@ def main(ctx: RunContext) -> dict[str, float]:
         flush=True,
     )
 
-    model = ProductionMLP(x.shape[1], [int(h) for h in m.hidden])
+    device = torch_device(timer)
+    model = ProductionMLP(x.shape[1], [int(h) for h in m.hidden]).to(device)
     optimizer = torch_optimizer(m, model.parameters())
     loss_fn = torch.nn.functional.l1_loss if m.loss == "mae" else torch.nn.functional.mse_loss
     steps = cfg.train.steps_per_epoch or -(-len(fit) // batch)
-    inputs, target = torch.from_numpy(x), torch.from_numpy(production.astype(np.float32))
+    # the whole series fits on the device; batches are slices of it
+    inputs = torch.from_numpy(x).to(device)
+    target = torch.from_numpy(np.nan_to_num(production).astype(np.float32)).to(device)
 
     def loader(index: np.ndarray) -> Any:
         return lambda: (inputs[index], target[index])
@@ -286,7 +290,7 @@ def main(ctx: RunContext) -> dict[str, float]:
         loss = torch_epoch(model, optimizer, loaders, loss_fn, timer)
         with timer.phase("validation"), torch.no_grad():
             model.eval()
-            forecast = model(inputs[val]).numpy()
+            forecast = model(inputs[val]).cpu().numpy()
             metrics = {"loss": loss, **scores(forecast, truth, "val"), **reference}
         ctx.end_epoch(epoch, metrics)
         check_finite(metrics, epoch)
