@@ -164,7 +164,10 @@ def test_missing_value_from_composition() -> None:
     [
         ("unett", "model.arch: unknown value 'unett'; did you mean 'unet'?"),
         ("transformr", "model.arch: unknown value 'transformr'; did you mean 'transformer'?"),
-        ("gpt", "model.arch: unknown value 'gpt'; valid values: custom, mlp, transformer, unet"),
+        (
+            "gpt",
+            "model.arch: unknown value 'gpt'; valid values: cnn1d, custom, mlp, regimes, rnn, transformer, unet, wgan",
+        ),
     ],
 )
 def test_unknown_model_arch(config: dict[str, Any], arch: str, expected: str) -> None:
@@ -506,7 +509,7 @@ def test_help(run_cli, cli_env: dict[str, str], tmp_path: Path) -> None:
     for group in ("app", "backend", "train", "model", "loader", "dataset", "tracking"):
         assert re.search(rf"^\s*{group}: \w", out, re.MULTILINE), group
     assert re.search(r"^\s*backend: daint, jureca, juwels, local, slurm, slurmrest$", out, re.MULTILINE)
-    assert re.search(r"^\s*app: ap1, ap2, ap4$", out, re.MULTILINE)
+    assert re.search(r"^\s*app: ap1, ap2, ap3, ap4, ap5, ap6$", out, re.MULTILINE)
 
 
 def test_help_lists_user_options(run_cli, cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -61,13 +61,15 @@ class _Block(nn.Sequential):
 
 
 class UNet(nn.Module):
-    """``(batch, channels, lat, lon) -> (batch, 2, lat, lon)``, any grid size (padded inside).
+    """``(batch, channels, lat, lon) -> (batch, outputs, lat, lon)``, any grid size (padded inside).
 
     Each of ``levels`` poolings halves the resolution and doubles the filters; the decoder
     upsamples bilinearly and concatenates the encoder's features of the same level.
     """
 
-    def __init__(self, channels: int, filters: int, levels: int, kernel_size: int, dropout: float) -> None:
+    def __init__(
+        self, channels: int, filters: int, levels: int, kernel_size: int, dropout: float, outputs: int = 2
+    ) -> None:
         super().__init__()
         self.levels = levels
         widths = [filters * 2**i for i in range(levels + 1)]
@@ -83,7 +85,7 @@ class UNet(nn.Module):
         for width in reversed(widths[:-1]):
             self.up.append(_Block(below + width, width, kernel_size))
             below = width
-        self.head = _zero(nn.Conv2d(below, 2, 1))
+        self.head = _zero(nn.Conv2d(below, outputs, 1))
 
     def forward(self, x: torch.Tensor, location: torch.Tensor | None = None) -> torch.Tensor:
         height, width = x.shape[-2:]

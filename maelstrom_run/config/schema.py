@@ -126,6 +126,8 @@ class AP5Size:
     times: int = MISSING
     lat: int = MISSING
     lon: int = MISSING
+    #: ``tier-1`` (IFS to 0.1 degree, ``downscaling_tier1_*``) or ``tier-2`` (ERA5 to COSMO-REA6).
+    variant: Literal["tier-1", "tier-2"] = "tier-1"
 
 
 @dataclass
@@ -159,11 +161,21 @@ class AP3Dataset(GriddedDataset):
 @dataclass
 class AP5Dataset(GriddedDataset):
     tiers: dict[str, AP5Size] = field(default_factory=dict)
+    #: Coarse input fields on the fine grid, (time, y, x) each.
+    inputs: list[str] = field(default_factory=lambda: ["t2m_in", "z_in"])
+    #: Fields of the fine grid that do not change in time (the target's surface geopotential).
+    static: list[str] = field(default_factory=lambda: ["z_tar"])
+    #: The fine-grid field to predict.
+    target: str = "t2m_tar"
+    #: The input that is the target's variable interpolated from the coarse grid (the baseline).
+    baseline: str = "t2m_in"
 
 
 @dataclass
 class AP6Dataset(GriddedDataset):
     tiers: dict[str, AP6Size] = field(default_factory=dict)
+    #: The wind turbine whose production is forecast (``production_data/wind_turbine_N.nc``).
+    turbine: int = 1
 
 
 @dataclass
@@ -282,6 +294,67 @@ class TransformerModel(ModelBase):
     dropout: float = 0.1
     #: Directory with pretrained weights (e.g. DeBERTa-v3); nothing is downloaded.
     pretrained: str | None = None
+
+
+@dataclass
+class ColumnModel(ModelBase):
+    """AP3: a radiation emulator over the vertical levels of a column (both architectures)."""
+
+    #: Levels the emulator is built for; null: those of the data (a trained emulator fits one grid).
+    levels: int | None = None
+    #: Weight in the loss of the heating-rate error (as the net flux each layer absorbs, W m-2).
+    hr_weight: float = 0.5
+    loss: Literal["mse", "mae"] = "mse"
+
+
+@dataclass
+class RNNModel(ColumnModel):
+    """AP3 bidirectional RNN: every layer reads the column top-down and bottom-up."""
+
+    cell: Literal["lstm", "gru"] = "lstm"
+    units: int = 32
+    layers: int = 1
+
+
+@dataclass
+class CNN1DModel(ColumnModel):
+    """AP3 1-D CNN: convolutions along the levels, kernels see ``kernel_size`` neighbouring levels."""
+
+    filters: int = 32
+    layers: int = 4
+    kernel_size: int = 5
+
+
+@dataclass
+class WGANModel(ModelBase):
+    """AP5 Wasserstein GAN: a U-Net generator, a convolutional critic, gradient penalty."""
+
+    filters: int = 16
+    levels: int = 2
+    kernel_size: int = 3
+    dropout: float = 0.0
+    critic_filters: int = 16
+    #: Critic updates per generator update.
+    critic_steps: int = 2
+    gp_weight: float = 10.0
+    #: Weight of the generator's reconstruction error against its adversarial loss.
+    recon_weight: float = 100.0
+    loss: Literal["mae", "mse"] = "mae"
+
+
+@dataclass
+class RegimeModel(ModelBase):
+    """AP6: weather regimes (PCA, then k-means) and a per-turbine production MLP."""
+
+    #: Pressure-level field (``pl_*`` files) and level (hPa) the regimes are found in.
+    regime_variable: str = "z"
+    regime_level: int = 500
+    components: int = 4
+    regimes: int = 4
+    #: Grid points around the turbine (a square of this side) whose forecast fields are inputs.
+    neighbourhood: int = 3
+    hidden: list[int] = field(default_factory=lambda: [32, 32])
+    loss: Literal["mse", "mae"] = "mse"
 
 
 @dataclass
@@ -457,6 +530,17 @@ DISCRIMINATED: dict[str, tuple[str, dict[str, type]]] = {
             "ap4": AP4Dataset,
         },
     ),
-    "model": ("arch", {"unet": UNetModel, "transformer": TransformerModel, "mlp": MLPModel}),
+    "model": (
+        "arch",
+        {
+            "unet": UNetModel,
+            "transformer": TransformerModel,
+            "mlp": MLPModel,
+            "rnn": RNNModel,
+            "cnn1d": CNN1DModel,
+            "wgan": WGANModel,
+            "regimes": RegimeModel,
+        },
+    ),
     "backend": ("kind", BACKENDS),
 }

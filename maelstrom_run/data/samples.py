@@ -643,7 +643,8 @@ def generate_ap3(
         mu = np.clip(mu, 0, 1)
         ps = 101325 + 1500 * rng.standard_normal(n)
         eta = np.linspace(0, 1, nl + 1)
-        p_hl = 1.0 + (ps[:, None] - 1.0) * eta[None, :] ** 3
+        # thin layers aloft as in the IFS's 137 levels (the top layer ~2 Pa thick, not a fraction of 1 Pa)
+        p_hl = 1.0 + (ps[:, None] - 1.0) * eta[None, :] ** 2.2
         t_surface = 288 - 40 * (np.abs(lat) / 90) ** 2 + 3 * rng.standard_normal(n)
         t_hl = np.maximum(t_surface[:, None] * (p_hl / ps[:, None]) ** 0.19, 200.0)
         p_full = 0.5 * (p_hl[:, 1:] + p_hl[:, :-1])
@@ -724,7 +725,7 @@ def generate_ap3(
 
 def ensure_ap3(cache_dir: str | os.PathLike[str], sizes: Mapping[str, int], seed: int = 0) -> list[Path]:
     files, columns, levels = int(sizes["files"]), int(sizes["columns"]), int(sizes.get("levels", 137))
-    name = f"{files}files-{columns}col-{levels}lev-seed{seed}-v{VERSION}"
+    name = f"{files}files-{columns}col-{levels}lev-l137grid-seed{seed}-v{VERSION}"
     return generate_ap3(
         Path(cache_dir) / "samples" / "ap3" / name, files, columns, levels, seed, overwrite=False
     )
@@ -732,11 +733,22 @@ def ensure_ap3(cache_dir: str | os.PathLike[str], sizes: Mapping[str, int], seed
 
 #: First month of the AP5 tier-1 data; only April to September are in it.
 AP5_START = dt.date(2016, 4, 1)
+#: First month of the AP5 tier-2 data (ERA5 to COSMO-REA6, every month 1995-2018).
+AP5_TIER2_START = dt.date(1995, 1, 1)
 _G = 9.80665
 
 
-def _ap5_months(months: int) -> list[dt.date]:
-    found, year, month = [], AP5_START.year, AP5_START.month
+def _ap5_months(months: int, variant: str = "tier-1") -> list[dt.date]:
+    """The first ``months`` months of a variant: tier 1 has April to September of 2016-2020 only
+    (``dates_all`` of downscaling_tier1.py), tier 2 every month from 1995 (downscaling_tier2.py)."""
+    found: list[dt.date] = []
+    if variant == "tier-2":
+        year, month = AP5_TIER2_START.year, AP5_TIER2_START.month
+        while len(found) < months:
+            found.append(dt.date(year, month, 1))
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        return found
+    year, month = AP5_START.year, AP5_START.month
     while len(found) < months:
         found.append(dt.date(year, month, 1))
         year, month = (year + 1, 4) if month == 9 else (year, month + 1)
@@ -751,21 +763,38 @@ def generate_ap5(
     lon: int,
     seed: int = 0,
     *,
+    variant: str = "tier-1",
     overwrite: bool = True,
 ) -> list[Path]:
-    """Downscaling (climetlab-maelstrom-downscaling, tier 1): ``downscaling_tier1_YYYY-MM.nc`` with
-    ``t2m_in``, ``z_in`` (coarse IFS, remapped to the fine grid), ``t2m_tar``, ``z_tar`` (time, lat, lon),
-    float32, 0.1 degree over central Europe, at 00 and 12 UTC."""
+    """Downscaling (climetlab-maelstrom-downscaling 0.4) files of one month each, float32.
+
+    Tier 1 (``downscaling_tier1.py``: ``tier-1/downscaling_tier1_{date}.nc``, ``%Y-%m`` dates of
+    April to September 2016-2020): ``t2m_in``, ``z_in`` (coarse IFS, remapped to the fine grid),
+    ``t2m_tar``, ``z_tar`` on (time, lat, lon), 0.1 degree over central Europe (128 x 96 points,
+    conf/dataset/ap5.yaml), at 00 and 12 UTC.
+
+    Tier 2 (``downscaling_tier2.py``: ``tier-2/downscaling_tier2_{date}.nc``, every month of
+    1995-2018): the COSMO-REA6 target ``t_2m_tar`` with its surface height ``hsurf_tar`` (m) on
+    the rotated grid ``rlat``/``rlon`` of 96 x 120 points (issue 12). The plugin's code does not
+    name the ERA5 inputs; they are ``t2m_in`` and ``z_in`` here, as in tier 1. The time steps
+    (12-hourly) are ours; the plugin does not say.
+    """
     directory = Path(directory)
+    tier2 = variant == "tier-2"
     rng0 = np.random.default_rng([seed, 5, 0])
-    lats = 44.0 + 0.1 * np.arange(lat)
-    lons = 3.0 + 0.1 * np.arange(lon)
+    if tier2:  # rotated-pole coordinates of COSMO-REA6 (0.0625 degree spacing, ~6 km)
+        lats = -4.0 + 0.0625 * np.arange(lat)
+        lons = -6.0 + 0.0625 * np.arange(lon)
+    else:
+        lats = 44.0 + 0.1 * np.arange(lat)
+        lons = 3.0 + 0.1 * np.arange(lon)
     hills = np.maximum(400 + 700 * _smooth(rng0, lat, lon, 12) + 250 * _smooth(rng0, lat, lon, 3), 0.0)
     z_tar = hills * _G
     z_in = _box(z_tar, 9)  # what a coarser model sees
     paths = []
-    for m, month in enumerate(_ap5_months(months)):
-        path = directory / f"downscaling_tier1_{month:%Y-%m}.nc"
+    prefix = "downscaling_tier2" if tier2 else "downscaling_tier1"
+    for m, month in enumerate(_ap5_months(months, variant)):
+        path = directory / f"{prefix}_{month:%Y-%m}.nc"
         paths.append(path)
         if not overwrite and path.exists():
             continue
@@ -778,30 +807,64 @@ def generate_ap5(
         for i, h in enumerate(hours):
             weather = 4 * _smooth(rng, lat, lon, 40) + 1.5 * _smooth(rng, lat, lon, 6)
             day_night = 4 if (h % 24) == 12 else -3
-            base = 278 + season + day_night - 0.6 * (lats[:, None] - 50) + weather
+            base = 278 + season + day_night - 0.6 * (lats[:, None] - lats.mean()) + weather
             t2m_tar[i] = base - 0.0065 * hills
             t2m_in[i] = _box(base, 9) - 0.0065 * z_in / _G
         time_attrs = {"units": f"hours since {start:%Y-%m-%d %H:%M:%S}", "calendar": "standard"}
-        grid = {"lat": lat, "lon": lon}
-        field3 = ("time", "lat", "lon")
+        y, x = ("rlat", "rlon") if tier2 else ("lat", "lon")
+        field3 = ("time", y, x)
         variables: dict[str, tuple[tuple[str, ...], np.ndarray, Mapping[str, object]]] = {
             "time": (("time",), hours, time_attrs),
-            "lat": (("lat",), lats, {"units": "degrees_north", "standard_name": "latitude"}),
-            "lon": (("lon",), lons, {"units": "degrees_east", "standard_name": "longitude"}),
-            "t2m_in": (field3, _f4(t2m_in), {"units": "K", "long_name": "2m temperature (input)"}),
-            "z_in": (field3, _f4(np.broadcast_to(z_in, (times, lat, lon))), {"units": "m**2 s**-2"}),
-            "t2m_tar": (field3, _f4(t2m_tar), {"units": "K", "long_name": "2m temperature (target)"}),
-            "z_tar": (field3, _f4(np.broadcast_to(z_tar, (times, lat, lon))), {"units": "m**2 s**-2"}),
         }
-        _write_netcdf(path, {"time": times, **grid}, variables, {"title": "MAELSTROM AP5 sample data"})
+        if tier2:
+            variables.update(
+                {
+                    "rlat": ((y,), lats, {"units": "degrees", "standard_name": "grid_latitude"}),
+                    "rlon": ((x,), lons, {"units": "degrees", "standard_name": "grid_longitude"}),
+                    "t2m_in": (field3, _f4(t2m_in), {"units": "K", "long_name": "2m temperature (ERA5)"}),
+                    "z_in": (field3, _f4(np.broadcast_to(z_in, (times, lat, lon))), {"units": "m**2 s**-2"}),
+                    "t_2m_tar": (
+                        field3,
+                        _f4(t2m_tar),
+                        {"units": "K", "long_name": "2m temperature (COSMO-REA6)"},
+                    ),
+                    "hsurf_tar": (field3, _f4(np.broadcast_to(hills, (times, lat, lon))), {"units": "m"}),
+                }
+            )
+        else:
+            variables.update(
+                {
+                    "lat": ((y,), lats, {"units": "degrees_north", "standard_name": "latitude"}),
+                    "lon": ((x,), lons, {"units": "degrees_east", "standard_name": "longitude"}),
+                    "t2m_in": (field3, _f4(t2m_in), {"units": "K", "long_name": "2m temperature (input)"}),
+                    "z_in": (field3, _f4(np.broadcast_to(z_in, (times, lat, lon))), {"units": "m**2 s**-2"}),
+                    "t2m_tar": (field3, _f4(t2m_tar), {"units": "K", "long_name": "2m temperature (target)"}),
+                    "z_tar": (
+                        field3,
+                        _f4(np.broadcast_to(z_tar, (times, lat, lon))),
+                        {"units": "m**2 s**-2"},
+                    ),
+                }
+            )
+        title = f"MAELSTROM AP5 sample data ({variant})"
+        _write_netcdf(path, {"time": times, y: lat, x: lon}, variables, {"title": title})
     return paths
 
 
 def ensure_ap5(cache_dir: str | os.PathLike[str], sizes: Mapping[str, int], seed: int = 0) -> list[Path]:
     months, times, lat, lon = (int(sizes[k]) for k in ("months", "times", "lat", "lon"))
-    name = f"{months}m-{times}t-{lat}x{lon}-seed{seed}-v{VERSION}"
+    variant = str(sizes.get("variant", "tier-1"))
+    prefix = "" if variant == "tier-1" else f"{variant}-"  # tier-1 sets keep the names they had
+    name = f"{prefix}{months}m-{times}t-{lat}x{lon}-seed{seed}-v{VERSION}"
     return generate_ap5(
-        Path(cache_dir) / "samples" / "ap5" / name, months, times, lat, lon, seed, overwrite=False
+        Path(cache_dir) / "samples" / "ap5" / name,
+        months,
+        times,
+        lat,
+        lon,
+        seed,
+        variant=variant,
+        overwrite=False,
     )
 
 
@@ -820,23 +883,50 @@ def generate_ap6(
     *,
     overwrite: bool = True,
 ) -> list[Path]:
-    """Power production (climetlab-maelstrom-power-production): ``ml_YYYYMMDD_HH.nc`` (``t``, ``q``,
-    ``u``, ``v`` on (time, level, latitude, longitude)), ``sfc_YYYYMMDD_HH.nc`` (``sp``) per IFS run,
-    and ``production_data/wind_turbine_N.nc`` (``production``, ``wind_speed`` every 10 minutes)."""
+    """Power production (climetlab-maelstrom-power-production 0.2.2) of the layout its code reads.
+
+    Weather (``weather/abc.py``: ``{type}_{YYYYMMDD}_{00|12}.nc`` for the types ``ml``, ``pl`` and
+    ``sfc`` of ``model_level.py``, ``pressure_level.py``, ``surface_level.py``; every day of
+    2017-2020; runs at 00 and 12 UTC of 48 hourly steps, of which the plugin's merger keeps the
+    first 12 so newer runs replace older ones): ``ml_*`` with ``t``, ``q``, ``u``, ``v`` on (time,
+    level, latitude, longitude), ``pl_*`` with ``z``, ``t``, ``u``, ``v`` on (time, level [hPa],
+    latitude, longitude), ``sfc_*`` with ``sp``. Production (``production/production.py``:
+    ``production_data/wind_turbine_{id}.nc``, ids 1 to 4): ``production`` (kW) and ``wind_speed``
+    every 10 minutes. The variable names inside the files come from the 4cast application
+    (maelstrom-a6), not from the plugin, which only names the files.
+
+    The weather has regimes: the 500 hPa height is a mixture of ``4`` fixed patterns whose weights
+    drift, and the wind at every level carries the geostrophic wind of that mixture, so the regime
+    tells something about a turbine's production.
+    """
     directory = Path(directory)
     rng0 = np.random.default_rng([seed, 6, 0])
     lats = 55.0 - 0.1 * np.arange(lat)
     lons = 6.0 + 0.1 * np.arange(lon)
     model_levels = np.arange(138 - levels, 138)
+    pressure_levels = np.array([500, 700, 850, 1000], dtype=np.int32)
     sites = [(int(rng0.integers(lat)), int(rng0.integers(lon))) for _ in range(turbines)]
     hours_total = days * 24
-    # one wind history, so consecutive runs and the turbines agree
-    u_hist = np.stack([8 * _smooth(rng0, lat, lon, 30) + 3 for _ in range(hours_total // 6 + 10)])
-    v_hist = np.stack([8 * _smooth(rng0, lat, lon, 30) for _ in range(hours_total // 6 + 10)])
+    n_hist = hours_total // 6 + 10
+    # one weather history, so consecutive runs and the turbines agree
+    patterns = np.stack([_smooth(rng0, lat, lon, max(lat, lon) // 3) for _ in range(4)])
+    walk = np.cumsum(rng0.standard_normal((n_hist, 4)), axis=0)
+    weights = np.exp(walk - walk.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    z_hist = 5500 + 150 * np.einsum("tk,kyx->tyx", weights, patterns)  # 500 hPa height (m)
+    dz_dy, dz_dx = np.gradient(z_hist, axis=(1, 2))
+    # a wind along the height contours as the geostrophic wind blows (latitude falls with the row,
+    # so -dZ/dnorth is +dz_dy), scaled to about 4 m/s: the domain is too small for the real balance
+    scale = 4 / max(float(np.std(np.hypot(dz_dy, dz_dx))), 1e-9)
+    u_hist = scale * dz_dy + 3 + 2 * np.stack([_smooth(rng0, lat, lon, 30) for _ in range(n_hist)])
+    v_hist = scale * dz_dx + 2 * np.stack([_smooth(rng0, lat, lon, 30) for _ in range(n_hist)])
+
+    def interpolate(history: np.ndarray, hour: float) -> np.ndarray:
+        k, w = int(hour // 6), (hour % 6) / 6
+        return (1 - w) * history[k] + w * history[k + 1]
 
     def wind(hour: float) -> tuple[np.ndarray, np.ndarray]:
-        k, w = int(hour // 6), (hour % 6) / 6
-        return (1 - w) * u_hist[k] + w * u_hist[k + 1], (1 - w) * v_hist[k] + w * v_hist[k + 1]
+        return interpolate(u_hist, hour), interpolate(v_hist, hour)
 
     grid = ("latitude", "longitude")
     coords: dict[str, tuple[tuple[str, ...], np.ndarray, Mapping[str, object]]] = {
@@ -847,10 +937,9 @@ def generate_ap6(
     for day in range(days):
         date = AP6_START + dt.timedelta(days=day)
         for run in (0, 12):
-            ml = directory / f"ml_{date:%Y%m%d}_{run:02d}.nc"
-            sfc = directory / f"sfc_{date:%Y%m%d}_{run:02d}.nc"
-            paths += [ml, sfc]
-            if not overwrite and ml.exists() and sfc.exists():
+            ml, pl, sfc = (directory / f"{kind}_{date:%Y%m%d}_{run:02d}.nc" for kind in ("ml", "pl", "sfc"))
+            paths += [ml, pl, sfc]
+            if not overwrite and ml.exists() and pl.exists() and sfc.exists():
                 continue
             rng = np.random.default_rng([seed, 6, 1, day, run])
             start = dt.datetime(date.year, date.month, date.day, run, tzinfo=dt.UTC)
@@ -879,6 +968,29 @@ def generate_ap6(
             }
             dims = {"time": 48, "level": levels, "latitude": lat, "longitude": lon}
             _write_netcdf(ml, dims, variables, {"title": "MAELSTROM AP6 sample data (model levels)"})
+            hours = [min(base_hour + h, hours_total + 40) for h in steps]
+            height = np.stack([interpolate(z_hist, h) for h in hours])  # 500 hPa
+            # the other levels: thinner layers below, by the hypsometric equation with ~260 K
+            thickness = 29.3 * 260 * np.log(500 / pressure_levels.astype(float))[None, :, None, None]
+            z = (height[:, None] + thickness) * _G + 20 * rng.standard_normal((48, 4, lat, lon))
+            winds = [wind(h) for h in hours]
+            aloft = (pressure_levels / 500.0)[None, :, None, None] ** -0.5  # stronger wind higher up
+            u_pl = np.stack([w[0] for w in winds])[:, None] * aloft
+            v_pl = np.stack([w[1] for w in winds])[:, None] * aloft
+            t_pl = 288 - 0.0065 * (z / _G) + rng.standard_normal(z.shape)
+            plev = (("level",), pressure_levels, {"units": "hPa", "long_name": "pressure_level"})
+            pfield = ("time", "level", *grid)
+            pressure = {
+                "time": time,
+                "level": plev,
+                **coords,
+                "z": (pfield, _f4(z), {"units": "m**2 s**-2", "long_name": "Geopotential"}),
+                "t": (pfield, _f4(t_pl), {"units": "K"}),
+                "u": (pfield, _f4(u_pl), {"units": "m s**-1"}),
+                "v": (pfield, _f4(v_pl), {"units": "m s**-1"}),
+            }
+            pdims = {"time": 48, "level": 4, "latitude": lat, "longitude": lon}
+            _write_netcdf(pl, pdims, pressure, {"title": "MAELSTROM AP6 sample data (pressure levels)"})
             sp = 101000 + 800 * _smooth(rng, lat, lon, 40)[None] + np.zeros((48, 1, 1))
             surface = {"time": time, **coords, "sp": (("time", *grid), _f4(sp), {"units": "Pa"})}
             _write_netcdf(
@@ -914,6 +1026,6 @@ def generate_ap6(
 
 def ensure_ap6(cache_dir: str | os.PathLike[str], sizes: Mapping[str, int], seed: int = 0) -> list[Path]:
     days, turbines, levels, lat, lon = (int(sizes[k]) for k in ("days", "turbines", "levels", "lat", "lon"))
-    name = f"{days}d-{turbines}wt-{levels}lev-{lat}x{lon}-seed{seed}-v{VERSION}"
+    name = f"{days}d-{turbines}wt-{levels}lev-{lat}x{lon}-regimes-seed{seed}-v{VERSION}"
     directory = Path(cache_dir) / "samples" / "ap6" / name
     return generate_ap6(directory, days, turbines, levels, lat, lon, seed, overwrite=False)
