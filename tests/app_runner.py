@@ -21,7 +21,7 @@ PHASES = ("io", "forward", "backward", "step")
 def run_main(tmp_path: Path, *overrides: str) -> tuple[dict[str, float], list, list[Path]]:
     """Compose ``overrides`` as ``maelstrom-run`` does and call the app's entry point in this process;
     returns (result, [(epoch, metrics)], logged artefacts)."""
-    from maelstrom_run.launch.compose import compose_config
+    from maelstrom_run.config.compose import compose_config
 
     cfg = OmegaConf.create(compose_config(list(overrides)))
     OmegaConf.set_readonly(cfg, True)
