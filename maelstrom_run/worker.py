@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from .core.errors import EXIT_USER_ERROR, ConfigError, UserError
 from .core.rundir import Result, RunDir
 from .core.spec import RunSpec
 from .core.states import JobState
@@ -58,15 +59,15 @@ def _rank() -> int:
 def load_entry(entry: str, code_dir: str | None) -> Any:
     module_name, _, func = entry.partition(":")
     if not module_name or not func:
-        raise ValueError(f"app.entry: {entry!r} must look like 'package.module:function'")
+        raise ConfigError(f"app.entry: {entry!r} must look like 'package.module:function'")
     if code_dir and code_dir not in sys.path:
         sys.path.insert(0, code_dir)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ValueError(f"app.entry: cannot import {module_name!r} ({exc}); code dir {code_dir}") from None
+        raise ConfigError(f"app.entry: cannot import {module_name!r} ({exc}); code dir {code_dir}") from None
     if not hasattr(module, func):
-        raise ValueError(f"app.entry: module {module_name!r} has no function {func!r}")
+        raise ConfigError(f"app.entry: module {module_name!r} has no function {func!r}")
     return getattr(module, func)
 
 
@@ -154,8 +155,11 @@ def run_app(spec: RunSpec) -> int:
         return EXIT_APP_FAILED
     except BaseException as exc:  # noqa: BLE001 - the app's failure is the run's failure
         trace = traceback.format_exc()
-        print(trace, file=sys.stderr, flush=True)
-        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        # a mistake in the config or the data that the app found: its one line, and exit code 2
+        user = isinstance(exc, UserError)
+        print(f"maelstrom-run: error: {exc}" if user else trace, file=sys.stderr, flush=True)
+        message = str(exc).splitlines()[0] if user else f"{type(exc).__name__}: {exc}".splitlines()[0]
+        code = EXIT_USER_ERROR if user else EXIT_APP_FAILED
         status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         try:
             mlflow.set_tag("maelstrom.error", message[:5000])
@@ -163,8 +167,8 @@ def run_app(spec: RunSpec) -> int:
             mlflow.end_run(status)
         finally:
             state = JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
-            _finish(run_dir, result, state, EXIT_APP_FAILED, error=message)
-        return EXIT_APP_FAILED
+            _finish(run_dir, result, state, code, error=message)
+        return code
     mlflow.end_run("FINISHED")
     result.metrics = final
     _finish(run_dir, result, JobState.SUCCEEDED, 0)
