@@ -89,7 +89,7 @@ def main() -> int:
     import torch
     from rich.table import Table
 
-    from maelstrom_run.console import make_console
+    from maelstrom_run.commands.console import make_console
     from maelstrom_run.data import ens10
     from maelstrom_run.data.preprocess import NetCDFENS10, PreprocessedENS10, compute_stats, plan, preprocess
 

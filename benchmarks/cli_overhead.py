@@ -64,7 +64,7 @@ heavy = {heavy!r}
 atexit.register(lambda: print("IMPORTS " + json.dumps(sorted(
     m for m in sys.modules if m.split(".")[0] in heavy))))
 sys.argv = ["maelstrom-run", *{args!r}]
-from maelstrom_run.cli import run_main
+from maelstrom_run.commands.run import main as run_main
 run_main()
 """
 

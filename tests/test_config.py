@@ -523,7 +523,7 @@ def test_help_lists_user_options(run_cli, cli_env: dict[str, str], tmp_path: Pat
 IMPORT_CHECK = """\
 import json, sys
 from pathlib import Path
-import maelstrom_run.cli
+import maelstrom_run.commands.run
 from hydra import compose, initialize_config_module
 from maelstrom_run.launch.spec import build
 with initialize_config_module("maelstrom_run.conf", version_base="1.3"):
@@ -557,7 +557,7 @@ def report():
     print("IMPORTS " + json.dumps(heavy))
 atexit.register(report)
 sys.argv = ["maelstrom-run", "app=ap1", "dry_run=true"]
-from maelstrom_run.cli import run_main
+from maelstrom_run.commands.run import main as run_main
 run_main()
 """
 

@@ -16,7 +16,7 @@ import pytest
 from maelstrom_run.backends.files import LocalFiles
 from maelstrom_run.data.copy import Side, copy
 
-MAELSTROM = [sys.executable, "-m", "maelstrom_run.manage"]
+MAELSTROM = [sys.executable, "-m", "maelstrom_run.commands.main"]
 
 
 def _tree(root: Path) -> dict[str, bytes]:

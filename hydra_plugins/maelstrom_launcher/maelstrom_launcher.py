@@ -64,6 +64,8 @@ class MaelstromLauncher(Launcher):
         return self.hydra_context.config_loader
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        # the plugin is an entry point like the commands: it hands launch/ the terminal reporter
+        from maelstrom_run.commands.summaries import SweepReport
         from maelstrom_run.launch.sweep import launch
 
-        return launch(self, job_overrides, initial_job_idx)
+        return launch(self, job_overrides, initial_job_idx, SweepReport())

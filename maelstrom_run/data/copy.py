@@ -1,4 +1,4 @@
-"""``maelstrom data copy SRC DST``: files to, from and between backends.
+"""Copy files to, from and between backends (``maelstrom data copy SRC DST``).
 
 Either side is a local path or ``BACKEND:PATH`` with a backend config name
 (``juwels:/p/project/deepacf/maelstrom/ap1``). Each backend reaches its files its own way
@@ -12,31 +12,16 @@ else copied again. So an interrupted copy is resumed by running the same command
 
 from __future__ import annotations
 
-import argparse
 import os
 import posixpath
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError, UserError
-
-COPY_HELP = """\
-Copy files to, from or between backends. SRC and DST are local paths or BACKEND:PATH, where
-BACKEND is a backend config (conf/backend/NAME.yaml, e.g. juwels, daint, slurm). A directory is
-copied with everything under it: SRC/a/b lands at DST/a/b. A file already complete at the
-destination is skipped and a partial one is resumed where the protocol allows, so running the
-same command again continues an interrupted copy.
-
-examples:
-  maelstrom data copy ./data/ap1 juwels:/p/scratch/deepacf/ap1 --exclude '*.tmp'
-  maelstrom data copy daint:/scratch/snx3000/me/runs/r1 ./r1
-  maelstrom data copy juwels:/p/project/deepacf/ap5 daint:/scratch/snx3000/me/ap5
-  maelstrom data copy ./x juwels:/p/home/me/x -o backend.url=https://gateway.example/rest/core
-"""
 
 
 @dataclass
@@ -124,39 +109,42 @@ def plan(src: Side, dst: Side, exclude: Sequence[str]) -> tuple[list[tuple[str, 
     return out, skipped
 
 
-def copy(src: Side, dst: Side, exclude: Sequence[str] = (), progress: bool = True) -> CopyResult:
-    """Copy every file of ``src`` to ``dst``; skip complete files, resume partial ones."""
-    from ..console import byte_progress
+def copy(
+    src: Side,
+    dst: Side,
+    exclude: Sequence[str] = (),
+    progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> CopyResult:
+    """Copy every file of ``src`` to ``dst``; skip complete files, resume partial ones.
 
+    ``on_total(nbytes)`` is called once with the bytes to consider, then ``progress(n)`` with the
+    bytes done as they move (skipped and already present bytes count as done)."""
     files, excluded_count = plan(src, dst, exclude)
     result = CopyResult(excluded=excluded_count)
-    total = sum(size for _, _, size in files)
-    with byte_progress(progress, transient=True) as bar:
-        task = bar.add_task(f"{src} -> {dst}", total=total)
-
-        def moved(n: int) -> None:
-            bar.advance(task, n)
-
-        for source, target, size in files:
-            have = dst.files.size(target) or 0
-            if have == size:
-                result.skipped += 1
-                bar.advance(task, size)
-                continue
-            resumable = 0 < have < size and _resumable(src, dst)
-            offset = have if resumable else 0
-            bar.advance(task, offset)
-            try:
-                _transfer(src, dst, source, target, offset, moved)
-            except UserError as exc:
-                result.failed.append((source, str(exc)))
-                continue
-            except OSError as exc:
-                result.failed.append((source, f"{exc.strerror or exc}"))
-                continue
-            result.resumed += bool(offset)
-            result.copied += not offset
-            result.nbytes += size - offset
+    advance = progress or (lambda n: None)
+    if on_total is not None:
+        on_total(sum(size for _, _, size in files))
+    for source, target, size in files:
+        have = dst.files.size(target) or 0
+        if have == size:
+            result.skipped += 1
+            advance(size)
+            continue
+        resumable = 0 < have < size and _resumable(src, dst)
+        offset = have if resumable else 0
+        advance(offset)
+        try:
+            _transfer(src, dst, source, target, offset, advance)
+        except UserError as exc:
+            result.failed.append((source, str(exc)))
+            continue
+        except OSError as exc:
+            result.failed.append((source, f"{exc.strerror or exc}"))
+            continue
+        result.resumed += bool(offset)
+        result.copied += not offset
+        result.nbytes += size - offset
     return result
 
 
@@ -178,52 +166,3 @@ def _transfer(src: Side, dst: Side, source: str, target: str, offset: int, moved
             local = Path(tmp) / posixpath.basename(source)
             src.files.download(source, local, progress=None)
             dst.files.upload(local, target, progress=moved)
-
-
-def cmd_copy(args: argparse.Namespace) -> int:
-    from ..console import make_console
-    from .commands import _size
-
-    src = parse_side(args.src, args.override)
-    dst = parse_side(args.dst, args.override)
-    if src.backend is None and dst.backend is None:
-        raise ConfigError("both SRC and DST are local; name a backend on one side (BACKEND:/path)")
-    result = copy(src, dst, args.exclude, progress=not args.quiet)
-    console = make_console()
-    console.print(
-        f"copied {src} -> {dst}: {result.copied} file(s), {result.resumed} resumed, "
-        f"{result.skipped} already there, {result.excluded} excluded; {_size(result.nbytes)} moved",
-        highlight=False,
-    )
-    for source, why in result.failed:
-        console.print(f"[red]failed[/] {source}: {why}", highlight=False)
-    if result.failed:
-        console.print(f"{len(result.failed)} file(s) failed; run the same command again to retry them")
-        return 1
-    console.print(
-        f"next: the same command again checks the copy (complete files are skipped); the files are in {dst}",
-        highlight=False,
-    )
-    return 0
-
-
-def add_copy_command(sub: Any) -> None:
-    p = sub.add_parser(
-        "copy",
-        help="copy files to, from or between backends (BACKEND:PATH)",
-        description=COPY_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("src", help="local path or BACKEND:/path")
-    p.add_argument("dst", help="local path or BACKEND:/path")
-    p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching paths")
-    p.add_argument(
-        "-o",
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override for the backends, e.g. backend.url=... (repeatable)",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_copy)

@@ -3,7 +3,7 @@
 A *sample* is one forecast (a date of one year): the ensemble mean and spread of every input
 variable at the target's level and lead time (``dataset.step``, 48 h), normalised, followed by
 three raw channels the CRPS needs: the ERA5 truth, and the ensemble mean and spread of the
-target variable. ``maelstrom data preprocess app=ap4`` writes, under
+target variable. ``maelstrom data preprocess app=ap4`` (:mod:`maelstrom_run.commands.data`) writes, under
 ``$MAELSTROM_CACHE/preprocessed/ap4/<target>-<key>/``:
 
     manifest.json        what was read (files, sizes, times), channels, samples, split; ``complete``
@@ -24,13 +24,11 @@ buffer per batch.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -449,44 +447,23 @@ def _clean_tmp(directory: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-@contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Any]:
-    if not enabled:
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from ..console import make_console
-
-    with Progress(
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=make_console(stderr=True),
-    ) as bar:
-        yield bar
+#: ``progress(phase, done, total, mb_per_s)``: how far a phase (``statistics`` over the dates,
+#: then ``samples``) is; called with ``done=0`` when a phase starts. ``mb_per_s``: the write rate
+#: of the samples so far (None for the statistics).
+Progress = Callable[[str, int, int, "float | None"], None]
 
 
 def preprocess(
     p: Plan,
     output: Path | None = None,
     *,
-    progress: bool = False,
+    progress: Progress | None = None,
     on_sample: Callable[[int], None] | None = None,
 ) -> Result:
     """Write the statistics and the normalised samples of ``p`` into ``output``; skip what is done.
 
-    ``on_sample(index)`` is called after each sample written (not for those already there).
+    ``progress``: told how far each phase is (see :data:`Progress`). ``on_sample(index)`` is called
+    after each sample written (not for those already there).
     """
     start = time.perf_counter()
     key = p.key()
@@ -514,29 +491,37 @@ def preprocess(
     files = _Files(p)
     written = bytes_written = 0
     try:
-        with _progress_bar(progress) as bar:
-            t0 = time.perf_counter()
-            task = bar.add_task("statistics", total=len(p.dates), rate="files") if bar else None
-            stats = compute_stats(p, output, files, (lambda n: bar.advance(task, n)) if bar else None)
-            stats_seconds = time.perf_counter() - t0
-            task = bar.add_task("samples", total=len(samples), rate="") if bar else None
-            buffer = np.empty(p.shape, np.float32)
-            t1 = time.perf_counter()
-            for i, sample in enumerate(samples):
-                path = output / "samples" / f"{i:05d}.npy"
-                if not path.is_file():
-                    read_sample(files, p, stats, sample, buffer)
-                    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                    with open(tmp, "wb") as fh:
-                        np.save(fh, buffer)
-                    os.replace(tmp, path)
-                    written += 1
-                    bytes_written += buffer.nbytes
-                    if on_sample:
-                        on_sample(i)
-                if bar:
-                    rate = bytes_written / 1e6 / max(time.perf_counter() - t1, 1e-9)
-                    bar.update(task, advance=1, rate=f"{rate:.0f} MB/s")
+        t0 = time.perf_counter()
+        if progress:
+            progress("statistics", 0, len(p.dates), None)
+        counted = 0
+
+        def stats_done(n: int) -> None:
+            nonlocal counted
+            counted += n
+            progress("statistics", counted, len(p.dates), None)
+
+        stats = compute_stats(p, output, files, stats_done if progress else None)
+        stats_seconds = time.perf_counter() - t0
+        if progress:
+            progress("samples", 0, len(samples), None)
+        buffer = np.empty(p.shape, np.float32)
+        t1 = time.perf_counter()
+        for i, sample in enumerate(samples):
+            path = output / "samples" / f"{i:05d}.npy"
+            if not path.is_file():
+                read_sample(files, p, stats, sample, buffer)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                with open(tmp, "wb") as fh:
+                    np.save(fh, buffer)
+                os.replace(tmp, path)
+                written += 1
+                bytes_written += buffer.nbytes
+                if on_sample:
+                    on_sample(i)
+            if progress:
+                rate = bytes_written / 1e6 / max(time.perf_counter() - t1, 1e-9)
+                progress("samples", i + 1, len(samples), rate)
     finally:
         files.close()
     seconds = time.perf_counter() - start
@@ -659,64 +644,3 @@ class NetCDFENS10(_Loader):
 
     def close(self) -> None:
         self._files.close()
-
-
-# -- maelstrom data preprocess ------------------------------------------------------------------
-
-
-def cmd_preprocess(args: argparse.Namespace) -> int:
-    from ..console import make_console
-
-    overrides = list(args.overrides)
-    if not any(o.split("=", 1)[0].lstrip("+~") == "app" for o in overrides):
-        overrides.insert(0, "app=ap4")
-    from ..config.compose import compose_config
-
-    config = compose_config(overrides)
-    console = make_console(stderr=True)
-    p = plan(config)
-    output = Path(args.output).expanduser().absolute() if args.output else default_output(p)
-    console.print(
-        f"AP4 {p.target.name} at {p.step} h: {len(p.samples())} samples ({len(p.dates)} dates x "
-        f"{len(p.years)} years, {p.shape[1]}x{p.shape[2]} grid, {len(p.channels)} channels) from {p.source}"
-    )
-    result = preprocess(p, output, progress=not args.quiet)
-    skipped = result.samples - result.written
-    done = (
-        "nothing to do, already complete"
-        if result.written == 0 and skipped == result.samples
-        else (
-            f"wrote {result.written} samples ({result.bytes_written / 1e6:.1f} MB)"
-            + (f", {skipped} already done" if skipped else "")
-        )
-    )
-    console.print(f"[green]preprocessed[/] {result.output}: {done} in {result.seconds:.1f} s")
-    console.print(
-        "next: maelstrom-run app=ap4" + "".join(f" {o}" for o in args.overrides if not o.startswith("app="))
-    )
-    return 0
-
-
-def add_preprocess_command(sub: Any) -> None:
-    """``maelstrom data preprocess [app=ap4] [KEY=VALUE ...]``."""
-    p = sub.add_parser(
-        "preprocess",
-        help="turn AP4 (ENS-10) NetCDF files into normalised per-sample arrays",
-        description=(
-            "Compose the config as maelstrom-run would (app=ap4 unless given) and write normalised "
-            "per-sample arrays with mean/std statistics per variable and level into "
-            "$MAELSTROM_CACHE/preprocessed/ap4/. Interrupted runs resume: run the same command again. "
-            "maelstrom-run app=ap4 does this by itself before training."
-        ),
-        epilog=(
-            "examples:\n"
-            "  maelstrom data preprocess app=ap4\n"
-            "  maelstrom data preprocess app=ap4 train=small dataset.target=z500\n"
-            "  maelstrom data preprocess app=ap4 dataset.source=files dataset.path=/data/ens10"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, as for maelstrom-run")
-    p.add_argument("--output", help="directory of the arrays (default: in $MAELSTROM_CACHE/preprocessed/ap4)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_preprocess)

@@ -4,7 +4,7 @@ Imports core and config.
 - :mod:`.mantik`: a Mantik compute-backend config (YAML or JSON) as a ``backend`` config.
 - :mod:`.mlproject`: an MLproject entry point as an ``app`` config, and an app as an MLproject.
 - :mod:`.command`: the app entry point that runs such a command (``maelstrom_run.interop.command:main``).
-- :mod:`.commands`: ``maelstrom import mantik ...`` and ``maelstrom export mlproject ...``.
+- :mod:`maelstrom_run.commands.interop`: the commands ``maelstrom import mantik``, ``maelstrom export mlproject``.
 """
 
 from __future__ import annotations

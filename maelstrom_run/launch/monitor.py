@@ -1,19 +1,21 @@
-"""Refresh the registry from backend status + result files, and wait for jobs with progress."""
+"""Refresh the registry from backend status + result files, and wait for jobs (the caller shows progress)."""
 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
-from collections import Counter, defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from ..backends import get_backend
 from ..core.rundir import RunDir
 from ..core.spec import RunSpec
 from ..core.states import JobRef, JobState
 from .registry import Registry, RunRecord
+
+log = logging.getLogger(__name__)
 
 TERMINAL = {s.value for s in JobState if s.terminal}
 
@@ -87,82 +89,76 @@ def close_sweep_if_done(registry: Registry, sweep_id: str) -> None:
                 sweep.mlflow_parent_run_id, sweep.tracking_uri, {j.run_id: j.state for j in jobs}, metrics
             )
         except Exception as exc:  # noqa: BLE001 - closing the parent must not lose the jobs' states
-            print(f"maelstrom: could not close the sweep's MLflow parent run: {exc}", file=sys.stderr)
+            # a warning, not output: without logging configured Python writes the bare line to stderr
+            log.warning("maelstrom: could not close the sweep's MLflow parent run: %s", exc)
+
+
+class WaitView(Protocol):
+    """What a caller shows while :func:`wait` blocks (the commands layer: a progress bar, or the
+    jobs' own output); ``wait`` itself writes nothing to the terminal."""
+
+    def start(self, records: Sequence[RunRecord]) -> None: ...
+
+    def update(self, records: Sequence[RunRecord]) -> None: ...
+
+    def done(self, records: Sequence[RunRecord]) -> None: ...
+
+    def interrupted(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def wait(
     registry: Registry,
     run_ids: Sequence[str],
-    follow: bool = False,
     poll_s: float = 0.5,
     cancel_on_interrupt: bool = True,
+    view: WaitView | None = None,
 ) -> list[RunRecord]:
-    """Block until every job is finished, showing a progress bar (or, with ``follow``, the job's output).
+    """Block until every job is finished; ``view`` is told of each refresh.
 
     Ctrl-C cancels the jobs that are still queued or running (unless ``cancel_on_interrupt`` is
     false: ``maelstrom runs watch``), then re-raises.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ..console import make_console
-
-    console = make_console(stderr=True)
     records = registry.get_many(list(run_ids))
-    offsets: dict[tuple[str, str], int] = defaultdict(int)
-    progress = None
-    if not follow:
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[states]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        task = progress.add_task("jobs", total=len(records), states="")
-        progress.start()
+    if view is not None:
+        view.start(records)
     try:
         while True:
             records = refresh(registry, records)
-            if follow:
-                _print_new_output(records, offsets)
-            else:
-                counts = Counter(r.state for r in records)
-                states = "  ".join(
-                    f"{s}: {counts[s]}"
-                    for s in ("queued", "running", "succeeded", "failed", "cancelled", "unknown")
-                    if counts[s]
-                )
-                progress.update(task, completed=sum(r.state in TERMINAL for r in records), states=states)
+            if view is not None:
+                view.update(records)
             if all(r.state in TERMINAL for r in records):
                 break
             time.sleep(poll_s)
     except KeyboardInterrupt:
         if not cancel_on_interrupt:
             raise
-        console.print("[yellow]interrupted: cancelling the unfinished jobs[/yellow]")
+        if view is not None:
+            view.interrupted()
         cancel(registry, [r for r in records if r.state not in TERMINAL])
         raise
     finally:
-        if progress is not None:
-            progress.stop()
-    if follow:
-        _print_new_output(records, offsets)
+        if view is not None:
+            view.stop()
+    if view is not None:
+        view.done(records)
     return records
 
 
-def _print_new_output(records: Sequence[RunRecord], offsets: dict[tuple[str, str], int]) -> None:
+def new_output(
+    records: Sequence[RunRecord], offsets: dict[tuple[str, str], int]
+) -> Iterator[tuple[str, str]]:
+    """``(stream, text)`` of each job's output written since ``offsets`` (which it moves on)."""
     for record in records:
         if not record.job_id:
             continue
         backend = backend_of(record)
-        for stream, target in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        for stream in ("stdout", "stderr"):
             text = backend.logs(JobRef(record.run_id, record.job_id, record.run_dir), stream)
             new = text[offsets[(record.run_id, stream)] :]
             if new:
-                target.write(new)
-                target.flush()
+                yield stream, new
                 offsets[(record.run_id, stream)] = len(text)
 
 

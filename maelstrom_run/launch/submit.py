@@ -37,13 +37,14 @@ def submit(
     specs: Sequence[RunSpec],
     *,
     wait: bool,
-    follow: bool = False,
     registry: Registry | None = None,
     backends: dict[str, Backend] | None = None,
+    view: monitor.WaitView | None = None,
 ) -> list[RunRecord]:
     """Record, submit (one ``submit_many`` per backend) and, with ``wait``, block until done.
 
     ``backends``: from :func:`connect`, when the caller connected before recording anything itself.
+    ``view``: what to show while waiting (see :class:`.monitor.WaitView`); nothing when None.
     """
     registry = registry or Registry()
     groups: dict[str, list[RunSpec]] = {}
@@ -55,7 +56,7 @@ def submit(
         submit_group(registry, backends[name], group)
     run_ids = [s.run_id for s in specs]
     if wait:
-        return monitor.wait(registry, run_ids, follow=follow)
+        return monitor.wait(registry, run_ids, view=view)
     return registry.get_many(run_ids)
 
 
@@ -96,25 +97,3 @@ def _mark_failed(registry: Registry, specs: Sequence[RunSpec], message: str) -> 
     now = time.time()
     first = (message.splitlines() or [""])[0]
     registry.update_many([(s.run_id, {"state": "failed", "message": first, "ended": now}) for s in specs])
-
-
-def print_dry_run(specs: Sequence[RunSpec]) -> None:
-    """Show exactly what ``submit`` would send (the backend's render) and submit nothing."""
-    from rich.markup import escape
-    from rich.syntax import Syntax
-
-    from ..console import make_console
-
-    console = make_console()
-    backend = get_backend(specs[0].backend)
-    for rendered in backend.render_many(specs):
-        what = specs[0].sweep_id or specs[0].run_id
-        console.rule(f"[bold]dry run[/bold]: {what} on {specs[0].backend.get('name')}")
-        console.print(Syntax(rendered.text, rendered.meta.get("syntax", "bash"), word_wrap=True))
-        console.print(f"[bold]files staged ({len(rendered.files)}):[/bold]")
-        for name in rendered.files:
-            console.print(f"  {escape(name)}")
-    hashes = sorted({s.config_hash[:12] for s in specs})
-    console.print(
-        f"{len(specs)} job(s), config hash {', '.join(hashes[:3])}{' ...' if len(hashes) > 3 else ''}; nothing was submitted"
-    )

@@ -15,33 +15,59 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..core import paths
 from ..core.errors import JobError
 from ..core.rundir import Result, RunDir
 from ..core.spec import RunSpec, config_hash, new_id, package_versions
+from .monitor import WaitView
 from .registry import Registry, RunRecord
 from .spec import from_config
-
-#: Rows of the sweep summary table before it only counts.
-_SUMMARY_ROWS = 40
 
 
 class JobFailed(JobError):
     """A job of a sweep did not succeed (the error Hydra raises when its result is read)."""
 
 
-def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
+@dataclass
+class SweepSummary:
+    """How a sweep of maelstrom-run apps went, for the caller to show."""
+
+    sweep_id: str
+    records: list[RunRecord]
+    overrides: list[list[str]]
+    results: list[Result]
+    #: Whether the jobs were waited for (else ``records`` are their submission records).
+    waited: bool
+
+
+class SweepReporter(Protocol):
+    """What the caller (the Hydra launcher plugin, through the commands layer) shows of a sweep;
+    this module itself writes nothing to the terminal."""
+
+    def dry_run(self, specs: Sequence[RunSpec]) -> None: ...
+
+    def wait_view(self) -> WaitView | None: ...
+
+    def summary(self, summary: SweepSummary) -> None: ...
+
+
+def launch(
+    launcher: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    reporter: SweepReporter | None = None,
+) -> list[Any]:
     from hydra.core.utils import setup_globals
 
     setup_globals()
     if getattr(launcher.task_function, "__maelstrom_app__", False):
-        return _launch_apps(launcher, job_overrides, initial_job_idx)
-    return _launch_hydra_tasks(launcher, job_overrides, initial_job_idx)
+        return _launch_apps(launcher, job_overrides, initial_job_idx, reporter)
+    return _launch_hydra_tasks(launcher, job_overrides, initial_job_idx, reporter)
 
 
 def _sweep_id(launcher: Any, app: str) -> str:
@@ -51,11 +77,16 @@ def _sweep_id(launcher: Any, app: str) -> str:
     return launcher.sweep_id
 
 
-def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
+def _launch_apps(
+    launcher: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    reporter: SweepReporter | None,
+) -> list[Any]:
     from ..tracking.mlflow_run import TrackingError, start_parent_run_async
     from .compose import compose_jobs
     from .gitinfo import capture
-    from .submit import connect, default_wait, print_dry_run, submit
+    from .submit import connect, default_wait, submit
 
     registry = Registry()
     size = initial_job_idx + len(job_overrides)
@@ -83,7 +114,8 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     if any(s.config.get("dry_run") for s in specs):
         if pending is not None:
             _discard(pending)
-        print_dry_run(specs)
+        if reporter is not None:
+            reporter.dry_run(specs)
         return [
             _job_return(launcher, job, spec.run_dir, {"dry_run": True, "run_id": spec.run_id})
             for job, spec in zip(jobs, specs, strict=True)
@@ -108,9 +140,11 @@ def _launch_apps(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     launcher.parent_run = parent
     for spec in specs:
         spec.parent_run_id = parent[0]
-    records = submit(specs, wait=wait, registry=registry, backends=backends)
+    view = reporter.wait_view() if reporter is not None else None
+    records = submit(specs, wait=wait, registry=registry, backends=backends, view=view)
     results = [(RunDir(r.run_dir).read_result() or Result()) if wait else Result() for r in records]
-    _print_sweep_summary(sweep_id, records, job_overrides, results, wait)
+    if reporter is not None:
+        reporter.summary(SweepSummary(sweep_id, records, [list(o) for o in job_overrides], results, wait))
     returns = []
     for job, record, result in zip(jobs, records, results, strict=True):
         if not wait:
@@ -236,55 +270,11 @@ def _hydra_job_return(
     return ret
 
 
-def _print_sweep_summary(
-    sweep_id: str,
-    records: Sequence[RunRecord],
-    overrides: Sequence[Sequence[str]],
-    results: Sequence[Result],
-    waited: bool,
-) -> None:
-    from rich.table import Table
-
-    from ..console import make_console
-
-    console = make_console(stderr=True)
-    table = Table(title=f"sweep {sweep_id}", title_justify="left")
-    for column in ("#", "run id", "overrides", "state", "metrics / message"):
-        table.add_column(column, no_wrap=column in ("run id", "state"), overflow="fold")
-    shown = list(zip(records, overrides, results, strict=True))
-    if len(shown) > _SUMMARY_ROWS:  # a large sweep: its first jobs, then the counts
-        shown = shown[: _SUMMARY_ROWS // 2]
-    for record, job, result in shown:
-        metrics = result.metrics
-        detail = (
-            "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())[:4]) or (record.message or "")[:60]
-        )
-        table.add_row(str(record.sweep_index), record.run_id, " ".join(job), record.state, detail)
-    console.print(table)
-    if len(shown) < len(records):
-        counts = Counter(r.state for r in records)
-        console.print(
-            f"... and {len(records) - len(shown)} more jobs; all {len(records)}: "
-            + ", ".join(f"{n} {state}" for state, n in counts.most_common())
-        )
-    if waited:
-        console.print(
-            f"follow up: maelstrom runs list --sweep {sweep_id}   "
-            f"re-run failures: maelstrom runs rerun --sweep {sweep_id} --failed"
-        )
-    else:
-        job_ids = sorted({(r.job_id or "").split("_")[0] for r in records if r.job_id})
-        where = f" (job {', '.join(job_ids[:4])}{' ...' if len(job_ids) > 4 else ''})" if job_ids else ""
-        console.print(
-            f"submitted {len(records)} jobs to {records[0].backend}{where}, without waiting.\n"
-            f"follow it:  maelstrom runs watch {sweep_id}\n"
-            f"list jobs:  maelstrom runs list --sweep {sweep_id}\n"
-            f"cancel it:  maelstrom runs cancel --sweep {sweep_id}"
-        )
-
-
 def _launch_hydra_tasks(
-    launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    launcher: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    reporter: SweepReporter | None,
 ) -> list[Any]:
     import cloudpickle
     from hydra.core.singleton import Singleton
@@ -341,7 +331,8 @@ def _launch_hydra_tasks(
     size = initial_job_idx + len(specs)
     registry.add_sweep(sweep_id, name, size, backend["name"], [list(o) for o in job_overrides], None, None)
     wait = default_wait(backend, launcher.wait)
-    records = submit(specs, wait=wait, registry=registry, backends=backends)
+    view = reporter.wait_view() if reporter is not None else None
+    records = submit(specs, wait=wait, registry=registry, backends=backends, view=view)
     returns = []
     for cfg, overrides, record in zip(configs, job_overrides, records, strict=True):
         pickled = Path(record.run_dir) / "job_return.pkl"

@@ -13,13 +13,16 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..core.errors import ConfigError
 from . import timing
 from .store import CLAIMED, FAILED, SKIPPED, SUBMITTED, ScheduleRecord, ScheduleStore
+
+if TYPE_CHECKING:
+    from ..core.spec import RunSpec
 
 #: The MLflow tag (and config ``tags`` entry) linking a run to its schedule.
 TAG = "maelstrom.schedule_id"
@@ -61,10 +64,21 @@ def upcoming(record: ScheduleRecord, count: int = 5, after: dt.datetime | None =
     return list(timing.slots(record.cron, record.timezone, start, until=end, limit=count))
 
 
-def register(cfg: Any, overrides: list[str], store: ScheduleStore | None = None) -> ScheduleRecord | None:
-    """Record a schedule from a composed config (``maelstrom-run ... schedule=weekly``); print its next firings.
+@dataclass
+class Registration:
+    """A schedule made from a config: its record, the spec each firing submits, and whether it was
+    recorded (not with ``dry_run=true``)."""
 
-    With ``dry_run=true`` show what each firing would submit and record nothing (returns None)."""
+    record: ScheduleRecord
+    spec: RunSpec
+    registered: bool
+
+
+def register(cfg: Any, overrides: list[str], store: ScheduleStore | None = None) -> Registration:
+    """Record a schedule from a composed config (``maelstrom-run ... schedule=weekly``).
+
+    With ``dry_run=true`` record nothing (``registered`` is false): the caller shows what a firing
+    would submit."""
     from ..core.spec import config_hash, new_id
     from ..launch.spec import build
 
@@ -99,33 +113,9 @@ def register(cfg: Any, overrides: list[str], store: ScheduleStore | None = None)
         created=time.time(),
     )
     if spec.config.get("dry_run"):
-        from ..launch.submit import print_dry_run
-
-        print_dry_run([spec])
-        _print_registered(record, registered=False)
-        return None
+        return Registration(record, spec, registered=False)
     (store or ScheduleStore()).add(record)
-    _print_registered(record, registered=True)
-    return record
-
-
-def _print_registered(record: ScheduleRecord, registered: bool) -> None:
-    from ..console import make_console
-
-    console = make_console()
-    what = "registered schedule" if registered else "dry run: would register a schedule"
-    console.print(f"[bold]{what}[/bold] {record.schedule_id}", highlight=False)
-    console.print(describe(record), highlight=False)
-    times = upcoming(record)
-    console.print("next firings:" if times else "no firing left before the end date", highlight=False)
-    for slot in times:
-        console.print(f"  {format_due(slot.due, record.timezone)}", highlight=False)
-    if registered:
-        console.print(
-            "next: run `maelstrom scheduler run` (or `--once` from cron / a systemd timer: "
-            f"`maelstrom schedules export --format crontab`); `maelstrom schedules show {record.schedule_id}`",
-            highlight=False,
-        )
+    return Registration(record, spec, registered=True)
 
 
 def describe(record: ScheduleRecord) -> str:
@@ -257,4 +247,4 @@ def _fire(
     report.fired.append((record.schedule_id, slot.key, spec.run_id))
 
 
-__all__ = ["CLAIMED", "TAG", "TickReport", "make_spec", "register", "tick", "upcoming"]
+__all__ = ["CLAIMED", "TAG", "Registration", "TickReport", "make_spec", "register", "tick", "upcoming"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 import re
 
+from ..config.validate import unknown_group_message, unknown_key_message
 from ..core.errors import EXIT_FAILED, EXIT_USER_ERROR, ConfigError, JobError, UserError
-from .validate import unknown_group_message, unknown_key_message
 
 
 def explain(exc: BaseException) -> tuple[int, str] | None:

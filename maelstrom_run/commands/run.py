@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config.errors import explain
-from .core.errors import EXIT_FAILED
-from .core.paths import user_config_dirs
+from ..core.errors import EXIT_FAILED
+from ..core.paths import user_config_dirs
+from .errors import explain
 
 
 def _exit_for(exc: BaseException) -> None:
@@ -40,22 +40,25 @@ def task(cfg: Any) -> Any:
 def _run_single(cfg: Any) -> Any:
     from hydra.core.hydra_config import HydraConfig
 
+    from ..launch.spec import build
+    from ..launch.submit import default_wait, submit
     from .console import print_run_summary
-    from .launch.spec import build
-    from .launch.submit import default_wait, print_dry_run, submit
+    from .summaries import print_dry_run, wait_view
 
     hydra_cfg = HydraConfig.get()
     if (cfg.get("schedule") or {}).get("name", "none") != "none":  # register a schedule, run nothing now
-        from .schedule.scheduler import register
+        from ..schedule.scheduler import register
+        from .schedules import print_registration
 
-        record = register(cfg, list(hydra_cfg.overrides.task))
-        return record.schedule_id if record else None
+        registration = register(cfg, list(hydra_cfg.overrides.task))
+        print_registration(registration)
+        return registration.record.schedule_id if registration.registered else None
     spec = build(cfg, list(hydra_cfg.overrides.task))
     if spec.config.get("dry_run"):
         print_dry_run([spec])
         return None
     wait = default_wait(spec.backend, hydra_cfg.launcher.get("wait") if "launcher" in hydra_cfg else None)
-    (record,) = submit([spec], wait=wait, follow=True)
+    (record,) = submit([spec], wait=wait, view=wait_view(follow=True))
     print_run_summary(record)
     if record.state in ("failed", "cancelled"):
         sys.exit(EXIT_FAILED)
@@ -105,7 +108,7 @@ def config_dirs(argv: list[str]) -> list[Path]:
             dirs.append(Path(argv[i + 1]))
         elif arg.startswith("--config-dir="):
             dirs.append(Path(arg.split("=", 1)[1]))
-    return [*dirs, *user_config_dirs(), Path(__file__).parent / "conf"]
+    return [*dirs, *user_config_dirs(), Path(__file__).parent.parent / "conf"]
 
 
 def help_text(argv: list[str]) -> str:
@@ -120,19 +123,20 @@ def help_text(argv: list[str]) -> str:
     return HELP.format(groups=listing)
 
 
-def run_main() -> None:
+def main() -> None:
     """Console entry point of ``maelstrom-run``."""
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
         print(help_text(sys.argv[1:]), end="")
         return
     import hydra
 
-    from .config.resolvers import register
+    from ..config.resolvers import register
 
     register()
     # Let errors reach us so user errors become one clear line (Hydra would print a trace).
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    main = hydra.main(config_path="conf", config_name="config", version_base="1.3")(task)
+    # relative to this module's package: maelstrom_run/conf, as Hydra's main config source
+    app = hydra.main(config_path="../conf", config_name="config", version_base="1.3")(task)
     if {"--multirun", "-m"} & set(sys.argv[1:]) and any(
         a.startswith("schedule") and a != "schedule=none" for a in sys.argv[1:]
     ):
@@ -141,7 +145,7 @@ def run_main() -> None:
         )
         sys.exit(2)
     try:
-        main()
+        app()
     except KeyboardInterrupt:
         print("maelstrom-run: interrupted", file=sys.stderr)
         sys.exit(130)
@@ -151,4 +155,4 @@ def run_main() -> None:
 
 
 if __name__ == "__main__":
-    run_main()
+    main()

@@ -5,19 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..schedule.scheduler import Registration
 
 _COLOURS = {"active": "green", "paused": "yellow", "ended": "dim"}
 
 
 def _console(stderr: bool = False) -> Any:
-    from ..console import make_console
+    from .console import make_console
 
     return make_console(stderr)
 
 
 def _store() -> Any:
-    from .store import ScheduleStore
+    from ..schedule.store import ScheduleStore
 
     return ScheduleStore()
 
@@ -26,7 +29,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    from .scheduler import format_due, upcoming
+    from ..schedule.scheduler import format_due, upcoming
 
     store = _store()
     table = Table(
@@ -58,7 +61,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .scheduler import _utc, describe, format_due, upcoming
+    from ..schedule.scheduler import _utc, describe, format_due, upcoming
 
     store = _store()
     r = store.get(args.id)
@@ -102,8 +105,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_next(args: argparse.Namespace) -> int:
-    from .scheduler import format_due, upcoming
-    from .timing import parse_now
+    from ..schedule.scheduler import format_due, upcoming
+    from ..schedule.timing import parse_now
 
     store = _store()
     r = store.get(args.id)
@@ -128,7 +131,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from ..core.errors import ConfigError
-    from .timing import now_utc
+    from ..schedule.timing import now_utc
 
     store = _store()
     r = store.get(args.id)
@@ -152,7 +155,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    from ..schedule.export import export
 
     store = _store()
     records = [store.get(i) for i in args.id] if args.id else [r for r in store.list() if r.state == "active"]
@@ -167,8 +170,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..core.errors import ConfigError
-    from .scheduler import tick
-    from .timing import now_utc, parse_now
+    from ..schedule.scheduler import tick
+    from ..schedule.timing import now_utc, parse_now
 
     if args.now and not args.once:
         raise ConfigError("--now needs --once (fire what is due at that time, then stop)")
@@ -273,3 +276,28 @@ def add_commands(groups: Any) -> None:
         help="with --once: act as if it were this time (testing, backfills; UTC unless an offset)",
     )
     p.set_defaults(func=cmd_run)
+
+
+def print_registration(registration: Registration) -> None:
+    """A registered schedule (or, for a dry run, what a firing would submit) and its next firings."""
+    from ..schedule.scheduler import describe, format_due, upcoming
+    from .console import make_console
+    from .summaries import print_dry_run
+
+    record, registered = registration.record, registration.registered
+    if not registered:
+        print_dry_run([registration.spec])
+    console = make_console()
+    what = "registered schedule" if registered else "dry run: would register a schedule"
+    console.print(f"[bold]{what}[/bold] {record.schedule_id}", highlight=False)
+    console.print(describe(record), highlight=False)
+    times = upcoming(record)
+    console.print("next firings:" if times else "no firing left before the end date", highlight=False)
+    for slot in times:
+        console.print(f"  {format_due(slot.due, record.timezone)}", highlight=False)
+    if registered:
+        console.print(
+            "next: run `maelstrom scheduler run` (or `--once` from cron / a systemd timer: "
+            f"`maelstrom schedules export --format crontab`); `maelstrom schedules show {record.schedule_id}`",
+            highlight=False,
+        )

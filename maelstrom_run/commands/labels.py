@@ -7,7 +7,7 @@ from typing import Any
 
 
 def _console() -> Any:
-    from ..console import make_console
+    from .console import make_console
 
     return make_console()
 
@@ -77,7 +77,7 @@ def _table(items: list[Any], title: str, score: bool) -> Any:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from ..config.taxonomy import parse_query
-    from .search import catalogue, search
+    from ..labels.search import catalogue, search
 
     query = parse_query(args.label or [])
     words = " ".join(args.text or []).split()
@@ -105,7 +105,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from ..config.taxonomy import parse_query
     from ..core.errors import ConfigError
-    from .search import app_query, catalogue, recommend
+    from ..labels.search import app_query, catalogue, recommend
 
     query = parse_query(args.label or [])
     exclude = None

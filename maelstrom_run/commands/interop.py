@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
-from . import Report, literal
+from ..interop import Report, literal
 
 IMPORT_HELP = """\
 Write conf/app/NAME.yaml (an app running the MLproject entry point's command, its parameters as
@@ -119,8 +119,8 @@ def _environment(environment: dict[str, Any], backend: dict[str, Any] | None, re
 
 
 def cmd_import_mantik(args: argparse.Namespace) -> int:
-    from ..console import make_console
-    from . import mantik, mlproject
+    from ..interop import mantik, mlproject
+    from .console import make_console
 
     project_file = mlproject.find(Path(args.mlproject))
     data = mlproject.load(project_file)
@@ -212,8 +212,8 @@ def cmd_import_mantik(args: argparse.Namespace) -> int:
 
 def cmd_export_mlproject(args: argparse.Namespace) -> int:
     from ..config.compose import compose_config
-    from ..console import make_console
-    from . import mlproject
+    from ..interop import mlproject
+    from .console import make_console
 
     out = Path(args.out)
     mlproject.parse_overrides(args.overrides)  # a sweep or a malformed override: one line, before composing

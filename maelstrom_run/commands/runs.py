@@ -1,26 +1,6 @@
-"""``maelstrom``: manage runs, data, schedules and labels.
+"""``maelstrom runs ...``: list, inspect, follow, cancel, resume, download and re-run runs.
 
-    maelstrom runs list [--sweep ID] [--state STATE] [--limit N]
-    maelstrom runs status ID | --sweep ID
-    maelstrom runs info ID
-    maelstrom runs logs ID [--stderr] [--follow]
-    maelstrom runs cancel ID | --sweep ID
-    maelstrom runs watch SWEEP_ID | RUN_ID
-    maelstrom runs resume SWEEP_ID
-    maelstrom runs download ID [DEST]
-    maelstrom runs rerun ID [--current-code] [--no-wait]
-    maelstrom runs rerun --sweep ID --failed [--current-code] [--no-wait]
-
-    maelstrom data get DATASET [--tier T] | data cache list|clear | data preprocess app=ap4
-    maelstrom schedules list|show|pause|resume|remove|next|export ... | scheduler run [--once]
-    maelstrom labels list
-    maelstrom search --label K=V [--text WORDS]
-    maelstrom recommend --label K=V | app=APP
-    maelstrom import mantik MLproject [BACKEND_CONFIG] [--name NAME] [--out conf]
-    maelstrom export mlproject app=APP [KEY=VALUE ...] [--out DIR]
-
-IDs may be abbreviated to a unique prefix. State lives in $MAELSTROM_HOME (default ~/.maelstrom).
-Each command has its own --help.
+IDs may be abbreviated to a unique prefix. The registry lives in $MAELSTROM_HOME.
 """
 
 from __future__ import annotations
@@ -32,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config.errors import explain
-from .core.errors import EXIT_FAILED
+from ..core.errors import EXIT_FAILED
 
 
 def _console(stderr: bool = False) -> Any:
@@ -54,7 +33,7 @@ def _state(state: str) -> str:
 
 
 def _registry() -> Any:
-    from .launch.registry import Registry
+    from ..launch.registry import Registry
 
     return Registry()
 
@@ -64,7 +43,7 @@ def _selected(registry: Any, args: argparse.Namespace) -> list[Any]:
         sweep = registry.sweep(args.sweep)
         return registry.list(sweep_id=sweep.sweep_id, limit=None)
     if not args.id:
-        from .core.errors import ConfigError
+        from ..core.errors import ConfigError
 
         raise ConfigError("give a run id, or --sweep SWEEP_ID; see `maelstrom runs list`")
     return [registry.get(args.id)]
@@ -74,7 +53,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    from .launch.monitor import refresh
+    from ..launch.monitor import refresh
 
     registry = _registry()
     sweep_id = registry.sweep(args.sweep).sweep_id if args.sweep else None
@@ -110,7 +89,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from .launch.monitor import refresh
+    from ..launch.monitor import refresh
 
     registry = _registry()
     records = refresh(registry, _selected(registry, args))
@@ -129,8 +108,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import yaml
 
-    from .core.rundir import RunDir
-    from .launch.monitor import refresh
+    from ..core.rundir import RunDir
+    from ..launch.monitor import refresh
 
     registry = _registry()
     (r,) = refresh(registry, [registry.get(args.id)])
@@ -171,8 +150,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from .core.states import JobRef
-    from .launch.monitor import TERMINAL, backend_of, refresh
+    from ..core.states import JobRef
+    from ..launch.monitor import TERMINAL, backend_of, refresh
 
     registry = _registry()
     record = registry.get(args.id)
@@ -198,7 +177,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from .launch.monitor import cancel
+    from ..launch.monitor import cancel
 
     registry = _registry()
     records = cancel(registry, _selected(registry, args))
@@ -210,8 +189,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from .core.errors import ConfigError
-    from .launch.monitor import wait
+    from ..core.errors import ConfigError
+    from ..launch.monitor import wait
+    from .summaries import JobsBar
 
     registry = _registry()
     try:
@@ -228,7 +208,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
     console = _console(stderr=True)
     console.print(f"watching {what} ({len(records)} job(s)); Ctrl-C stops watching, the jobs go on")
     try:
-        records = wait(registry, [r.run_id for r in records], poll_s=args.interval, cancel_on_interrupt=False)
+        records = wait(
+            registry,
+            [r.run_id for r in records],
+            poll_s=args.interval,
+            cancel_on_interrupt=False,
+            view=JobsBar(),
+        )
     except KeyboardInterrupt:
         console.print(f"stopped watching; the jobs go on. Again: maelstrom runs watch {args.id}")
         return 130
@@ -240,7 +226,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .launch.resume import resume_sweep
+    from ..launch.resume import resume_sweep
 
     registry = _registry()
     sweep = registry.sweep(args.sweep)
@@ -258,8 +244,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .core.states import JobRef
-    from .launch.monitor import backend_of
+    from ..core.states import JobRef
+    from ..launch.monitor import backend_of
 
     registry = _registry()
     record = registry.get(args.id)
@@ -271,9 +257,9 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from .core.errors import ConfigError
-    from .launch.rerun import rerun_one, rerun_sweep
-    from .launch.submit import submit
+    from ..core.errors import ConfigError
+    from ..launch.rerun import rerun_one, rerun_sweep
+    from ..launch.submit import submit
 
     registry = _registry()
     if args.sweep:
@@ -287,8 +273,13 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         specs = [rerun_one(registry, args.id, current_code=args.current_code)]
     else:
         raise ConfigError("give a run id, or --sweep SWEEP_ID --failed")
+    from .summaries import wait_view
+
     records = submit(
-        specs, wait=not args.no_wait, follow=len(specs) == 1 and not args.no_wait, registry=registry
+        specs,
+        wait=not args.no_wait,
+        registry=registry,
+        view=wait_view(follow=len(specs) == 1 and not args.no_wait),
     )
     if len(records) == 1 and not args.no_wait:
         from .console import print_run_summary
@@ -307,20 +298,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     return 0 if args.no_wait or all(r.state == "succeeded" for r in records) else EXIT_FAILED
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
-        prog="maelstrom", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    groups = root.add_subparsers(dest="group", required=True)
-    from .data.commands import add_commands as add_data_commands
-    from .interop.commands import add_commands as add_interop_commands
-    from .labels.commands import add_commands as add_label_commands
-    from .schedule.commands import add_commands as add_schedule_commands
-
-    add_data_commands(groups)
-    add_schedule_commands(groups)
-    add_label_commands(groups)
-    add_interop_commands(groups)
+def add_commands(groups: Any) -> None:
+    """Add the ``runs`` command group to the ``maelstrom`` parser."""
     runs = groups.add_parser("runs", help="list, inspect, cancel and re-run runs")
     sub = runs.add_subparsers(dest="command", required=True)
 
@@ -372,24 +351,3 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-wait", action="store_true", help="return once submitted")
     p.set_defaults(func=cmd_rerun)
-    return root
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    try:
-        code = args.func(args)
-    except KeyboardInterrupt:
-        print("maelstrom: interrupted", file=sys.stderr)
-        code = 130
-    except Exception as exc:  # noqa: BLE001 - user errors become one line; bugs keep their traceback
-        known = explain(exc)
-        if known is None:
-            raise
-        code, message = known
-        print(f"maelstrom: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()
