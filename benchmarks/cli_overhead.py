@@ -9,7 +9,7 @@ Each measurement is the wall time of a fresh subprocess (one warm-up run, then t
 - (b) ``maelstrom-run app=ap1 dry_run=true``         vs (d) the plain app composing and printing its config
   (compose, validate, build the RunSpec, capture git, render the job; nothing is submitted)
 
-Targets: (a) <= 0.5 s and (b) <= 1 s; exits 1 when one is missed. It also checks, in a fresh
+Targets: (a) <= 0.5 s, (b) <= 1 s and (b) <= 1.3x (d); exits 1 when one is missed. It also checks, in a fresh
 subprocess, that neither maelstrom-run path imports tensorflow, torch or mlflow.
 ``MAELSTROM_HOME`` points to a temporary directory, so ``~/.maelstrom`` is never touched.
 """
@@ -32,6 +32,8 @@ from rich.table import Table
 
 HELP_TARGET_S = 0.5
 COMPOSE_TARGET_S = 1.0
+#: The dry run against the plain Hydra app composing and printing its config, in the same run.
+COMPOSE_TARGET_RATIO = 1.3
 HEAVY = ("tensorflow", "torch", "mlflow")
 
 PLAIN_APP = """\
@@ -191,6 +193,12 @@ def main() -> int:
         )
     console.print(table)
     console.print("baselines: (a) vs (c), (b) and --cfg job vs (d)")
+    ok = ratio[cases[1][0]] <= COMPOSE_TARGET_RATIO
+    failed |= not ok
+    console.print(
+        f"{'[green]PASS[/]' if ok else '[red]FAIL[/]'} (b) is {ratio[cases[1][0]]:.2f}x (d) "
+        f"(target <= {COMPOSE_TARGET_RATIO}x)"
+    )
 
     for path, modules in status_checks.items():
         if modules:

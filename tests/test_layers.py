@@ -18,14 +18,6 @@ import maelstrom_run
 ROOT = Path(maelstrom_run.__file__).parent
 PACKAGE = "maelstrom_run"
 
-#: Known edges that still break a rule, each with why; each should go (issue 11), and a test below
-#: fails once an edge is gone so that its entry is removed too.
-ALLOWED: dict[tuple[str, str], str] = {
-    # A shim for data/cache.py (not ours to change now), whose fetch_many still draws a rich bar
-    # through maelstrom_run.console; it goes when fetch_many takes a progress callback.
-    ("maelstrom_run.console", "maelstrom_run.commands.console"): "data.cache -> console -> commands",
-}
-
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
@@ -79,14 +71,6 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
 def _full_graph() -> dict[str, set[str]]:
     modules = _modules()
     return {name: _imports(name, path, modules) for name, path in modules.items()}
-
-
-def _graph() -> dict[str, set[str]]:
-    """The import graph without the allowed edges."""
-    graph = _full_graph()
-    for edge in ALLOWED:
-        graph.get(edge[0], set()).discard(edge[1])
-    return graph
 
 
 def _package(module: str) -> str:
@@ -159,33 +143,27 @@ def _report(cycles: list[list[str]]) -> str:
 
 
 def test_the_graph_sees_lazy_and_relative_imports() -> None:
-    graph = _graph()
+    graph = _full_graph()
     # relative, at module level
     assert "maelstrom_run.core.errors" in graph["maelstrom_run.core.spec"]
     # relative, inside a function (the commands import what they run lazily)
     assert "maelstrom_run.launch.registry" in graph["maelstrom_run.commands.runs"]
 
 
-def test_every_allowed_edge_is_still_there() -> None:
-    graph = _full_graph()
-    gone = [f"{a} -> {b}" for a, b in ALLOWED if b not in graph.get(a, set())]
-    assert not gone, "remove these from ALLOWED, they are gone:\n" + "\n".join(gone)
-
-
 def test_no_cycle_between_modules() -> None:
-    cycles = _cycles(_graph())
+    cycles = _cycles(_full_graph())
     assert not cycles, "import cycles between modules:\n" + _report(cycles)
 
 
 def test_no_cycle_between_packages() -> None:
-    cycles = _cycles(_package_graph(_graph()))
+    cycles = _cycles(_package_graph(_full_graph()))
     assert not cycles, "import cycles between packages of maelstrom_run:\n" + _report(cycles)
 
 
 def test_core_stands_on_nothing_else() -> None:
     bad = sorted(
         f"{module} -> {target}"
-        for module, targets in _graph().items()
+        for module, targets in _full_graph().items()
         if _package(module) == "core"
         for target in targets
         if _package(target) != "core"
@@ -196,7 +174,7 @@ def test_core_stands_on_nothing_else() -> None:
 def test_nothing_below_the_commands_imports_them() -> None:
     bad = sorted(
         f"{module} -> {target}"
-        for module, targets in _graph().items()
+        for module, targets in _full_graph().items()
         if _package(module) != "commands"
         for target in targets
         if _package(target) == "commands"

@@ -104,7 +104,7 @@ def test_failing_app_fails_the_run_everywhere(run_cli, cli_env, toy_project, mae
 def test_missing_entry_point_is_a_clear_failure(run_cli, cli_env, toy_project, maelstrom_home):
     env = _env(cli_env, toy_project)
     result = run_cli(["app=toy", "app.entry=toyapp:nope"], cwd=toy_project, env=env)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a wrong app.entry is a mistake in the config
     assert "module 'toyapp' has no function 'nope'" in result.stderr
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 
@@ -35,6 +36,27 @@ def byte_progress(show: bool = True, transient: bool = False) -> Any:
         TimeRemainingColumn(),
     )
     return Progress(*columns, console=make_console(stderr=True), disable=not show, transient=transient)
+
+
+class ByteMeter:
+    """A :class:`~maelstrom_run.core.transfer.Meter` drawn as one byte progress bar on stderr."""
+
+    def __init__(self, show: bool = True) -> None:
+        self._progress = byte_progress(show)
+        self._task: Any = None
+        self._lock = threading.Lock()
+
+    def start(self, what: str, total: int | None) -> None:
+        self._progress.start()
+        self._task = self._progress.add_task(what, total=total)
+
+    def advance(self, n: int) -> None:
+        with self._lock:
+            self._progress.advance(self._task, n)
+
+    def finish(self, completed: int, total: int | None) -> None:
+        self._progress.update(self._task, completed=completed, total=total)
+        self._progress.stop()
 
 
 def print_run_summary(record: Any) -> None:

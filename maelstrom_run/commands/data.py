@@ -45,10 +45,12 @@ def _cache(args: argparse.Namespace) -> Any:
 
 def cmd_get(args: argparse.Namespace) -> int:
     from ..data.datasets import load_dataset
-    from .console import make_console
+    from .console import ByteMeter, make_console
 
     cache = _cache(args)
-    ds = load_dataset(args.dataset, args.tier, source=args.source, cache=cache, verify=args.verify)
+    ds = load_dataset(
+        args.dataset, args.tier, source=args.source, cache=cache, verify=args.verify, progress=ByteMeter()
+    )
     console = make_console()
     common = ds.files[0].parent if len(ds.files) == 1 else _common_parent(ds.files)
     console.print(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 
 from ..config.validate import unknown_group_message, unknown_key_message
-from ..core.errors import EXIT_FAILED, EXIT_USER_ERROR, ConfigError, JobError, UserError
+from ..core.errors import EXIT_FAILED, EXIT_USER_ERROR, ConfigError, JobError, UserError, closest
 
 
 def explain(exc: BaseException) -> tuple[int, str] | None:
@@ -39,8 +38,8 @@ def _missing_config(exc: BaseException) -> str:
     options = list(getattr(exc, "options", None) or [])
     group, _, option = str(missing).rpartition("/")
     if group and options:
-        close = difflib.get_close_matches(option, options, n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        close = closest(option, options, cutoff=0.5)
+        hint = f"did you mean '{close}'? " if close else ""
         return f"{group}={option}: no such option; {hint}(available: {', '.join(sorted(options))})"
     return _first(str(exc))
 

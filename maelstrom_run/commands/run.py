@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import EXIT_FAILED
+from ..core.errors import EXIT_FAILED, EXIT_USER_ERROR
 from ..core.paths import user_config_dirs
 from .errors import explain
 
@@ -61,7 +61,8 @@ def _run_single(cfg: Any) -> Any:
     (record,) = submit([spec], wait=wait, view=wait_view(follow=True))
     print_run_summary(record)
     if record.state in ("failed", "cancelled"):
-        sys.exit(EXIT_FAILED)
+        # the app found a mistake in the config or the data (its one line is in the summary): 2
+        sys.exit(EXIT_USER_ERROR if record.exit_code == EXIT_USER_ERROR else EXIT_FAILED)
     return record.run_id
 
 
@@ -123,6 +124,23 @@ def help_text(argv: list[str]) -> str:
     return HELP.format(groups=listing)
 
 
+def _mode_from_the_command_line(argv: list[str]) -> None:
+    """Spare the start-up one whole composition of the config.
+
+    Before it runs anything, Hydra composes the complete config once only to read ``hydra.mode``
+    (a config may make --multirun its default), then composes it again to run. maelstrom-run's
+    primary config sets no mode, so unless an override names it or a config directory of the user's
+    brings a primary config of its own, the mode is the command line's, as Hydra would find it.
+    """
+    from hydra._internal.hydra import Hydra
+
+    if any("hydra.mode" in a for a in argv) or any(
+        (d / "config.yaml").is_file() for d in config_dirs(argv)[:-1]
+    ):
+        return
+    Hydra.get_mode = lambda self, config_name, overrides: None  # type: ignore[method-assign]
+
+
 def main() -> None:
     """Console entry point of ``maelstrom-run``."""
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
@@ -137,6 +155,7 @@ def main() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     # relative to this module's package: maelstrom_run/conf, as Hydra's main config source
     app = hydra.main(config_path="../conf", config_name="config", version_base="1.3")(task)
+    _mode_from_the_command_line(sys.argv[1:])
     if {"--multirun", "-m"} & set(sys.argv[1:]) and any(
         a.startswith("schedule") and a != "schedule=none" for a in sys.argv[1:]
     ):

@@ -22,25 +22,25 @@ _SUMMARY_ROWS = 40
 
 
 def print_dry_run(specs: Sequence[RunSpec]) -> None:
-    """Show exactly what ``submit`` would send (the backend's render) and submit nothing."""
-    from rich.markup import escape
-    from rich.syntax import Syntax
+    """Show exactly what ``submit`` would send (the backend's render) and submit nothing.
 
+    Plain text, as it is sent: a script or request that can be copied and pasted (no wrapping, no
+    colour), which also spares the start-up of the terminal library.
+    """
     from ..backends import get_backend
 
-    console = make_console()
     backend = get_backend(specs[0].backend)
+    out = []
     for rendered in backend.render_many(specs):
         what = specs[0].sweep_id or specs[0].run_id
-        console.rule(f"[bold]dry run[/bold]: {what} on {specs[0].backend.get('name')}")
-        console.print(Syntax(rendered.text, rendered.meta.get("syntax", "bash"), word_wrap=True))
-        console.print(f"[bold]files staged ({len(rendered.files)}):[/bold]")
-        for name in rendered.files:
-            console.print(f"  {escape(name)}")
+        out.append(f"── dry run: {what} on {specs[0].backend.get('name')} ──")
+        out.append(rendered.text.rstrip("\n"))
+        out.append(f"files staged ({len(rendered.files)}):")
+        out += [f"  {name}" for name in rendered.files]
     hashes = sorted({s.config_hash[:12] for s in specs})
-    console.print(
-        f"{len(specs)} job(s), config hash {', '.join(hashes[:3])}{' ...' if len(hashes) > 3 else ''}; nothing was submitted"
-    )
+    more = " ..." if len(hashes) > 3 else ""
+    out.append(f"{len(specs)} job(s), config hash {', '.join(hashes[:3])}{more}; nothing was submitted")
+    print("\n".join(out))
 
 
 class JobsBar:

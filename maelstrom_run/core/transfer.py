@@ -10,11 +10,24 @@ import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 #: ``progress(n)``: n more bytes have moved.
 Progress = Callable[[int], None]
 #: Errors of a disk (or quota) that is full: the caller names the file, a retry would not help.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class Meter(Protocol):
+    """How a long transfer shows its progress: the command layer hands one in (a terminal bar);
+    libraries draw nothing themselves."""
+
+    def start(self, what: str, total: int | None) -> None: ...
+
+    def advance(self, n: int) -> None:
+        """``n`` more bytes have moved (negative when a download starts over); called from any thread."""
+
+    def finish(self, completed: int, total: int | None) -> None: ...
 
 
 def write_from(

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import sqlite3
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +31,7 @@ from pathlib import Path
 from ..core import paths
 from ..core.errors import DataError
 from ..core.retry import RetryPolicy
+from ..core.transfer import Meter
 from .sources import DOWNLOADS, download, is_url
 
 _SCHEMA = """
@@ -250,35 +250,27 @@ class Cache:
         requests: Sequence[Request],
         *,
         verify: bool = False,
-        show_progress: bool = True,
+        meter: Meter | None = None,
         description: str = "downloading",
     ) -> list[Path]:
-        """Fetch ``requests`` with at most ``jobs`` downloads at once, showing a progress bar."""
-        from ..console import byte_progress
-
+        """Fetch ``requests`` with at most ``jobs`` downloads at once, reporting to ``meter``."""
         known = [r.size for r in requests]
         total = sum(s for s in known if s) if all(known) else None
-        lock = threading.Lock()
-        with byte_progress(show_progress) as bar:
-            overall = bar.add_task(f"{description} {len(requests)} file(s)", total=total)
+        if meter:
+            meter.start(f"{description} {len(requests)} file(s)", total)
 
-            def one(request: Request) -> Path:
-                part = self.path_for(request.source)
-                part = part.with_name(part.name + ".part")
+        def one(request: Request) -> Path:
+            part = self.path_for(request.source)
+            part = part.with_name(part.name + ".part")
+            if meter and part.exists():  # a resumed download counts what is already there
+                meter.advance(part.stat().st_size)
+            return self.fetch(request, verify=verify, progress=meter.advance if meter else None)
 
-                def advance(n: int) -> None:
-                    with lock:
-                        bar.advance(overall, n)
-
-                if part.exists():  # a resumed download counts what is already there
-                    advance(part.stat().st_size)
-                return self.fetch(request, verify=verify, progress=advance)
-
-            with ThreadPoolExecutor(max_workers=min(self.jobs, max(1, len(requests)))) as pool:
-                futures = [pool.submit(one, r) for r in requests]
-                results = [f.result() for f in futures]
-            # files that were already cached count as done
-            bar.update(overall, completed=sum(p.stat().st_size for p in results), total=total)
+        with ThreadPoolExecutor(max_workers=min(self.jobs, max(1, len(requests)))) as pool:
+            futures = [pool.submit(one, r) for r in requests]
+            results = [f.result() for f in futures]
+        if meter:  # files that were already cached count as done
+            meter.finish(sum(p.stat().st_size for p in results), total)
         self.evict(keep={r.source for r in requests})
         return results
 

@@ -18,7 +18,6 @@ Where the files come from is the config's ``source`` (``sample``, ``files`` or `
 
 from __future__ import annotations
 
-import difflib
 import glob
 import importlib
 import itertools
@@ -29,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core import paths
-from ..core.errors import DataError
+from ..core.errors import DataError, closest
+from ..core.transfer import Meter
 from .cache import Cache, Request
 from .sources import join, list_objects, s3_to_https
 
@@ -86,8 +86,8 @@ def dataset_config(name: str) -> dict[str, Any]:
                 raise DataError(f"{path}: not valid YAML ({exc})") from exc
             return _checked(conf, str(path))
     names = available()
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-    hint = f"did you mean '{close[0]}'? " if close else ""
+    close = closest(name, names, cutoff=0.5)
+    hint = f"did you mean '{close}'? " if close else ""
     raise DataError(f"dataset {name!r}: no such dataset; {hint}(available: {', '.join(names)})")
 
 
@@ -504,7 +504,7 @@ def load_dataset(
     source: str | None = None,
     cache: Cache | None = None,
     verify: bool = False,
-    progress: bool = True,
+    progress: Meter | None = None,
 ) -> Dataset:
     """The files of a dataset tier, generated, found or fetched into the cache as its source says.
 
@@ -543,7 +543,7 @@ def load_dataset(
             raise DataError(f"dataset {name}: no remote source in its config (dataset.remote.url)")
         requests = remote_requests(config, tier, name)
         files = cache.fetch_many(
-            requests, verify=verify, show_progress=progress, description=f"{name} {tier}"
+            requests, verify=verify, meter=progress or None, description=f"{name} {tier}"
         )
     else:
         raise DataError(f"source {source!r}: not one of sample, files, remote")
