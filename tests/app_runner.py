@@ -23,7 +23,12 @@ def run_main(tmp_path: Path, *overrides: str) -> tuple[dict[str, float], list, l
     returns (result, [(epoch, metrics)], logged artefacts)."""
     from maelstrom_run.config.compose import compose_config
 
-    cfg = OmegaConf.create(compose_config(list(overrides)))
+    return run_entry(tmp_path, OmegaConf.create(compose_config(list(overrides))))
+
+
+def run_entry(tmp_path: Path, cfg: Any) -> tuple[dict[str, float], list, list[Path]]:
+    """Call the entry point of ``cfg.app.entry`` in this process with a RunContext that records what
+    it logs; returns (result, [(epoch, metrics)], logged artefacts)."""
     OmegaConf.set_readonly(cfg, True)
     metrics: list = []
     artifacts: list[Path] = []

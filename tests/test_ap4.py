@@ -14,6 +14,7 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 import pytest
+from app_runner import run_entry
 from omegaconf import OmegaConf
 
 from maelstrom_run.core.errors import ConfigError
@@ -25,7 +26,6 @@ from maelstrom_run.data.preprocess import (
     plan,
     preprocess,
 )
-from maelstrom_run.tracking.context import RunContext
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SIZES = {"dates": 3, "years": 4, "lat": 19, "lon": 36, "levels": [500, 850], "steps": [0, 24, 48]}
@@ -252,18 +252,8 @@ def _run_app(tmp_path: Path, **overrides: object) -> tuple[dict, list]:
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
     if "model" in overrides:
         cfg.model = OmegaConf.load(CONF / "model" / f"{overrides['model']}.yaml")
-    OmegaConf.set_readonly(cfg, True)
-    metrics: list = []
-    ctx = RunContext(
-        cfg=cfg,
-        run_id="test",
-        run_dir=tmp_path / "run",
-        cache_dir=tmp_path / "cache",
-        log_metrics=lambda values, step=None: metrics.append((step, values)),
-    )
-    from maelstrom_run.apps.ap4.train import main
-
-    return main(ctx), metrics
+    result, metrics, _ = run_entry(tmp_path, cfg)
+    return result, metrics
 
 
 def test_app_trains_the_same_from_netcdf_and_from_arrays(tmp_path):

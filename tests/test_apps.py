@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
+from app_runner import run_entry
 from omegaconf import OmegaConf
-
-from maelstrom_run.tracking.context import RunContext
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = {
@@ -33,19 +31,7 @@ def run_app(app: str, tmp_path: Path, **overrides: Any) -> tuple[dict[str, float
     cfg = OmegaConf.merge(
         cfg, {"train": {"epochs": 2}}, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()])
     )
-    OmegaConf.set_readonly(cfg, True)
-    metrics, artifacts = [], []
-    ctx = RunContext(
-        cfg=cfg,
-        run_id="test",
-        run_dir=tmp_path / "run",
-        cache_dir=tmp_path / "cache",
-        log_metrics=lambda values, step=None: metrics.append((step, values)),
-        log_artifact=lambda path, artifact_path=None: artifacts.append(Path(path)),
-    )
-    module, function = cfg.app.entry.split(":")
-    result = getattr(importlib.import_module(module), function)(ctx)
-    return result, metrics, artifacts
+    return run_entry(tmp_path, cfg)
 
 
 def check_epochs(metrics: list, keys: tuple[str, ...]) -> None:
