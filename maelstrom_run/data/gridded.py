@@ -246,7 +246,7 @@ def _dims(path: Path, f: Any, name: str, key: str) -> tuple[str, ...]:
 def _open(path: Path) -> Any:
     import h5py
 
-    from .datasets import netcdf_flavour
+    from .flavour import netcdf_flavour
 
     if not path.exists():
         raise LoaderError(f"{path}: no such file; check dataset.path, or fetch the dataset again")
@@ -530,23 +530,42 @@ class AP1Files:
                     "set loader.layout.leadtime to the lead time variable, or null"
                 )
             self.leadtimes = decoded(ds).astype(np.float64) * _LEAD_UNITS[units]  # hours
-        #: the first file's static fields (their statistics); each file's own are read with its fields
-        self.static, self.static_names = np.empty((ny, nx, 0), np.float32), []
-        if lay.static is not None:
+        self.static_names = []
+        if isinstance(lay.static, tuple):
+            self.static_names = list(lay.static)
+        elif lay.static is not None and lay.static_names is not None and lay.static_names in f:
+            self.static_names = [str(n) for n in f[lay.static_names].asstr()[:]]
+
+    # the static fields and the coordinates are read when first asked for (the statistics, the
+    # features): a loader given its statistics and no such features never reads them
+
+    @functools.cached_property
+    def static(self) -> np.ndarray:
+        """The first file's static fields ``(y, x, static)`` (their statistics); each file's own are
+        read with its fields."""
+        _, ny, nx, _ = self.shape
+        if self.layout.static is None:
+            return np.empty((ny, nx, 0), np.float32)
+        path = self.paths[0]
+        with _H5_LOCK, _open(path) as f:
             parts = [decoded(f[name]) for name in self._static_dims(path, f)]
-            parts = [values[..., None] if values.ndim == 2 else values for values in parts]
-            self.static = np.ascontiguousarray(np.concatenate(parts, axis=-1), np.float32)
-            if isinstance(lay.static, tuple):
-                self.static_names = list(lay.static)
-            elif lay.static_names is not None and lay.static_names in f:
-                self.static_names = [str(n) for n in f[lay.static_names].asstr()[:]]
-        self.latlon = None
-        if lay.latitude in f and lay.longitude in f:
+        parts = [values[..., None] if values.ndim == 2 else values for values in parts]
+        return np.ascontiguousarray(np.concatenate(parts, axis=-1), np.float32)
+
+    @functools.cached_property
+    def latlon(self) -> np.ndarray | None:
+        """The first file's latitude and longitude ``(y, x, 2)``, or None when it has none on the grid."""
+        lay = self.layout
+        _, ny, nx, _ = self.shape
+        with _H5_LOCK, _open(self.paths[0]) as f:
+            if lay.latitude not in f or lay.longitude not in f:
+                return None
             lat, lon = decoded(f[lay.latitude]), decoded(f[lay.longitude])
-            if lat.ndim == 1 and lon.ndim == 1:  # a regular grid: broadcast
-                lon, lat = np.meshgrid(lon, lat)
-            if lat.shape == (ny, nx) and lon.shape == (ny, nx):
-                self.latlon = np.stack([lat, lon], axis=-1).astype(np.float32)
+        if lat.ndim == 1 and lon.ndim == 1:  # a regular grid: broadcast
+            lon, lat = np.meshgrid(lon, lat)
+        if lat.shape == (ny, nx) and lon.shape == (ny, nx):
+            return np.stack([lat, lon], axis=-1).astype(np.float32)
+        return None
 
     def _static_dims(self, path: Path, f: Any) -> dict[str, tuple[str, ...]]:
         """The static variables and their dimensions, checked: (y, x, static) or a list of (y, x)."""
@@ -568,7 +587,12 @@ class AP1Files:
 
     @property
     def static_channels(self) -> int:
-        return int(self.static.shape[-1])
+        """Channels of the static fields (from their shapes, nothing read)."""
+        lay, first = self.layout, self.variables[0]
+        if lay.static is None:
+            return 0
+        names = lay.static if isinstance(lay.static, tuple) else (lay.static,)
+        return sum(first[n].shape[-1] if len(first[n].shape) == 4 else 1 for n in names)
 
     @property
     def field_bytes(self) -> int:
