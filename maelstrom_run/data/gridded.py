@@ -328,6 +328,10 @@ class Decoding:
         core's cache: scaled, offset and masked in a contiguous block, then one copy into ``out``."""
         if self.table is not None and raw.ndim:
             bits = raw.view(f"u{raw.dtype.itemsize}")
+            if out.flags.c_contiguous and out.dtype == np.float32 and out.shape == raw.shape:
+                # every bit pattern is in the table: "clip" never clips, and writes out unbuffered
+                np.take(self.table, bits, out=out, mode="clip")
+                return
             rows = max(1, (1 << 15) // max(1, raw[0].size))
             for i in range(0, len(raw), rows):
                 out[i : i + rows] = np.take(self.table, bits[i : i + rows])
@@ -805,11 +809,13 @@ class _Plan:
 
 
 class _Buffers:
-    """A field's predictors and target."""
+    """A field's predictors and target; ``planar``: the predictors as planes ``(predictor, y, x)``
+    (for separate variables: each read contiguously, interleaved when a patch is assembled)."""
 
-    def __init__(self, ny: int, nx: int, p: int, s: int = 0) -> None:
+    def __init__(self, ny: int, nx: int, p: int, s: int = 0, planar: bool = False) -> None:
         # first touched by the first read into them, then reused on every pass
-        self.predictors = np.empty((ny, nx, p), np.float32)
+        self.planar = planar
+        self.predictors = np.empty((p, ny, nx) if planar else (ny, nx, p), np.float32)
         self.target = np.empty((ny, nx), np.float32)
         self.static = np.empty((ny, nx, s), np.float32)
 
@@ -953,7 +959,7 @@ class GriddedLoader:
     def _ensure_buffers(self, fields: int) -> None:
         _, ny, nx, p = self.layout.shape
         while len(self._pool) < fields:
-            self._pool.append(_Buffers(ny, nx, p, self._n_static))
+            self._pool.append(_Buffers(ny, nx, p, self._n_static, planar=self.options.layout.stacked))
         ring = self.options.threads + 1  # one held by the consumer, one assembled per thread
         shape = (self.options.batch_size, *self.patch)
         while len(self._ring) < ring:
@@ -1023,7 +1029,8 @@ class GriddedLoader:
         index, lead = where
         reader, lay = self._readers[index], self.options.layout
         if lay.stacked:  # each 3-D variable into its channel
-            nbytes = sum(reader.read(n, lead, buf.predictors[..., c]) for c, n in enumerate(lay.predictors))
+            # planes (predictor, y, x): each variable read (and decoded) contiguously into its own
+            nbytes = sum(reader.read(n, lead, buf.predictors[c]) for c, n in enumerate(lay.predictors))
         else:
             nbytes = reader.read(str(lay.predictors), lead, buf.predictors)
         if self._n_static:  # the file's own static fields, with each of its fields
@@ -1034,7 +1041,7 @@ class GriddedLoader:
         if not lay.stacked or lay.target not in lay.predictors:
             return nbytes + reader.read(lay.target, lead, buf.target)
         # the target is one of the predictors: already read
-        buf.target[...] = buf.predictors[..., list(lay.predictors).index(lay.target)]
+        buf.target[...] = buf.predictors[list(lay.predictors).index(lay.target)]
         return nbytes
 
     def _assemble(self, plan: _Plan, k: int, rows: np.ndarray, out: Batch, buf: _Buffers) -> None:
@@ -1052,6 +1059,7 @@ class GriddedLoader:
         n_sel, n_extra, n_static = len(self.selected), self._extra.shape[-1], self._n_static
         with_lead = "leadtime" in self.options.features
         difference = self.options.target == "difference"
+        planar = buf.planar
         base = (
             int(np.flatnonzero(self.selected == self.base)[0])
             if difference and self.base in self.selected
@@ -1065,15 +1073,24 @@ class GriddedLoader:
             for r in range(0, py, block):
                 r1 = min(py, r + block)
                 window = (slice(y0 + r, y0 + r1), slice(x0, x0 + px))
-                source = buf.predictors[window]
                 dest = inputs[r:r1, :, :n_sel]
-                if sel is not None:
-                    dest[...] = source[..., sel]
+                if planar:  # channels interleaved here, into the block in the cache
+                    for j, i in enumerate(self.selected):
+                        dest[..., j] = buf.predictors[i][window]
+                elif sel is not None:
+                    dest[...] = buf.predictors[window][..., sel]
                 else:
                     for j, i in enumerate(self.selected):
-                        dest[..., j] = source[..., i]
+                        dest[..., j] = buf.predictors[window][..., i]
                 if difference:  # the raw forecast: from the copy, in the cache, before normalising
-                    raw = dest[..., base] if base is not None else source[..., self.base]
+                    if base is not None:
+                        raw = dest[..., base]
+                    else:
+                        raw = (
+                            buf.predictors[self.base][window]
+                            if planar
+                            else buf.predictors[window][..., self.base]
+                        )
                     np.subtract(buf.target[window], raw, out=target[r:r1])
                 else:
                     target[r:r1] = buf.target[window]
