@@ -311,11 +311,23 @@ class Decoding:
             return None  # the stored floats are the values
         return cls(unsigned, tuple(dict.fromkeys(fills)), scale, offset, wide or dtype.itemsize > 4, dtype)
 
+    @property
+    def has_table(self) -> bool:
+        """Decoded through a lookup table (8- and 16-bit integers)."""
+        return self.dtype is not None and self.dtype.kind in "iu" and self.dtype.itemsize <= 2
+
+    def normalised(self, scale: np.float32, shift: np.float32) -> np.ndarray:
+        """The lookup table of the decoded values normalised, ``decoded * scale + shift`` in float32:
+        the very operations (and roundings) the loader applies to decoded values, done once per
+        bit pattern instead of once per value."""
+        assert self.table is not None
+        return np.add(np.multiply(self.table, np.float32(scale)), np.float32(shift))
+
     @functools.cached_property
     def table(self) -> np.ndarray | None:
         """For 8- and 16-bit integers (packed data): the decoded value of every stored bit pattern,
         computed once as :meth:`apply` computes it; decoding is then one lookup per value."""
-        if self.dtype is None or self.dtype.kind not in "iu" or self.dtype.itemsize > 2:
+        if not self.has_table:
             return None
         bits = np.dtype(f"u{self.dtype.itemsize}")
         patterns = np.arange(2 ** (8 * self.dtype.itemsize), dtype=bits).view(self.dtype)
@@ -323,18 +335,19 @@ class Decoding:
         self._compute(patterns, out)
         return out
 
-    def apply(self, raw: np.ndarray, out: np.ndarray) -> None:
+    def apply(self, raw: np.ndarray, out: np.ndarray, table: np.ndarray | None = None) -> None:
         """``out`` (float32, any strides) = the decoded ``raw``, in blocks of rows that stay in the
-        core's cache: scaled, offset and masked in a contiguous block, then one copy into ``out``."""
-        if self.table is not None and raw.ndim:
+        core's cache: scaled, offset and masked in a contiguous block, then one copy into ``out``.
+        ``table``: another lookup table to use (:meth:`normalised`)."""
+        table = self.table if table is None else table
+        if table is not None and raw.ndim:
             bits = raw.view(f"u{raw.dtype.itemsize}")
             if out.flags.c_contiguous and out.dtype == np.float32 and out.shape == raw.shape:
-                # every bit pattern is in the table: "clip" never clips, and writes out unbuffered
-                np.take(self.table, bits, out=out, mode="clip")
+                _lookup(table, bits.reshape(-1), out.reshape(-1))
                 return
             rows = max(1, (1 << 15) // max(1, raw[0].size))
             for i in range(0, len(raw), rows):
-                out[i : i + rows] = np.take(self.table, bits[i : i + rows])
+                out[i : i + rows] = np.take(table, bits[i : i + rows])
             return
         self._compute(raw, out)
 
@@ -359,6 +372,24 @@ class Decoding:
             np.copyto(out, src, casting="unsafe")
         if self.offset:
             np.add(out, dtype(self.offset), out=out)
+
+
+#: Values looked up at a time, their indices in a per-thread buffer that stays in the cache (np.take
+#: would otherwise convert all indices into a fresh array first).
+_LOOKUP_BLOCK = 1 << 15
+_lookup_scratch = threading.local()
+
+
+def _lookup(table: np.ndarray, bits: np.ndarray, out: np.ndarray) -> None:
+    """``out = table[bits]``, 1-D and contiguous, in blocks."""
+    index = getattr(_lookup_scratch, "index", None)
+    if index is None:
+        index = _lookup_scratch.index = np.empty(_LOOKUP_BLOCK, np.intp)
+    for i in range(0, len(bits), _LOOKUP_BLOCK):
+        n = min(_LOOKUP_BLOCK, len(bits) - i)
+        np.copyto(index[:n], bits[i : i + n], casting="unsafe")
+        # every bit pattern is in the table: "clip" never clips, and writes out unbuffered
+        np.take(table, index[:n], out=out[i : i + n], mode="clip")
 
 
 def _attr(attrs: Any, key: str, default: Any) -> Any:
@@ -666,8 +697,9 @@ class _Reader:
             cache[key] = np.empty(shape, var.dtype)
         return cache[key]
 
-    def read(self, name: str, lead: int, out: np.ndarray) -> int:
-        """Slab ``lead`` of variable ``name``, decoded, into ``out`` (float32, any strides)."""
+    def read(self, name: str, lead: int, out: np.ndarray, table: np.ndarray | None = None) -> int:
+        """Slab ``lead`` of variable ``name``, decoded, into ``out`` (float32, any strides);
+        ``table``: the lookup table to decode it with instead of its own (:meth:`Decoding.normalised`)."""
         var = self.variables[name]
         if var.direct and out.flags.c_contiguous:
             return self._pread(var, lead, out)
@@ -683,7 +715,7 @@ class _Reader:
         if var.decoding is None:
             np.copyto(out, raw, casting="unsafe")
         else:
-            var.decoding.apply(raw, out)
+            var.decoding.apply(raw, out, table)
         return nbytes
 
     def _pread(self, var: _Variable, lead: int, out: np.ndarray) -> int:
@@ -812,9 +844,13 @@ class _Buffers:
     """A field's predictors and target; ``planar``: the predictors as planes ``(predictor, y, x)``
     (for separate variables: each read contiguously, interleaved when a patch is assembled)."""
 
-    def __init__(self, ny: int, nx: int, p: int, s: int = 0, planar: bool = False) -> None:
+    def __init__(
+        self, ny: int, nx: int, p: int, s: int = 0, planar: bool = False, raw_base: bool = False
+    ) -> None:
         # first touched by the first read into them, then reused on every pass
         self.planar = planar
+        #: the raw forecast, when its plane holds normalised values (``GriddedLoader._read_fused``)
+        self.raw_base = np.empty((ny, nx) if raw_base else (0, 0), np.float32)
         self.predictors = np.empty((p, ny, nx) if planar else (ny, nx, p), np.float32)
         self.target = np.empty((ny, nx), np.float32)
         self.static = np.empty((ny, nx, s), np.float32)
@@ -897,6 +933,20 @@ class GriddedLoader:
                 (1 / std).astype(np.float32),
                 (-mean / std).astype(np.float32),
             )
+        #: predictors decoded through lookup tables normalised once (:meth:`_read_fused`): every
+        #: predictor a separate 8- or 16-bit packed variable in every file, and normalisation on
+        self._fused = (
+            self.stats is not None
+            and options.layout.stacked
+            and all(
+                v[n].decoding is not None and v[n].decoding.has_table
+                for v in self.layout.variables
+                for n in options.layout.predictors
+            )
+        )
+        #: predictor channel -> its position among the selected ones
+        self._channel_of = {int(i): j for j, i in enumerate(self.selected)}
+        self._tables: dict[tuple[Decoding, int], np.ndarray] = {}
         self._pool: list[_Buffers] = []
         self._ring: list[Batch] = []
         self._readers = [_Reader(p, v) for p, v in zip(self.layout.paths, self.layout.variables, strict=True)]
@@ -959,7 +1009,10 @@ class GriddedLoader:
     def _ensure_buffers(self, fields: int) -> None:
         _, ny, nx, p = self.layout.shape
         while len(self._pool) < fields:
-            self._pool.append(_Buffers(ny, nx, p, self._n_static, planar=self.options.layout.stacked))
+            raw_base = self._fused and self.options.target == "difference" and self.base in self._channel_of
+            self._pool.append(
+                _Buffers(ny, nx, p, self._n_static, planar=self.options.layout.stacked, raw_base=raw_base)
+            )
         ring = self.options.threads + 1  # one held by the consumer, one assembled per thread
         shape = (self.options.batch_size, *self.patch)
         while len(self._ring) < ring:
@@ -1028,6 +1081,8 @@ class GriddedLoader:
         """read: the raw field into ``buf``; returns bytes read."""
         index, lead = where
         reader, lay = self._readers[index], self.options.layout
+        if self._fused:
+            return self._read_fused(reader, lead, buf)
         if lay.stacked:  # each 3-D variable into its channel
             # planes (predictor, y, x): each variable read (and decoded) contiguously into its own
             nbytes = sum(reader.read(n, lead, buf.predictors[c]) for c, n in enumerate(lay.predictors))
@@ -1042,6 +1097,51 @@ class GriddedLoader:
             return nbytes + reader.read(lay.target, lead, buf.target)
         # the target is one of the predictors: already read
         buf.target[...] = buf.predictors[list(lay.predictors).index(lay.target)]
+        return nbytes
+
+    def _normalised_table(self, decoding: Decoding, channel: int) -> np.ndarray:
+        """The lookup table of ``decoding`` normalised as selected predictor ``channel`` is."""
+        key = (decoding, channel)
+        with self._lock:
+            table = self._tables.get(key)
+        if table is None:
+            table = decoding.normalised(self._scale[0, channel], self._shift[0, channel])
+            with self._lock:
+                if len(self._tables) >= 64:  # many files packed differently: a few MB at most
+                    self._tables.clear()
+                self._tables[key] = table
+        return table
+
+    def _read_fused(self, reader: _Reader, lead: int, buf: _Buffers) -> int:
+        """read for predictors decoded through lookup tables, with normalisation: the selected
+        ones decoded straight into normalised values (the table normalised once: the same float32
+        operations, so the same values), the others raw; the target (a difference with the raw
+        forecast) finished here, so a patch is only copied."""
+        lay = self.options.layout
+        names = list(lay.predictors)
+        nbytes = 0
+        for c, name in enumerate(names):
+            var = reader.variables[name]
+            j = self._channel_of.get(c)
+            table = None if j is None else self._normalised_table(var.decoding, j)
+            nbytes += reader.read(name, lead, buf.predictors[c], table)
+        if self._n_static:
+            if isinstance(lay.static, tuple):
+                nbytes += sum(reader.read(n, lead, buf.static[..., c]) for c, n in enumerate(lay.static))
+            else:
+                nbytes += reader.read(str(lay.static), lead, buf.static)
+        if lay.target in names and names.index(lay.target) not in self._channel_of:
+            buf.target[...] = buf.predictors[names.index(lay.target)]
+        else:  # read raw (again when it is a normalised predictor: counted once)
+            counted = reader.read(lay.target, lead, buf.target)
+            nbytes += 0 if lay.target in names else counted
+        if self.options.target == "difference":
+            if self.base in self._channel_of:  # the raw forecast, decoded again for the difference
+                reader.read(names[self.base], lead, buf.raw_base)
+                raw = buf.raw_base
+            else:
+                raw = buf.predictors[self.base]
+            np.subtract(buf.target, raw, out=buf.target)
         return nbytes
 
     def _assemble(self, plan: _Plan, k: int, rows: np.ndarray, out: Batch, buf: _Buffers) -> None:
@@ -1059,7 +1159,7 @@ class GriddedLoader:
         n_sel, n_extra, n_static = len(self.selected), self._extra.shape[-1], self._n_static
         with_lead = "leadtime" in self.options.features
         difference = self.options.target == "difference"
-        planar = buf.planar
+        planar, fused = buf.planar, self._fused
         base = (
             int(np.flatnonzero(self.selected == self.base)[0])
             if difference and self.base in self.selected
@@ -1082,6 +1182,9 @@ class GriddedLoader:
                 else:
                     for j, i in enumerate(self.selected):
                         dest[..., j] = buf.predictors[window][..., i]
+                if fused:  # normalised when decoded, the target finished when read
+                    target[r:r1] = buf.target[window]
+                    continue
                 if difference:  # the raw forecast: from the copy, in the cache, before normalising
                     if base is not None:
                         raw = dest[..., base]
