@@ -736,6 +736,7 @@ class _Reader:
     def _read_chunks(self, var: _Variable, lead: int, out: np.ndarray) -> int:
         """The chunks covering slab ``lead``, read raw under the lock and decompressed outside it."""
         chunks, shape = var.chunks, var.shape
+        chunk_bytes = int(np.prod(chunks)) * var.dtype.itemsize
         c0 = lead - lead % chunks[0]
         ranges = [range(0, n, c) for n, c in zip(shape[1:], chunks[1:], strict=True)]
         nbytes = 0
@@ -759,7 +760,9 @@ class _Reader:
                 if mask & (1 << i):
                     continue  # HDF5 skipped this filter for this chunk
                 if fid == _DEFLATE:
-                    data = zlib.decompress(data)  # the GIL released: threads inflate in parallel
+                    # the GIL released while inflating: threads inflate in parallel; the output
+                    # sized once (grown from 16 kB it is copied again and again, with the GIL held)
+                    data = zlib.decompress(data, bufsize=chunk_bytes)
                 else:
                     shuffled = True  # shuffle comes first in the pipeline: undone last, below
             size = var.dtype.itemsize
