@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import time
 import zlib
@@ -68,6 +69,8 @@ _LEAD_UNITS = {"s": 1 / 3600, "sec": 1 / 3600, "second": 1 / 3600, "seconds": 1 
 _H5_LOCK = threading.RLock()
 #: HDF5 filter ids the raw-chunk reader undoes itself.
 _DEFLATE, _SHUFFLE = 1, 2
+#: Native byte order little-endian: byte planes of a shuffled chunk become 16-bit values by shifts.
+_LITTLE = sys.byteorder == "little"
 
 
 #: Rows of a patch go over in blocks of about this size (copy, then work on the copy in the cache).
@@ -772,7 +775,11 @@ class _Reader:
             else:
                 target = np.empty((int(np.prod(chunks)), size), np.uint8)
             planes = np.frombuffer(data, np.uint8)
-            if shuffled and size > 1:  # bytes grouped by significance back to values
+            if shuffled and size == 2 and _LITTLE:  # 16 bits: two whole-array operations
+                planes, value = planes.reshape(2, -1), target.view(np.uint16).reshape(-1)
+                np.left_shift(planes[1], 8, out=value, dtype=np.uint16)
+                np.bitwise_or(value, planes[0], out=value)
+            elif shuffled and size > 1:  # bytes grouped by significance back to values
                 planes = planes.reshape(size, -1)
                 for b in range(size):
                     target[:, b] = planes[b]
