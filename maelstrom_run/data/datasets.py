@@ -31,6 +31,7 @@ from ..core import paths
 from ..core.errors import DataError, closest
 from ..core.transfer import Meter
 from .cache import Cache, Request
+from .flavour import netcdf_flavour
 from .sources import join, list_objects, s3_to_https
 
 #: ``module:function(cache_dir, sizes, seed) -> list[Path]`` generating the sample files of a kind.
@@ -50,10 +51,6 @@ CONCAT_DIMENSION = {"ap1": "time", "ap2": "index", "ap3": "column", "ap5": "time
 #: The kind of a dataset named by its files (``load_dataset("dir/*.nc")``): the sample and join
 #: dimension is found in the files (:func:`_guess_dimension`).
 FILES_KIND = "files"
-
-#: First bytes of the NetCDF flavours: HDF5 (NetCDF4) and the classic formats (CDF1/2/5).
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-_CDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
 
 
 def _ensure_ap2(cache_dir: Path, sizes: Mapping[str, Any], seed: int = 0) -> list[Path]:
@@ -340,20 +337,6 @@ class SampleIndex:
 
 
 # -- opening one file ---------------------------------------------------------------------------
-
-
-def netcdf_flavour(path: Path) -> str | None:
-    """``hdf5`` (NetCDF4), ``cdf1``/``cdf2``/``cdf5`` (the classic formats) or None, from the first bytes."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-        if head in _CDF_MAGIC:
-            return "cdf" + {1: "1", 2: "2", 5: "5"}[head[3]]
-        # an HDF5 superblock may follow a user block of 512, 1024, 2048 ... bytes
-        for offset in (0, 512, 1024, 2048, 4096):
-            f.seek(offset)
-            if f.read(8) == _HDF5_MAGIC:
-                return "hdf5"
-    return None
 
 
 def open_file(path: str | os.PathLike[str], *, decode: bool = True, hint: str = "check the path") -> Any:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import time
 import zlib
@@ -68,6 +69,8 @@ _LEAD_UNITS = {"s": 1 / 3600, "sec": 1 / 3600, "second": 1 / 3600, "seconds": 1 
 _H5_LOCK = threading.RLock()
 #: HDF5 filter ids the raw-chunk reader undoes itself.
 _DEFLATE, _SHUFFLE = 1, 2
+#: Native byte order little-endian: byte planes of a shuffled chunk become 16-bit values by shifts.
+_LITTLE = sys.byteorder == "little"
 
 
 #: Rows of a patch go over in blocks of about this size (copy, then work on the copy in the cache).
@@ -246,7 +249,7 @@ def _dims(path: Path, f: Any, name: str, key: str) -> tuple[str, ...]:
 def _open(path: Path) -> Any:
     import h5py
 
-    from .datasets import netcdf_flavour
+    from .flavour import netcdf_flavour
 
     if not path.exists():
         raise LoaderError(f"{path}: no such file; check dataset.path, or fetch the dataset again")
@@ -311,11 +314,23 @@ class Decoding:
             return None  # the stored floats are the values
         return cls(unsigned, tuple(dict.fromkeys(fills)), scale, offset, wide or dtype.itemsize > 4, dtype)
 
+    @property
+    def has_table(self) -> bool:
+        """Decoded through a lookup table (8- and 16-bit integers)."""
+        return self.dtype is not None and self.dtype.kind in "iu" and self.dtype.itemsize <= 2
+
+    def normalised(self, scale: np.float32, shift: np.float32) -> np.ndarray:
+        """The lookup table of the decoded values normalised, ``decoded * scale + shift`` in float32:
+        the very operations (and roundings) the loader applies to decoded values, done once per
+        bit pattern instead of once per value."""
+        assert self.table is not None
+        return np.add(np.multiply(self.table, np.float32(scale)), np.float32(shift))
+
     @functools.cached_property
     def table(self) -> np.ndarray | None:
         """For 8- and 16-bit integers (packed data): the decoded value of every stored bit pattern,
         computed once as :meth:`apply` computes it; decoding is then one lookup per value."""
-        if self.dtype is None or self.dtype.kind not in "iu" or self.dtype.itemsize > 2:
+        if not self.has_table:
             return None
         bits = np.dtype(f"u{self.dtype.itemsize}")
         patterns = np.arange(2 ** (8 * self.dtype.itemsize), dtype=bits).view(self.dtype)
@@ -323,14 +338,19 @@ class Decoding:
         self._compute(patterns, out)
         return out
 
-    def apply(self, raw: np.ndarray, out: np.ndarray) -> None:
+    def apply(self, raw: np.ndarray, out: np.ndarray, table: np.ndarray | None = None) -> None:
         """``out`` (float32, any strides) = the decoded ``raw``, in blocks of rows that stay in the
-        core's cache: scaled, offset and masked in a contiguous block, then one copy into ``out``."""
-        if self.table is not None and raw.ndim:
+        core's cache: scaled, offset and masked in a contiguous block, then one copy into ``out``.
+        ``table``: another lookup table to use (:meth:`normalised`)."""
+        table = self.table if table is None else table
+        if table is not None and raw.ndim:
             bits = raw.view(f"u{raw.dtype.itemsize}")
+            if out.flags.c_contiguous and out.dtype == np.float32 and out.shape == raw.shape:
+                _lookup(table, bits.reshape(-1), out.reshape(-1))
+                return
             rows = max(1, (1 << 15) // max(1, raw[0].size))
             for i in range(0, len(raw), rows):
-                out[i : i + rows] = np.take(self.table, bits[i : i + rows])
+                out[i : i + rows] = np.take(table, bits[i : i + rows])
             return
         self._compute(raw, out)
 
@@ -355,6 +375,24 @@ class Decoding:
             np.copyto(out, src, casting="unsafe")
         if self.offset:
             np.add(out, dtype(self.offset), out=out)
+
+
+#: Values looked up at a time, their indices in a per-thread buffer that stays in the cache (np.take
+#: would otherwise convert all indices into a fresh array first).
+_LOOKUP_BLOCK = 1 << 15
+_lookup_scratch = threading.local()
+
+
+def _lookup(table: np.ndarray, bits: np.ndarray, out: np.ndarray) -> None:
+    """``out = table[bits]``, 1-D and contiguous, in blocks."""
+    index = getattr(_lookup_scratch, "index", None)
+    if index is None:
+        index = _lookup_scratch.index = np.empty(_LOOKUP_BLOCK, np.intp)
+    for i in range(0, len(bits), _LOOKUP_BLOCK):
+        n = min(_LOOKUP_BLOCK, len(bits) - i)
+        np.copyto(index[:n], bits[i : i + n], casting="unsafe")
+        # every bit pattern is in the table: "clip" never clips, and writes out unbuffered
+        np.take(table, index[:n], out=out[i : i + n], mode="clip")
 
 
 def _attr(attrs: Any, key: str, default: Any) -> Any:
@@ -530,23 +568,42 @@ class AP1Files:
                     "set loader.layout.leadtime to the lead time variable, or null"
                 )
             self.leadtimes = decoded(ds).astype(np.float64) * _LEAD_UNITS[units]  # hours
-        #: the first file's static fields (their statistics); each file's own are read with its fields
-        self.static, self.static_names = np.empty((ny, nx, 0), np.float32), []
-        if lay.static is not None:
+        self.static_names = []
+        if isinstance(lay.static, tuple):
+            self.static_names = list(lay.static)
+        elif lay.static is not None and lay.static_names is not None and lay.static_names in f:
+            self.static_names = [str(n) for n in f[lay.static_names].asstr()[:]]
+
+    # the static fields and the coordinates are read when first asked for (the statistics, the
+    # features): a loader given its statistics and no such features never reads them
+
+    @functools.cached_property
+    def static(self) -> np.ndarray:
+        """The first file's static fields ``(y, x, static)`` (their statistics); each file's own are
+        read with its fields."""
+        _, ny, nx, _ = self.shape
+        if self.layout.static is None:
+            return np.empty((ny, nx, 0), np.float32)
+        path = self.paths[0]
+        with _H5_LOCK, _open(path) as f:
             parts = [decoded(f[name]) for name in self._static_dims(path, f)]
-            parts = [values[..., None] if values.ndim == 2 else values for values in parts]
-            self.static = np.ascontiguousarray(np.concatenate(parts, axis=-1), np.float32)
-            if isinstance(lay.static, tuple):
-                self.static_names = list(lay.static)
-            elif lay.static_names is not None and lay.static_names in f:
-                self.static_names = [str(n) for n in f[lay.static_names].asstr()[:]]
-        self.latlon = None
-        if lay.latitude in f and lay.longitude in f:
+        parts = [values[..., None] if values.ndim == 2 else values for values in parts]
+        return np.ascontiguousarray(np.concatenate(parts, axis=-1), np.float32)
+
+    @functools.cached_property
+    def latlon(self) -> np.ndarray | None:
+        """The first file's latitude and longitude ``(y, x, 2)``, or None when it has none on the grid."""
+        lay = self.layout
+        _, ny, nx, _ = self.shape
+        with _H5_LOCK, _open(self.paths[0]) as f:
+            if lay.latitude not in f or lay.longitude not in f:
+                return None
             lat, lon = decoded(f[lay.latitude]), decoded(f[lay.longitude])
-            if lat.ndim == 1 and lon.ndim == 1:  # a regular grid: broadcast
-                lon, lat = np.meshgrid(lon, lat)
-            if lat.shape == (ny, nx) and lon.shape == (ny, nx):
-                self.latlon = np.stack([lat, lon], axis=-1).astype(np.float32)
+        if lat.ndim == 1 and lon.ndim == 1:  # a regular grid: broadcast
+            lon, lat = np.meshgrid(lon, lat)
+        if lat.shape == (ny, nx) and lon.shape == (ny, nx):
+            return np.stack([lat, lon], axis=-1).astype(np.float32)
+        return None
 
     def _static_dims(self, path: Path, f: Any) -> dict[str, tuple[str, ...]]:
         """The static variables and their dimensions, checked: (y, x, static) or a list of (y, x)."""
@@ -568,7 +625,12 @@ class AP1Files:
 
     @property
     def static_channels(self) -> int:
-        return int(self.static.shape[-1])
+        """Channels of the static fields (from their shapes, nothing read)."""
+        lay, first = self.layout, self.variables[0]
+        if lay.static is None:
+            return 0
+        names = lay.static if isinstance(lay.static, tuple) else (lay.static,)
+        return sum(first[n].shape[-1] if len(first[n].shape) == 4 else 1 for n in names)
 
     @property
     def field_bytes(self) -> int:
@@ -638,8 +700,9 @@ class _Reader:
             cache[key] = np.empty(shape, var.dtype)
         return cache[key]
 
-    def read(self, name: str, lead: int, out: np.ndarray) -> int:
-        """Slab ``lead`` of variable ``name``, decoded, into ``out`` (float32, any strides)."""
+    def read(self, name: str, lead: int, out: np.ndarray, table: np.ndarray | None = None) -> int:
+        """Slab ``lead`` of variable ``name``, decoded, into ``out`` (float32, any strides);
+        ``table``: the lookup table to decode it with instead of its own (:meth:`Decoding.normalised`)."""
         var = self.variables[name]
         if var.direct and out.flags.c_contiguous:
             return self._pread(var, lead, out)
@@ -655,7 +718,7 @@ class _Reader:
         if var.decoding is None:
             np.copyto(out, raw, casting="unsafe")
         else:
-            var.decoding.apply(raw, out)
+            var.decoding.apply(raw, out, table)
         return nbytes
 
     def _pread(self, var: _Variable, lead: int, out: np.ndarray) -> int:
@@ -676,6 +739,7 @@ class _Reader:
     def _read_chunks(self, var: _Variable, lead: int, out: np.ndarray) -> int:
         """The chunks covering slab ``lead``, read raw under the lock and decompressed outside it."""
         chunks, shape = var.chunks, var.shape
+        chunk_bytes = int(np.prod(chunks)) * var.dtype.itemsize
         c0 = lead - lead % chunks[0]
         ranges = [range(0, n, c) for n, c in zip(shape[1:], chunks[1:], strict=True)]
         nbytes = 0
@@ -699,7 +763,9 @@ class _Reader:
                 if mask & (1 << i):
                     continue  # HDF5 skipped this filter for this chunk
                 if fid == _DEFLATE:
-                    data = zlib.decompress(data)  # the GIL released: threads inflate in parallel
+                    # the GIL released while inflating: threads inflate in parallel; the output
+                    # sized once (grown from 16 kB it is copied again and again, with the GIL held)
+                    data = zlib.decompress(data, bufsize=chunk_bytes)
                 else:
                     shuffled = True  # shuffle comes first in the pipeline: undone last, below
             size = var.dtype.itemsize
@@ -709,7 +775,11 @@ class _Reader:
             else:
                 target = np.empty((int(np.prod(chunks)), size), np.uint8)
             planes = np.frombuffer(data, np.uint8)
-            if shuffled and size > 1:  # bytes grouped by significance back to values
+            if shuffled and size == 2 and _LITTLE:  # 16 bits: two whole-array operations
+                planes, value = planes.reshape(2, -1), target.view(np.uint16).reshape(-1)
+                np.left_shift(planes[1], 8, out=value, dtype=np.uint16)
+                np.bitwise_or(value, planes[0], out=value)
+            elif shuffled and size > 1:  # bytes grouped by significance back to values
                 planes = planes.reshape(size, -1)
                 for b in range(size):
                     target[:, b] = planes[b]
@@ -781,11 +851,17 @@ class _Plan:
 
 
 class _Buffers:
-    """A field's predictors and target."""
+    """A field's predictors and target; ``planar``: the predictors as planes ``(predictor, y, x)``
+    (for separate variables: each read contiguously, interleaved when a patch is assembled)."""
 
-    def __init__(self, ny: int, nx: int, p: int, s: int = 0) -> None:
+    def __init__(
+        self, ny: int, nx: int, p: int, s: int = 0, planar: bool = False, raw_base: bool = False
+    ) -> None:
         # first touched by the first read into them, then reused on every pass
-        self.predictors = np.empty((ny, nx, p), np.float32)
+        self.planar = planar
+        #: the raw forecast, when its plane holds normalised values (``GriddedLoader._read_fused``)
+        self.raw_base = np.empty((ny, nx) if raw_base else (0, 0), np.float32)
+        self.predictors = np.empty((p, ny, nx) if planar else (ny, nx, p), np.float32)
         self.target = np.empty((ny, nx), np.float32)
         self.static = np.empty((ny, nx, s), np.float32)
 
@@ -867,6 +943,20 @@ class GriddedLoader:
                 (1 / std).astype(np.float32),
                 (-mean / std).astype(np.float32),
             )
+        #: predictors decoded through lookup tables normalised once (:meth:`_read_fused`): every
+        #: predictor a separate 8- or 16-bit packed variable in every file, and normalisation on
+        self._fused = (
+            self.stats is not None
+            and options.layout.stacked
+            and all(
+                v[n].decoding is not None and v[n].decoding.has_table
+                for v in self.layout.variables
+                for n in options.layout.predictors
+            )
+        )
+        #: predictor channel -> its position among the selected ones
+        self._channel_of = {int(i): j for j, i in enumerate(self.selected)}
+        self._tables: dict[tuple[Decoding, int], np.ndarray] = {}
         self._pool: list[_Buffers] = []
         self._ring: list[Batch] = []
         self._readers = [_Reader(p, v) for p, v in zip(self.layout.paths, self.layout.variables, strict=True)]
@@ -929,7 +1019,10 @@ class GriddedLoader:
     def _ensure_buffers(self, fields: int) -> None:
         _, ny, nx, p = self.layout.shape
         while len(self._pool) < fields:
-            self._pool.append(_Buffers(ny, nx, p, self._n_static))
+            raw_base = self._fused and self.options.target == "difference" and self.base in self._channel_of
+            self._pool.append(
+                _Buffers(ny, nx, p, self._n_static, planar=self.options.layout.stacked, raw_base=raw_base)
+            )
         ring = self.options.threads + 1  # one held by the consumer, one assembled per thread
         shape = (self.options.batch_size, *self.patch)
         while len(self._ring) < ring:
@@ -998,8 +1091,11 @@ class GriddedLoader:
         """read: the raw field into ``buf``; returns bytes read."""
         index, lead = where
         reader, lay = self._readers[index], self.options.layout
+        if self._fused:
+            return self._read_fused(reader, lead, buf)
         if lay.stacked:  # each 3-D variable into its channel
-            nbytes = sum(reader.read(n, lead, buf.predictors[..., c]) for c, n in enumerate(lay.predictors))
+            # planes (predictor, y, x): each variable read (and decoded) contiguously into its own
+            nbytes = sum(reader.read(n, lead, buf.predictors[c]) for c, n in enumerate(lay.predictors))
         else:
             nbytes = reader.read(str(lay.predictors), lead, buf.predictors)
         if self._n_static:  # the file's own static fields, with each of its fields
@@ -1010,7 +1106,52 @@ class GriddedLoader:
         if not lay.stacked or lay.target not in lay.predictors:
             return nbytes + reader.read(lay.target, lead, buf.target)
         # the target is one of the predictors: already read
-        buf.target[...] = buf.predictors[..., list(lay.predictors).index(lay.target)]
+        buf.target[...] = buf.predictors[list(lay.predictors).index(lay.target)]
+        return nbytes
+
+    def _normalised_table(self, decoding: Decoding, channel: int) -> np.ndarray:
+        """The lookup table of ``decoding`` normalised as selected predictor ``channel`` is."""
+        key = (decoding, channel)
+        with self._lock:
+            table = self._tables.get(key)
+        if table is None:
+            table = decoding.normalised(self._scale[0, channel], self._shift[0, channel])
+            with self._lock:
+                if len(self._tables) >= 64:  # many files packed differently: a few MB at most
+                    self._tables.clear()
+                self._tables[key] = table
+        return table
+
+    def _read_fused(self, reader: _Reader, lead: int, buf: _Buffers) -> int:
+        """read for predictors decoded through lookup tables, with normalisation: the selected
+        ones decoded straight into normalised values (the table normalised once: the same float32
+        operations, so the same values), the others raw; the target (a difference with the raw
+        forecast) finished here, so a patch is only copied."""
+        lay = self.options.layout
+        names = list(lay.predictors)
+        nbytes = 0
+        for c, name in enumerate(names):
+            var = reader.variables[name]
+            j = self._channel_of.get(c)
+            table = None if j is None else self._normalised_table(var.decoding, j)
+            nbytes += reader.read(name, lead, buf.predictors[c], table)
+        if self._n_static:
+            if isinstance(lay.static, tuple):
+                nbytes += sum(reader.read(n, lead, buf.static[..., c]) for c, n in enumerate(lay.static))
+            else:
+                nbytes += reader.read(str(lay.static), lead, buf.static)
+        if lay.target in names and names.index(lay.target) not in self._channel_of:
+            buf.target[...] = buf.predictors[names.index(lay.target)]
+        else:  # read raw (again when it is a normalised predictor: counted once)
+            counted = reader.read(lay.target, lead, buf.target)
+            nbytes += 0 if lay.target in names else counted
+        if self.options.target == "difference":
+            if self.base in self._channel_of:  # the raw forecast, decoded again for the difference
+                reader.read(names[self.base], lead, buf.raw_base)
+                raw = buf.raw_base
+            else:
+                raw = buf.predictors[self.base]
+            np.subtract(buf.target, raw, out=buf.target)
         return nbytes
 
     def _assemble(self, plan: _Plan, k: int, rows: np.ndarray, out: Batch, buf: _Buffers) -> None:
@@ -1028,6 +1169,7 @@ class GriddedLoader:
         n_sel, n_extra, n_static = len(self.selected), self._extra.shape[-1], self._n_static
         with_lead = "leadtime" in self.options.features
         difference = self.options.target == "difference"
+        planar, fused = buf.planar, self._fused
         base = (
             int(np.flatnonzero(self.selected == self.base)[0])
             if difference and self.base in self.selected
@@ -1041,15 +1183,27 @@ class GriddedLoader:
             for r in range(0, py, block):
                 r1 = min(py, r + block)
                 window = (slice(y0 + r, y0 + r1), slice(x0, x0 + px))
-                source = buf.predictors[window]
                 dest = inputs[r:r1, :, :n_sel]
-                if sel is not None:
-                    dest[...] = source[..., sel]
+                if planar:  # channels interleaved here, into the block in the cache
+                    for j, i in enumerate(self.selected):
+                        dest[..., j] = buf.predictors[i][window]
+                elif sel is not None:
+                    dest[...] = buf.predictors[window][..., sel]
                 else:
                     for j, i in enumerate(self.selected):
-                        dest[..., j] = source[..., i]
+                        dest[..., j] = buf.predictors[window][..., i]
+                if fused:  # normalised when decoded, the target finished when read
+                    target[r:r1] = buf.target[window]
+                    continue
                 if difference:  # the raw forecast: from the copy, in the cache, before normalising
-                    raw = dest[..., base] if base is not None else source[..., self.base]
+                    if base is not None:
+                        raw = dest[..., base]
+                    else:
+                        raw = (
+                            buf.predictors[self.base][window]
+                            if planar
+                            else buf.predictors[window][..., self.base]
+                        )
                     np.subtract(buf.target[window], raw, out=target[r:r1])
                 else:
                     target[r:r1] = buf.target[window]
