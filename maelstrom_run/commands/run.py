@@ -129,14 +129,15 @@ def _mode_from_the_command_line(argv: list[str]) -> None:
 
     Before it runs anything, Hydra composes the complete config once only to read ``hydra.mode``
     (a config may make --multirun its default), then composes it again to run. maelstrom-run's
-    primary config sets no mode, so unless an override names it or a config directory of the user's
-    brings a primary config of its own, the mode is the command line's, as Hydra would find it.
+    primary config sets no mode, so unless an override names it, or another primary config is named
+    or brought by a config directory of the user's, the mode is the command line's, as Hydra finds it.
     """
     from hydra._internal.hydra import Hydra
 
-    if any("hydra.mode" in a for a in argv) or any(
-        (d / "config.yaml").is_file() for d in config_dirs(argv)[:-1]
-    ):
+    other_primary = {"--config-name", "-cn", "--config-path", "-cp"} & {a.split("=", 1)[0] for a in argv}
+    if other_primary or any("hydra.mode" in a for a in argv):
+        return
+    if any((d / "config.yaml").is_file() for d in config_dirs(argv)[:-1]):
         return
     Hydra.get_mode = lambda self, config_name, overrides: None  # type: ignore[method-assign]
 
