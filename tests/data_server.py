@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,8 +35,15 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass
 
+    def _begin(self) -> None:
+        """Mark the request as begun; :meth:`DataServer.requests` waits for its record."""
+        self._id = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+        with open(self.server.log, "a") as fh:
+            fh.write(json.dumps({"begin": self._id}) + "\n")
+
     def _record(self, status: int, sent: int) -> None:
         entry = {
+            "id": getattr(self, "_id", None),
             "method": self.command,
             "path": self.path,
             "range": self.headers.get("Range"),
@@ -49,6 +57,7 @@ class Handler(BaseHTTPRequestHandler):
         self.do_GET(body=False)
 
     def do_GET(self, body: bool = True) -> None:
+        self._begin()
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         path = urllib.parse.unquote(url.path)
@@ -176,9 +185,21 @@ class DataServer:
             self.process.wait()
 
     def requests(self) -> list[dict]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        """Every request answered so far, once the server has recorded those it has begun (it records
+        after the last byte, which a client may read first); a server killed mid-answer records none."""
+        deadline = time.monotonic() + 10
+        while True:
+            lines = (
+                [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+                if (self.log.exists())
+                else []
+            )
+            begun = {line["begin"] for line in lines if "begin" in line}
+            done = {line.get("id") for line in lines if "begin" not in line}
+            alive = self.process is not None and self.process.poll() is None
+            if begun <= done or not alive or time.monotonic() > deadline:
+                return [line for line in lines if "begin" not in line]
+            time.sleep(0.02)
 
     def __enter__(self) -> DataServer:
         return self.start()
