@@ -88,6 +88,20 @@ class Request:
     dataset: str | None = None
 
 
+def _to_wal(db: sqlite3.Connection, seconds: float = 60.0) -> None:
+    """Switch a new index to WAL. The switch needs the only connection to the file and SQLite does not
+    wait for it (no busy timeout), so threads and processes opening a new cache together try again."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class Cache:
     def __init__(
         self,
@@ -112,8 +126,8 @@ class Cache:
         db = sqlite3.connect(self.index, timeout=60, isolation_level=None)
         try:
             db.execute("PRAGMA busy_timeout=60000")
-            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # switching needs the only lock
-                db.execute("PRAGMA journal_mode=WAL")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                _to_wal(db)
             db.execute(_SCHEMA)
             yield db
         finally:
