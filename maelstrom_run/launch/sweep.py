@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -289,6 +290,12 @@ def _launch_hydra_tasks(
     sweep_id = _sweep_id(launcher, name)
     chosen = OmegaConf.to_container(OmegaConf.create(launcher.backend or {}), resolve=True)
     backend = {"name": "local", "kind": "local", "max_parallel": 2, **chosen}
+    # the job imports what this process can (the script's own directory first, as Hydra's basic
+    # launcher runs the job in this process); an empty entry is the current directory
+    sys_path = [os.path.abspath(p or os.curdir) for p in sys.path]
+    # cloudpickle sends the functions of the script itself by value, without their file name
+    main = sys.modules.get("__main__")
+    main_file = os.path.abspath(main.__file__) if getattr(main, "__file__", None) else None
     specs, configs = [], []
     for i, overrides in enumerate(job_overrides):
         idx = initial_job_idx + i
@@ -302,11 +309,12 @@ def _launch_hydra_tasks(
             "config": cfg,
             "hydra_context": launcher.hydra_context,
             "singleton_state": Singleton.get_state(),
+            "main_file": main_file,
         }
         (run_dir / "payload.pkl").write_bytes(cloudpickle.dumps(payload))
         job = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
         job.pop("hydra", None)
-        config = {"backend": backend, "tracking": {}, "hydra_job": job}
+        config = {"backend": backend, "tracking": {}, "hydra_job": job, "sys_path": sys_path}
         specs.append(
             RunSpec(
                 run_id=run_id,
@@ -333,6 +341,9 @@ def _launch_hydra_tasks(
     wait = default_wait(backend, launcher.wait)
     view = reporter.wait_view() if reporter is not None else None
     records = submit(specs, wait=wait, registry=registry, backends=backends, view=view)
+    if reporter is not None and not wait:  # Hydra shows nothing more: say where the jobs are
+        results = [Result() for _ in records]
+        reporter.summary(SweepSummary(sweep_id, records, [list(o) for o in job_overrides], results, False))
     returns = []
     for cfg, overrides, record in zip(configs, job_overrides, records, strict=True):
         pickled = Path(record.run_dir) / "job_return.pkl"
