@@ -288,10 +288,31 @@ def _hydra_sys_path(spec: RunSpec) -> None:
     sys.path[:] = [*recorded, *(p for p in sys.path[1:] if p not in recorded)]
 
 
-def _restore_file_name(task_function: Any, filename: str) -> None:
-    """Give the script's functions, which cloudpickle sent by value, their file name back, so that
-    a traceback shows the script's file, line and source as the basic launcher does."""
+def _config_types(config: Any) -> list[Any]:
+    """The classes a config's nodes are typed with (structured configs, enums)."""
+    from omegaconf import DictConfig, EnumNode, ListConfig
+
+    found, todo = [], [config]
+    while todo:
+        node = todo.pop()
+        found += [node._metadata.object_type, node._metadata.ref_type]
+        if isinstance(node, EnumNode):
+            found.append(node.enum_type)
+        if isinstance(node, DictConfig) and not node._is_none() and not node._is_missing():
+            todo += [node._get_node(k) for k in node.keys()]
+        elif isinstance(node, ListConfig) and not node._is_none() and not node._is_missing():
+            todo += [node._get_node(i) for i in range(len(node))]
+    return found
+
+
+def _adopt_main(payload: dict[str, Any]) -> None:
+    """Make the script's own functions and classes, which cloudpickle sent by value, what they were
+    in the submitting process: named after the script's file (tracebacks show its file, line and
+    source, as with the basic launcher) and found in ``__main__`` (so that ``pickle`` can save a
+    config typed with the script's dataclasses, as ``PickleJobInfoCallback`` does)."""
     import types
+
+    filename = payload["main_file"]
 
     def fix(code: types.CodeType) -> types.CodeType:
         if code.co_filename != "<dynamic-code>":
@@ -299,19 +320,29 @@ def _restore_file_name(task_function: Any, filename: str) -> None:
         consts = tuple(fix(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
         return code.replace(co_filename=filename, co_consts=consts)
 
+    main = types.ModuleType("__main__")
+    main.__file__ = filename
     seen: set[int] = set()
-    todo = [task_function]
+    todo = [payload["task_function"], *_config_types(payload["config"])]
     while todo:
         obj = todo.pop()
         if id(obj) in seen or getattr(obj, "__module__", None) != "__main__":
             continue
         seen.add(id(obj))
+        if "." not in getattr(obj, "__qualname__", "."):
+            setattr(main, obj.__qualname__, obj)
         if isinstance(obj, types.FunctionType):
             obj.__code__ = fix(obj.__code__)
             todo += [*obj.__globals__.values(), *vars(obj).values()]
-            todo += [c.cell_contents for c in obj.__closure__ or () if c != types.CellType()]
+            for cell in obj.__closure__ or ():
+                try:
+                    todo.append(cell.cell_contents)
+                except ValueError:  # a cell not yet filled
+                    pass
         elif isinstance(obj, type):
             todo += [getattr(v, "__func__", v) for v in vars(obj).values()]
+    # the worker's own code keeps its globals; only lookups by module name see the script's objects
+    sys.modules["__main__"] = main
 
 
 def run_hydra(spec: RunSpec) -> int:
@@ -327,21 +358,21 @@ def run_hydra(spec: RunSpec) -> int:
     run_dir = RunDir(spec.run_dir)
     result = Result(run_id=spec.run_id, state=JobState.RUNNING, started=time.time())
     run_dir.write_result(result)
-    _hydra_sys_path(spec)
     # Hydra's plugin scan executes again every plugin module that is already imported, rebinding its
     # classes; scanned after the payload was unpickled (``Singleton.set_state`` scans when its state
     # has no plugin registry), the job's config would hold classes that no longer pickle. So: scan
     # first, then unpickle (which imports the scanned modules), and keep this one registry.
-    plugins = Plugins.instance()
     try:
+        _hydra_sys_path(spec)
+        plugins = Plugins.instance()
         with open(run_dir.path / spec.payload, "rb") as fh:
             payload = cloudpickle.load(fh)
+        if payload.get("main_file"):
+            _adopt_main(payload)
     except Exception as exc:  # noqa: BLE001 - e.g. a module of the app that cannot be imported here
         print_app_error(exc, "maelstrom-run: cannot load the job's task function\n")
         _finish(run_dir, result, JobState.FAILED, EXIT_SETUP_FAILED, f"cannot load the job: {app_error(exc)}")
         return EXIT_SETUP_FAILED
-    if payload.get("main_file"):
-        _restore_file_name(payload["task_function"], payload["main_file"])
     state = payload["singleton_state"]
     Singleton.set_state({**state, "instances": {**state["instances"], Plugins: plugins}})
     setup_globals()
