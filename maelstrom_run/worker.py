@@ -154,11 +154,17 @@ def run_app(spec: RunSpec) -> int:
         _requeue(run_dir)
         return EXIT_APP_FAILED
     except BaseException as exc:  # noqa: BLE001 - the app's failure is the run's failure
-        trace = traceback.format_exc()
-        # a mistake in the config or the data that the app found: its one line, and exit code 2
+        # a mistake in the config or the data that the app found: its one line, and exit code 2;
+        # anything else: the app's traceback (from its entry point on) in stderr.log, and for the
+        # run's record the error line and where in the app it was raised
         user = isinstance(exc, UserError)
-        print(f"maelstrom-run: error: {exc}" if user else trace, file=sys.stderr, flush=True)
+        if user:
+            print(f"maelstrom-run: error: {exc}", file=sys.stderr, flush=True)
+            trace = traceback.format_exc()
+        else:
+            trace = print_app_error(exc)
         message = str(exc).splitlines()[0] if user else f"{type(exc).__name__}: {exc}".splitlines()[0]
+        error = message if user else app_error(exc)
         code = EXIT_USER_ERROR if user else EXIT_APP_FAILED
         status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         try:
@@ -167,7 +173,7 @@ def run_app(spec: RunSpec) -> int:
             mlflow.end_run(status)
         finally:
             state = JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
-            _finish(run_dir, result, state, code, error=message)
+            _finish(run_dir, result, state, code, error=error)
         return code
     mlflow.end_run("FINISHED")
     result.metrics = final
@@ -353,7 +359,8 @@ def run_hydra(spec: RunSpec) -> int:
     from hydra.core.plugins import Plugins
     from hydra.core.singleton import Singleton
     from hydra.core.utils import JobStatus, run_job, setup_globals
-    from tblib import pickling_support
+
+    from .core.tracebacks import keep_traceback
 
     run_dir = RunDir(spec.run_dir)
     result = Result(run_id=spec.run_id, state=JobState.RUNNING, started=time.time())
@@ -387,9 +394,10 @@ def run_hydra(spec: RunSpec) -> int:
     if isinstance(failure, BaseException):
         print_app_error(failure, f"Error executing job with overrides: {list(ret.overrides or [])}\n")
         # the exception travels with its traceback, so Hydra shows the app's frames where it is raised
-        pickling_support.install(failure)
+        keep_traceback(failure)
     try:
         data = cloudpickle.dumps(ret)
+        cloudpickle.loads(data)  # what the submitting process will do (an exception's arguments)
     except Exception:  # noqa: BLE001 - an unpicklable return value is reported, not lost silently
         what = "exception" if failure is not None else "return value"
         ret.return_value = RuntimeError(
