@@ -348,7 +348,8 @@ def _adopt_main(payload: dict[str, Any]) -> None:
         elif isinstance(obj, type):
             todo += [getattr(v, "__func__", v) for v in vars(obj).values()]
     # the worker's own code keeps its globals; only lookups by module name see the script's objects
-    sys.modules["__main__"] = main
+    if seen:
+        sys.modules["__main__"] = main
 
 
 def run_hydra(spec: RunSpec) -> int:
