@@ -213,6 +213,13 @@ def check_failure_frames(basic: str, ours: str, maelstrom_home: Path) -> None:
     assert record["error"] == "my_app.py:8 in ratio: ZeroDivisionError: division by zero"
 
 
+class CodedError(Exception):
+    """An exception whose ``__init__`` takes other arguments than its message (pickle cannot call it)."""
+
+    def __init__(self, code: int, where: str) -> None:
+        super().__init__(f"code {code} at {where}")
+
+
 def _nested_failure() -> BaseException:
     def inner(table: dict[str, int], key: str) -> int:
         return table[key] + 1
@@ -240,6 +247,19 @@ def test_traceback_survives_pickling() -> None:
     again = pickle.loads(cloudpickle.dumps(exc))
     assert traceback.format_exception(again) == before
     assert "~~~~~^^^^^" in "".join(before)  # the subscript's marks travel too
+
+    try:
+        _nested_inner_raises()
+    except CodedError as coded:
+        before = traceback.format_exception(coded)
+        keep_traceback(coded)
+        again = pickle.loads(cloudpickle.dumps(coded))
+    assert type(again) is CodedError and str(again) == "code 3 at inner"
+    assert traceback.format_exception(again) == before
+
+
+def _nested_inner_raises() -> None:
+    raise CodedError(3, "inner")
 
 
 @pytest.mark.slow  # an MLflow run

@@ -72,7 +72,14 @@ def _traceback(frames: list[Frame]) -> types.TracebackType | None:
 
 
 def _rebuild(func: Any, args: tuple[Any, ...], state: Any, extra: dict[str, Any]) -> Any:
-    exc = func(*args)
+    try:
+        exc = func(*args)
+    except Exception:
+        if not isinstance(func, type):
+            raise
+        # an ``__init__`` that takes other arguments than it hands to Exception (which pickle cannot
+        # call again): the same class and message, made without calling it
+        exc = func.__new__(func, *args)
     if isinstance(state, dict):
         exc.__dict__.update(state)
     elif state is not None:
