@@ -329,7 +329,10 @@ def _adopt_main(payload: dict[str, Any]) -> None:
     main = types.ModuleType("__main__")
     main.__file__ = filename
     seen: set[int] = set()
-    todo = [payload["task_function"], *_config_types(payload["config"])]
+    objects = payload.get("main_objects") or {}
+    for name, obj in objects.items():  # under the names the script gave them
+        setattr(main, name, obj)
+    todo = [payload["task_function"], *objects.values(), *_config_types(payload["config"])]
     while todo:
         obj = todo.pop()
         if id(obj) in seen or getattr(obj, "__module__", None) != "__main__":
