@@ -91,6 +91,11 @@ def without_launcher(path: Path, out: Path, launcher: list[str]) -> Any:
     return data
 
 
+def log_lines(path: Path, out: Path) -> list[str]:
+    text = path.read_text().replace(str(out), "OUT")
+    return [re.sub(r"^\[[0-9-]+ [0-9:,]+\]", "[TIME]", line) for line in text.splitlines()]
+
+
 def app_module(app: str) -> Any:
     """The app's script as a module (not as ``__main__``: its ``my_app()`` is not called)."""
     spec = importlib.util.spec_from_file_location(f"hydra_app_{app}", APPS / app / "my_app.py")
@@ -157,6 +162,10 @@ def compare(app: str, launcher: list[str], tmp_path: Path, env: dict[str, str]) 
         ours_ret = load_job_return(ours_out / job / ".hydra" / "job_return.pickle", app)
         assert ours_ret == load_job_return(basic_out / job / ".hydra" / "job_return.pickle", app)
         assert (ours_out / job / ".hydra" / "config.pickle").stat().st_size > 0
+        # the job's log (Hydra's job logging), but for the time stamps
+        for log in (basic_out / job).glob("*.log"):
+            ours_log = log_lines(ours_out / job / log.name, ours_out)
+            assert ours_log == log_lines(log, basic_out), log.name
     return basic, ours
 
 
