@@ -404,8 +404,9 @@ def run_hydra(spec: RunSpec) -> int:
         cloudpickle.loads(data)  # what the submitting process will do (an exception's arguments)
     except Exception:  # noqa: BLE001 - an unpicklable return value is reported, not lost silently
         what = "exception" if failure is not None else "return value"
+        shown = str(ret._return_value).splitlines()[0][:200] if str(ret._return_value) else ""
         ret.return_value = RuntimeError(
-            f"job {what} of type {type(ret._return_value).__name__} cannot be pickled: {ret._return_value}"
+            f"job {what} of type {type(ret._return_value).__name__} cannot be pickled: {shown}"
         )
         ret.status = JobStatus.FAILED
         data = pickle.dumps(ret)
