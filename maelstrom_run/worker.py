@@ -154,11 +154,17 @@ def run_app(spec: RunSpec) -> int:
         _requeue(run_dir)
         return EXIT_APP_FAILED
     except BaseException as exc:  # noqa: BLE001 - the app's failure is the run's failure
-        trace = traceback.format_exc()
-        # a mistake in the config or the data that the app found: its one line, and exit code 2
+        # a mistake in the config or the data that the app found: its one line, and exit code 2;
+        # anything else: the app's traceback (from its entry point on) in stderr.log, and for the
+        # run's record the error line and where in the app it was raised
         user = isinstance(exc, UserError)
-        print(f"maelstrom-run: error: {exc}" if user else trace, file=sys.stderr, flush=True)
+        if user:
+            print(f"maelstrom-run: error: {exc}", file=sys.stderr, flush=True)
+            trace = traceback.format_exc()
+        else:
+            trace = print_app_error(exc)
         message = str(exc).splitlines()[0] if user else f"{type(exc).__name__}: {exc}".splitlines()[0]
+        error = message if user else app_error(exc)
         code = EXIT_USER_ERROR if user else EXIT_APP_FAILED
         status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         try:
@@ -167,7 +173,7 @@ def run_app(spec: RunSpec) -> int:
             mlflow.end_run(status)
         finally:
             state = JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
-            _finish(run_dir, result, state, code, error=message)
+            _finish(run_dir, result, state, code, error=error)
         return code
     mlflow.end_run("FINISHED")
     result.metrics = final
@@ -232,23 +238,155 @@ def _log_plots(history: dict[str, list[tuple[int, float]]], samples: dict[str, l
         plt.close(fig)
 
 
+def _app_frames(exc: BaseException) -> Any:
+    """The traceback of ``exc`` from the app's first frame on: the worker's own frames, and
+    Hydra's ``run_job`` that called the task function, are not the app's."""
+    tb = exc.__traceback__
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename == __file__
+        or (
+            tb.tb_frame.f_code.co_name == "run_job"
+            and tb.tb_frame.f_globals.get("__name__") == "hydra.core.utils"
+        )
+    ):
+        tb = tb.tb_next
+    return tb or exc.__traceback__
+
+
+def _library_dirs() -> tuple[str, ...]:
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    return tuple(
+        {os.path.realpath(paths[k]) + os.sep for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    )
+
+
+def app_error(exc: BaseException) -> str:
+    """One line for the run's record: where in the app it failed (the innermost frame outside the
+    standard library and installed packages) and the error line."""
+    line = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    libraries = _library_dirs()
+    where = None
+    for frame, lineno in traceback.walk_tb(_app_frames(exc)):
+        filename = frame.f_code.co_filename
+        if not os.path.realpath(filename).startswith(libraries) and not filename.startswith("<"):
+            where = f"{os.path.basename(filename)}:{lineno} in {frame.f_code.co_name}"
+    return f"{where}: {line}" if where else line
+
+
+def print_app_error(exc: BaseException, header: str = "") -> str:
+    """Write the app's traceback to stderr (the job's ``stderr.log``) and return it."""
+    text = header + "".join(traceback.format_exception(type(exc), exc, _app_frames(exc)))
+    print(text, file=sys.stderr, end="", flush=True)
+    return text
+
+
+def _hydra_sys_path(spec: RunSpec) -> None:
+    """``sys.path`` as the submitting process had it, as Hydra's basic launcher runs the job there:
+    the script's directory first, so that the app imports its sibling modules."""
+    recorded = spec.config.get("sys_path")
+    if not recorded:  # a spec written before the path was recorded
+        if spec.code_dir and spec.code_dir not in sys.path:
+            sys.path.insert(0, spec.code_dir)
+        return
+    # the worker's own entries follow, except its working directory (``python -m`` puts it first)
+    sys.path[:] = [*recorded, *(p for p in sys.path[1:] if p not in recorded)]
+
+
+def _config_types(config: Any) -> list[Any]:
+    """The classes a config's nodes are typed with (structured configs, enums)."""
+    from omegaconf import DictConfig, EnumNode, ListConfig
+
+    found, todo = [], [config]
+    while todo:
+        node = todo.pop()
+        found += [node._metadata.object_type, node._metadata.ref_type]
+        if isinstance(node, EnumNode):
+            found.append(node.enum_type)
+        if isinstance(node, DictConfig) and not node._is_none() and not node._is_missing():
+            todo += [node._get_node(k) for k in node.keys()]
+        elif isinstance(node, ListConfig) and not node._is_none() and not node._is_missing():
+            todo += [node._get_node(i) for i in range(len(node))]
+    return found
+
+
+def _adopt_main(payload: dict[str, Any]) -> None:
+    """Make the script's own functions and classes, which cloudpickle sent by value, what they were
+    in the submitting process: named after the script's file (tracebacks show its file, line and
+    source, as with the basic launcher) and found in ``__main__`` (so that ``pickle`` can save a
+    config typed with the script's dataclasses, as ``PickleJobInfoCallback`` does)."""
+    import types
+
+    filename = payload["main_file"]
+
+    def fix(code: types.CodeType) -> types.CodeType:
+        if code.co_filename != "<dynamic-code>":
+            return code
+        consts = tuple(fix(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+        return code.replace(co_filename=filename, co_consts=consts)
+
+    main = types.ModuleType("__main__")
+    main.__file__ = filename
+    seen: set[int] = set()
+    objects = payload.get("main_objects") or {}
+    for name, obj in objects.items():  # under the names the script gave them
+        setattr(main, name, obj)
+    todo = [payload["task_function"], *objects.values(), *_config_types(payload["config"])]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or getattr(obj, "__module__", None) != "__main__":
+            continue
+        seen.add(id(obj))
+        if "." not in getattr(obj, "__qualname__", "."):
+            setattr(main, obj.__qualname__, obj)
+        if isinstance(obj, types.FunctionType):
+            obj.__code__ = fix(obj.__code__)
+            todo += [*obj.__globals__.values(), *vars(obj).values()]
+            for cell in obj.__closure__ or ():
+                try:
+                    todo.append(cell.cell_contents)
+                except ValueError:  # a cell not yet filled
+                    pass
+        elif isinstance(obj, type):
+            todo += [getattr(v, "__func__", v) for v in vars(obj).values()]
+    # the worker's own code keeps its globals; only lookups by module name see the script's objects
+    if seen:
+        sys.modules["__main__"] = main
+
+
 def run_hydra(spec: RunSpec) -> int:
     """Run one job of a Hydra sweep for any Hydra app (task function pickled by the launcher)."""
     import pickle
 
     import cloudpickle
+    from hydra.core.plugins import Plugins
     from hydra.core.singleton import Singleton
     from hydra.core.utils import JobStatus, run_job, setup_globals
+
+    from .core.tracebacks import keep_traceback
 
     run_dir = RunDir(spec.run_dir)
     result = Result(run_id=spec.run_id, state=JobState.RUNNING, started=time.time())
     run_dir.write_result(result)
-    with open(run_dir.path / spec.payload, "rb") as fh:
-        payload = cloudpickle.load(fh)
-    Singleton.set_state(payload["singleton_state"])
+    # Hydra's plugin scan executes again every plugin module that is already imported, rebinding its
+    # classes; scanned after the payload was unpickled (``Singleton.set_state`` scans when its state
+    # has no plugin registry), the job's config would hold classes that no longer pickle. So: scan
+    # first, then unpickle (which imports the scanned modules), and keep this one registry.
+    try:
+        _hydra_sys_path(spec)
+        plugins = Plugins.instance()
+        with open(run_dir.path / spec.payload, "rb") as fh:
+            payload = cloudpickle.load(fh)
+        if payload.get("main_file"):
+            _adopt_main(payload)
+    except Exception as exc:  # noqa: BLE001 - e.g. a module of the app that cannot be imported here
+        print_app_error(exc, "maelstrom-run: cannot load the job's task function\n")
+        _finish(run_dir, result, JobState.FAILED, EXIT_SETUP_FAILED, f"cannot load the job: {app_error(exc)}")
+        return EXIT_SETUP_FAILED
+    state = payload["singleton_state"]
+    Singleton.set_state({**state, "instances": {**state["instances"], Plugins: plugins}})
     setup_globals()
-    if spec.code_dir and spec.code_dir not in sys.path:
-        sys.path.insert(0, spec.code_dir)
     ret = run_job(
         hydra_context=payload["hydra_context"],
         task_function=payload["task_function"],
@@ -256,17 +394,30 @@ def run_hydra(spec: RunSpec) -> int:
         job_dir_key="hydra.sweep.dir",
         job_subdir_key="hydra.sweep.subdir",
     )
+    failure = ret._return_value if ret.status == JobStatus.FAILED else None
+    if isinstance(failure, BaseException):
+        print_app_error(failure, f"Error executing job with overrides: {list(ret.overrides or [])}\n")
+        # the exception travels with its traceback, so Hydra shows the app's frames where it is raised
+        keep_traceback(failure)
     try:
         data = cloudpickle.dumps(ret)
+        cloudpickle.loads(data)  # what the submitting process will do (an exception's arguments)
     except Exception:  # noqa: BLE001 - an unpicklable return value is reported, not lost silently
+        what = "exception" if failure is not None else "return value"
+        shown = str(ret._return_value).splitlines()[0][:200] if str(ret._return_value) else ""
         ret.return_value = RuntimeError(
-            f"job return value of type {type(ret._return_value)} cannot be pickled"
+            f"job {what} of type {type(ret._return_value).__name__} cannot be pickled: {shown}"
         )
         ret.status = JobStatus.FAILED
         data = pickle.dumps(ret)
     run_dir.job_return.write_bytes(data)
     ok = ret.status == JobStatus.COMPLETED
-    error = None if ok else f"{type(ret._return_value).__name__}: {ret._return_value}"
+    error = None
+    if not ok:
+        value = ret._return_value
+        error = (
+            app_error(failure) if isinstance(failure, BaseException) else f"{type(value).__name__}: {value}"
+        )
     _finish(run_dir, result, JobState.SUCCEEDED if ok else JobState.FAILED, 0 if ok else 1, error)
     return 0 if ok else EXIT_APP_FAILED
 

@@ -13,7 +13,6 @@ This module stays light: Hydra imports every plugin at start-up.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -24,18 +23,11 @@ from omegaconf import DictConfig
 
 from maelstrom_run.config.resolvers import register
 
+from ._conf import MaelstromLauncherConf
+
 # ``hydra.launcher.backend`` may hold secret references (``${secret:env:NAME}``): Hydra resolves the
 # launcher's config before the launcher exists, so the resolvers must be there when the plugin is.
 register()
-
-
-@dataclass
-class MaelstromLauncherConf:
-    _target_: str = "hydra_plugins.maelstrom_launcher.maelstrom_launcher.MaelstromLauncher"
-    wait: bool | None = None
-    backend: dict[str, Any] = field(
-        default_factory=lambda: {"name": "local", "kind": "local", "max_parallel": 2}
-    )
 
 
 ConfigStore.instance().store(

@@ -10,20 +10,12 @@ This module stays light: Hydra imports every plugin at start-up.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 
+from ._conf import MaelstromSweeperConf
 from .maelstrom_launcher import MaelstromLauncher
-
-
-@dataclass
-class MaelstromSweeperConf:
-    _target_: str = "hydra_plugins.maelstrom_launcher.maelstrom_sweeper.MaelstromSweeper"
-    max_batch_size: int | None = None
-    params: dict[str, str] | None = None
-
 
 ConfigStore.instance().store(
     group="hydra/sweeper", name="maelstrom", node=MaelstromSweeperConf, provider="maelstrom_launcher"

@@ -120,7 +120,9 @@ class LocalBackend(Backend):
         why = ""
         if job is not None:
             native = JobState.RUNNING if _alive(job) or queue_alive else JobState.FAILED
-            why = "the worker process died without reporting a result"
+            report = RunDir(run_dir).read_result()
+            if native is JobState.FAILED and not (report and report.terminal):  # else the report says why
+                why = "the worker process died without reporting a result"
         elif RunDir(run_dir).cancelled:
             native = JobState.CANCELLED
         elif queue_alive:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +272,26 @@ def _hydra_job_return(
     return ret
 
 
+def _script(task_function: Any) -> tuple[str | None, dict[str, Any]]:
+    """The file of the script that defines the task function, and the classes and functions it
+    defines. cloudpickle sends them by value, without their file name; the job puts them back in
+    its ``__main__`` (as for an ``_target_: __main__.Model`` that the task function does not name)."""
+    import cloudpickle
+
+    main = sys.modules.get("__main__")
+    if getattr(task_function, "__module__", None) != "__main__" or not getattr(main, "__file__", None):
+        return None, {}
+    objects = {}
+    for name, obj in vars(main).items():
+        if isinstance(obj, type | types.FunctionType) and getattr(obj, "__module__", None) == "__main__":
+            try:
+                cloudpickle.dumps(obj)
+            except Exception:  # noqa: BLE001 - what cannot travel stays behind, as it would be
+                continue
+            objects[name] = obj
+    return os.path.abspath(main.__file__), objects
+
+
 def _launch_hydra_tasks(
     launcher: Any,
     job_overrides: Sequence[Sequence[str]],
@@ -289,6 +311,10 @@ def _launch_hydra_tasks(
     sweep_id = _sweep_id(launcher, name)
     chosen = OmegaConf.to_container(OmegaConf.create(launcher.backend or {}), resolve=True)
     backend = {"name": "local", "kind": "local", "max_parallel": 2, **chosen}
+    # the job imports what this process can (the script's own directory first, as Hydra's basic
+    # launcher runs the job in this process); an empty entry is the current directory
+    sys_path = [os.path.abspath(p or os.curdir) for p in sys.path]
+    main_file, main_objects = _script(launcher.task_function)
     specs, configs = [], []
     for i, overrides in enumerate(job_overrides):
         idx = initial_job_idx + i
@@ -302,11 +328,13 @@ def _launch_hydra_tasks(
             "config": cfg,
             "hydra_context": launcher.hydra_context,
             "singleton_state": Singleton.get_state(),
+            "main_file": main_file,
+            "main_objects": main_objects,
         }
         (run_dir / "payload.pkl").write_bytes(cloudpickle.dumps(payload))
         job = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
         job.pop("hydra", None)
-        config = {"backend": backend, "tracking": {}, "hydra_job": job}
+        config = {"backend": backend, "tracking": {}, "hydra_job": job, "sys_path": sys_path}
         specs.append(
             RunSpec(
                 run_id=run_id,
@@ -333,6 +361,9 @@ def _launch_hydra_tasks(
     wait = default_wait(backend, launcher.wait)
     view = reporter.wait_view() if reporter is not None else None
     records = submit(specs, wait=wait, registry=registry, backends=backends, view=view)
+    if reporter is not None and not wait:  # Hydra shows nothing more: say where the jobs are
+        results = [Result() for _ in records]
+        reporter.summary(SweepSummary(sweep_id, records, [list(o) for o in job_overrides], results, False))
     returns = []
     for cfg, overrides, record in zip(configs, job_overrides, records, strict=True):
         pickled = Path(record.run_dir) / "job_return.pkl"
