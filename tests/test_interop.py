@@ -106,6 +106,7 @@ def test_every_documented_key_is_mapped_by_some_fixture() -> None:
         "unicore-jureca.json",
         "firecrest-daint.yaml",
         "unicore-old-precommand.yaml",
+        "ssh-juwels.yaml",
     ):
         _, report = mantik.to_backend(mantik.read_config(DATA / name), "x", name)
         assert report.unknown == []
@@ -232,9 +233,15 @@ def test_unknown_keys_reported_and_strict_refuses(
             },
             r"Environment.PreRunCommand.ExecuteOnLoginNode: expected true or false",
         ),
-        ({"UnicoreApiUrl": "u", "Firecrest": {}}, r"give UnicoreApiUrl or Firecrest, not both"),
+        (
+            {"UnicoreApiUrl": "u", "Firecrest": {}},
+            r"give one of UnicoreApiUrl, Firecrest or SSH, not UnicoreApiUrl and Firecrest",
+        ),
         ({"Firecrest": {"ApiUrl": "a", "TokenUrl": "t"}}, r"Firecrest.Machine: missing"),
-        ({"Resources": {"Queue": "batch"}}, r"give UnicoreApiUrl or a Firecrest section"),
+        (
+            {"Resources": {"Queue": "batch"}},
+            r"give UnicoreApiUrl, a Firecrest section \(ApiUrl, TokenUrl, Machine\) or an SSH section",
+        ),
     ],
 )
 def test_wrong_values_named_by_key_path(data: dict[str, Any], message: str) -> None:
@@ -894,3 +901,43 @@ def test_all_entry_points_each_an_app(tmp_path: Path, run_cli: Any, cli_env: dic
     missing = _import(run_cli, cli_env, tmp_path, project, "--out", tmp_path / "other")
     assert missing.returncode == 2
     assert "entry point 'main' not found (entry points: fit, evaluate)" in missing.stderr
+
+
+def test_ssh_section_is_the_slurm_backend_over_ssh(
+    tmp_path: Path, run_cli: Any, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MANTIK_SSH_PRIVATE_KEY", raising=False)
+    backend, report = mantik.to_backend(mantik.read_config(DATA / "ssh-juwels.yaml"), "booster", "c")
+    assert report.unknown == []
+    assert backend["kind"] == "slurm" and "credentials" not in backend
+    assert backend["ssh"] == {
+        "host": "juwels-booster.fz-juelich.de",
+        "port": 2222,
+        "user": "${secret:env:MANTIK_SSH_USERNAME}",
+    }
+    assert backend["environment"]["login_pre_commands"] == ['echo "submitting from $(hostname)"']
+    # 4 tasks per node (the user's SLURM_NTASKS_PER_NODE), the node's 48 CPUs shared among them
+    assert (backend["resources"]["tasks_per_node"], backend["resources"]["cpus_per_task"]) == (4, 12)
+    monkeypatch.setenv("MANTIK_SSH_PRIVATE_KEY", "a key")
+    backend, _ = mantik.to_backend(mantik.read_config(DATA / "ssh-juwels.yaml"), "booster", "c")
+    assert backend["ssh"]["private_key"] == "${secret:env:MANTIK_SSH_PRIVATE_KEY}"
+    with pytest.raises(ConfigError, match=r"^c: SSH.Port: expected a port number"):
+        mantik.to_backend({"SSH": {"Hostname": "h", "Port": 70000}}, "x", "c")
+    with pytest.raises(ConfigError, match=r"^c: SSH.Hostname: missing"):
+        mantik.to_backend({"SSH": {"Port": 22}}, "x", "c")
+    # the written backend config composes and validates as a slurm backend with ssh
+    project = _project(tmp_path, "wine")
+    out = tmp_path / "conf"
+    result = _import(run_cli, cli_env, tmp_path, project, DATA / "ssh-juwels.yaml", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "Slurm over SSH backend" in (out / "backend" / "tutorial.yaml").read_text()
+    env = {**cli_env, "MANTIK_SSH_USERNAME": "jdoe1"}
+    shown = run_cli(
+        ["--config-dir", str(out), "app=tutorial", "backend=tutorial", "--cfg", "job", "--resolve"],
+        cwd=project,
+        env=env,
+    )
+    assert shown.returncode == 0, shown.stderr
+    composed = yaml.safe_load(shown.stdout)["backend"]
+    assert composed["ssh"]["host"] == "juwels-booster.fz-juelich.de" and composed["ssh"]["port"] == 2222
+    assert "jdoe1" not in shown.stdout  # the user stays a reference

@@ -182,12 +182,13 @@ def cmd_import_mantik(args: argparse.Namespace) -> int:
         written.append(app_file)
     if backend is not None:
         kind = backend["kind"]
-        secrets = " and ".join(
-            v.removeprefix("${secret:env:").rstrip("}") for v in backend["credentials"].values()
-        )
+        credentials = backend.get("credentials") or {
+            k: v for k, v in backend["ssh"].items() if k in ("user", "private_key")
+        }
+        secrets = " and ".join(v.removeprefix("${secret:env:").rstrip("}") for v in credentials.values())
+        label = {"unicore": "UNICORE", "firecrest": "FirecREST"}.get(kind, "Slurm over SSH")
         backend_header = [
-            f"{'UNICORE' if kind == 'unicore' else 'FirecREST'} backend {backend_name}: imported from "
-            f"{args.backend_config}",
+            f"{label} backend {backend_name}: imported from {args.backend_config}",
             "(a Mantik compute-backend config) by `maelstrom import mantik`. As with Mantik, the",
             f"credentials come from {secrets},",
             "the account from MANTIK_COMPUTE_BUDGET_ACCOUNT.",

@@ -39,6 +39,8 @@ MAPPING = {
     "Firecrest.ApiUrl": "backend.kind: firecrest, backend.url",
     "Firecrest.TokenUrl": "backend.token_url",
     "Firecrest.Machine": "backend.machine",
+    "SSH.Hostname": "backend.kind: slurm, backend.ssh.host",
+    "SSH.Port": "backend.ssh.port",
     "Resources.Queue": "backend.resources.queue",
     "Resources.Runtime": "backend.resources.time",
     "Resources.Nodes": "backend.resources.nodes",
@@ -76,7 +78,8 @@ CREDENTIALS = {
 }
 ACCOUNT = "${oc.env:MANTIK_COMPUTE_BUDGET_ACCOUNT,null}"
 
-_TOP = ("UnicoreApiUrl", "Firecrest", "Resources", "Environment", "Exclude")
+_TOP = ("UnicoreApiUrl", "Firecrest", "SSH", "Resources", "Environment", "Exclude")
+_SSH = ("Hostname", "Port")
 _FIRECREST = ("ApiUrl", "TokenUrl", "Machine")
 _RESOURCES = (
     "Queue",
@@ -223,8 +226,9 @@ def to_backend(data: dict[str, Any], name: str, source: str) -> tuple[dict[str, 
         if key not in _TOP:
             report.unknown_key(str(key), list(_TOP))
     backend: dict[str, Any] = {"defaults": ["local", "_self_"], "name": name}
-    if "UnicoreApiUrl" in data and "Firecrest" in data:
-        raise ConfigError(f"{source}: give UnicoreApiUrl or Firecrest, not both (as Mantik requires)")
+    given = [key for key in ("UnicoreApiUrl", "Firecrest", "SSH") if key in data]
+    if len(given) > 1:
+        raise ConfigError(f"{source}: give one of UnicoreApiUrl, Firecrest or SSH, not {' and '.join(given)}")
     if "UnicoreApiUrl" in data:
         backend.update(kind="unicore", url=values.string(data["UnicoreApiUrl"], "UnicoreApiUrl"))
         report.mapped.append("UnicoreApiUrl")
@@ -242,10 +246,16 @@ def to_backend(data: dict[str, Any], name: str, source: str) -> tuple[dict[str, 
             report.mapped.append(f"Firecrest.{key}")
         backend["kind"] = "firecrest"
         backend = {k: backend[k] for k in ("defaults", "name", "kind", "url", "machine", "token_url")}
+    elif "SSH" in data:
+        backend.update(kind="slurm", ssh=_ssh(data["SSH"], values, report))
     else:
-        raise ConfigError(f"{source}: give UnicoreApiUrl or a Firecrest section (ApiUrl, TokenUrl, Machine)")
+        raise ConfigError(
+            f"{source}: give UnicoreApiUrl, a Firecrest section (ApiUrl, TokenUrl, Machine) or an SSH section "
+            "(Hostname, Port)"
+        )
     backend["max_parallel"] = 8
-    backend["credentials"] = dict(CREDENTIALS[backend["kind"]])
+    if backend["kind"] in CREDENTIALS:
+        backend["credentials"] = dict(CREDENTIALS[backend["kind"]])
     backend["resources"] = _resources(data.get("Resources"), values, report)
     environment = _environment(data.get("Environment"), values, report)
     _launch_layout(environment, backend["resources"], report)
@@ -268,6 +278,44 @@ def to_backend(data: dict[str, Any], name: str, source: str) -> tuple[dict[str, 
             "directories (backend.workdir=/scratch/<user>/maelstrom, or in the file)"
         )
     return backend, report
+
+
+def _ssh(section: Any, values: _Values, report: Report) -> dict[str, Any]:
+    """Mantik's ``SSH{Hostname, Port}``: the Slurm backend over SSH. The user comes from
+    ``MANTIK_SSH_USERNAME`` and a key from ``MANTIK_SSH_PRIVATE_KEY`` (as with Mantik), as references."""
+    import os
+
+    section = values.mapping(section, "SSH")
+    for key in section:
+        if key not in _SSH:
+            report.unknown_key(f"SSH.{key}", list(_SSH))
+    if "Hostname" not in section:
+        raise ConfigError(f"{values.source}: SSH.Hostname: missing; the login node to submit on")
+    ssh: dict[str, Any] = {"host": values.string(section["Hostname"], "SSH.Hostname")}
+    report.mapped.append("SSH.Hostname")
+    if section.get("Port") is not None:
+        port = values.integer(section["Port"], "SSH.Port", 1)
+        if port > 65535:
+            raise values.error("SSH.Port", "a port number (1-65535)", section["Port"])
+        ssh["port"] = port
+        report.mapped.append("SSH.Port")
+    ssh["user"] = "${secret:env:MANTIK_SSH_USERNAME}"
+    if os.environ.get("MANTIK_SSH_PRIVATE_KEY"):
+        ssh["private_key"] = "${secret:env:MANTIK_SSH_PRIVATE_KEY}"
+        report.notes.append(
+            "SSH: the key is MANTIK_SSH_PRIVATE_KEY (the key itself, loaded into a private ssh-agent, never "
+            "written to disk)"
+        )
+    else:
+        report.notes.append(
+            "SSH: ssh's own keys and agent log in (MANTIK_SSH_PRIVATE_KEY is not set); or set "
+            "backend.ssh.identity_file. A password (MANTIK_SSH_PASSWORD) is never used: ssh runs in batch mode"
+        )
+    report.notes.append(
+        f"SSH: the host key of {ssh['host']} must be in ~/.ssh/known_hosts (or backend.ssh.known_hosts); the run "
+        "directories go to ~/maelstrom/runs there (backend.ssh.workdir)"
+    )
+    return ssh
 
 
 def _resources(section: Any, values: _Values, report: Report) -> dict[str, Any]:
