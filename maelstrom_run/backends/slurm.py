@@ -31,19 +31,16 @@ from pathlib import Path
 from ..config.schema import SlurmConf
 from ..config.secrets import job_environment
 from ..core.errors import BackendError, ConfigError
-from ..core.retry import RetryPolicy
-from ..core.rundir import CANCELLED, JOB_RETURN, REQUEUES, RESULT, RunDir, write_atomic
+from ..core.rundir import CANCELLED, RunDir, write_atomic
 from ..core.spec import SPEC_FILE, RunSpec
 from ..core.states import JobRef, JobState
 from ..core.status import JobStatus, reconcile
 from .base import Backend, Rendered, StatusCache, Submitted, wait_until_stopped
 from .files import RemoteFiles
+from .remote import MIRRORED, policy
 from .script import Target, render_batch_script, worker_python
 from .ssh import Connection, Mirror, SSHFiles
 from .staging import repository_root, snapshot_files, stage
-
-#: Files of a run directory that the worker writes and the status reads (fetched over SSH).
-MIRRORED = (RESULT, JOB_RETURN, REQUEUES)
 
 #: Slurm job states (``squeue %T`` / ``sacct State``) onto the contract's states, once.
 STATES: dict[str, JobState] = {
@@ -281,9 +278,7 @@ class SlurmSSH(SlurmCommands):
     def __init__(self, name: str, conf: SlurmConf) -> None:
         super().__init__(name, conf)
         assert conf.ssh is not None
-        self.ssh = Connection(
-            name, conf.ssh, RetryPolicy.tries_of(conf.retries, delay=float(conf.retry_delay))
-        )
+        self.ssh = Connection(name, conf.ssh, policy(conf))
         self.mirror = Mirror(self.ssh)
 
     def connect(self) -> None:

@@ -16,6 +16,8 @@ The Slurm commands over this connection are :class:`maelstrom_run.backends.slurm
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import io
 import os
@@ -39,6 +41,18 @@ from .files import RemoteEntry, RemoteFiles
 SSH_FAILED = 255
 _AGENTS: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
 _LOCK = threading.Lock()
+
+
+def _stop_agents() -> None:
+    """The private agents end with the command that started them (their keys with them)."""
+    for agent, socket in _AGENTS.values():
+        agent.terminate()
+        with contextlib.suppress(OSError):
+            os.unlink(socket)
+    _AGENTS.clear()
+
+
+atexit.register(_stop_agents)
 
 
 class SSHError(BackendError):
@@ -76,6 +90,14 @@ class Connection:
         os.chmod(path, 0o700)
         return path
 
+    def _identity(self) -> str:
+        """What a shared connection was opened with (host key file, key, options): a master opened
+        with other settings is never reused (it would skip their checks)."""
+        conf = self.conf
+        key = resolve(conf.private_key) if conf.private_key else ""
+        parts = [conf.known_hosts or "", conf.identity_file or "", key, *map(str, conf.options)]
+        return hashlib.sha256("\0".join(resolve(p) for p in parts).encode()).hexdigest()[:12]
+
     def options(self, *, master: bool = False) -> list[str]:
         """ssh's options (everything but the host and the command); ``master``: those of the shared
         connection itself (ssh takes the first value of an option, so they are chosen here)."""
@@ -85,7 +107,7 @@ class Connection:
             "StrictHostKeyChecking": "yes",
             # commands share the master that open() started; without it they connect on their own
             "ControlMaster": "yes" if master else "no",
-            "ControlPath": os.path.join(self._control_dir(), "%C"),
+            "ControlPath": os.path.join(self._control_dir(), f"%C-{self._identity()}"),
             "ConnectTimeout": "10",
             "ServerAliveInterval": "15",
             "ServerAliveCountMax": "4",
