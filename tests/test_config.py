@@ -508,7 +508,7 @@ def test_help(run_cli, cli_env: dict[str, str], tmp_path: Path) -> None:
     assert "groups" in out.lower()
     for group in ("app", "backend", "train", "model", "loader", "dataset", "tracking"):
         assert re.search(rf"^\s*{group}: \w", out, re.MULTILINE), group
-    assert re.search(r"^\s*backend: daint, jureca, juwels, local, slurm, slurmrest$", out, re.MULTILINE)
+    assert re.search(r"^\s*backend: daint, jureca, juwels, local, slurm, slurmrest, ssh$", out, re.MULTILINE)
     assert re.search(r"^\s*app: ap1, ap2, ap3, ap4, ap5, ap6$", out, re.MULTILINE)
 
 

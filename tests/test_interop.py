@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from slurm_cluster import slurm  # noqa: F401  (fixture)
 
 from maelstrom_run.config.units import time_limit_seconds
 from maelstrom_run.core.errors import ConfigError
@@ -83,7 +84,10 @@ def test_import_unicore_maps_every_key(tmp_path: Path, run_cli: Any, cli_env: di
     assert env["modules"] == ["Stages/2024", "GCC", "ParaStationMPI"]
     assert env["variables"] == {"NCCL_DEBUG": "INFO", "OMP_NUM_THREADS": "12"}
     # a variable that expands a shell variable is exported on the compute node, before the user's commands
-    assert env["pre_commands"] == ['export DATA_DIR="\\${SCRATCH}/maelstrom/ap2"', "nvidia-smi"]
+    assert env["pre_commands"] == [
+        "export DATA_DIR=\\${SCRATCH}/maelstrom/ap2",
+        "nvidia-smi",
+    ]  # as Mantik writes it
     assert env["post_commands"] == ['echo "done on \\${SLURMD_NODENAME}"']
     assert env["login_pre_commands"] == ['echo "precommand on login node"', "mkdir -p $SCRATCH/maelstrom"]
     assert env["login_post_commands"] == ['echo "postcommand on login node"']
@@ -102,6 +106,7 @@ def test_every_documented_key_is_mapped_by_some_fixture() -> None:
         "unicore-jureca.json",
         "firecrest-daint.yaml",
         "unicore-old-precommand.yaml",
+        "ssh-juwels.yaml",
     ):
         _, report = mantik.to_backend(mantik.read_config(DATA / name), "x", name)
         assert report.unknown == []
@@ -123,7 +128,7 @@ def test_json_config(tmp_path: Path) -> None:
     assert backend["exclude"][-1] == "*.nc"
     broken = tmp_path / "broken.json"
     broken.write_text('{"UnicoreApiUrl": "https://x", }')
-    with pytest.raises(ConfigError, match=r"broken.json: not valid JSON"):
+    with pytest.raises(ConfigError, match=r"broken.json:1:32: not valid JSON"):
         mantik.read_config(broken)
 
 
@@ -228,9 +233,15 @@ def test_unknown_keys_reported_and_strict_refuses(
             },
             r"Environment.PreRunCommand.ExecuteOnLoginNode: expected true or false",
         ),
-        ({"UnicoreApiUrl": "u", "Firecrest": {}}, r"give UnicoreApiUrl or Firecrest, not both"),
+        (
+            {"UnicoreApiUrl": "u", "Firecrest": {}},
+            r"give one of UnicoreApiUrl, Firecrest or SSH, not UnicoreApiUrl and Firecrest",
+        ),
         ({"Firecrest": {"ApiUrl": "a", "TokenUrl": "t"}}, r"Firecrest.Machine: missing"),
-        ({"Resources": {"Queue": "batch"}}, r"give UnicoreApiUrl or a Firecrest section"),
+        (
+            {"Resources": {"Queue": "batch"}},
+            r"give UnicoreApiUrl, a Firecrest section \(ApiUrl, TokenUrl, Machine\) or an SSH section",
+        ),
     ],
 )
 def test_wrong_values_named_by_key_path(data: dict[str, Any], message: str) -> None:
@@ -320,7 +331,7 @@ def test_mlproject_unusual_parameters_and_unknown_keys() -> None:
                     "scale": {"type": "double", "default": 2},
                     "label": {"type": "string", "default": 7, "help": "shown in the UI"},
                 },
-                "command": "python run.py {workers} {layers} {on} {scale} {label} --out {output_dir}",
+                "command": "python run.py {workers} {layers} {on} {scale} {label}",
                 "environment": "x",
             }
         },
@@ -336,7 +347,6 @@ def test_mlproject_unusual_parameters_and_unknown_keys() -> None:
     }
     assert any("workers.default: 'auto' is not of type int" in n for n in report.notes)
     assert any("layers.type: 'list' is not an MLproject type" in n for n in report.notes)
-    assert any("placeholder(s) output_dir are no parameters" in n for n in report.notes)
     assert sorted(u.split(":")[0] for u in report.unknown) == [
         "entry_point_default",
         "entry_points.main.environment",
@@ -684,3 +694,250 @@ def test_exported_app_runs_with_mlflow_run(
     outcome = json.loads((run_dir / "result.json").read_text())
     # the run mlflow run created is the run maelstrom-run tracked
     assert f"Run (ID '{outcome['mlflow_run_id']}') succeeded" in run.stderr
+
+
+# -- faithful to Mantik's job ----------------------------------------------------------------------
+
+#: A Mantik config as the MAELSTROM applications write them: a remote image under $USER, a bind
+#: mount with $USER, and a MASTER_ADDR on the InfiniBand name (``i`` appended), quotes inside.
+FAITHFUL = r"""
+UnicoreApiUrl: https://zam2125.zam.kfa-juelich.de:9112/JUWELS/rest/core
+Resources:
+  Nodes: 1
+  CPUsPerNode: 2
+  Runtime: 5min
+Environment:
+  Apptainer:
+    Path: IMAGES/$USER/image.sif
+    Type: remote
+    Options:
+      - --nv
+      - -B HOMES/$USER/data:/data
+  Variables:
+    MASTER_ADDR: "$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)i"
+    MASTER_PORT: 29555
+    SLURM_NTASKS_PER_NODE: 2
+    GREETING: '"two words"'
+"""
+
+#: Stands in for apptainer on the compute node: records what it was given, per task.
+FAKE_APPTAINER = """#!/bin/bash
+out="$RECORD/task-$SLURM_PROCID.json"
+python3 - "$out" "$@" <<'PY'
+import json, os, sys
+keys = ("MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS_PER_NODE", "RANK", "WORLD_SIZE", "GREETING")
+json.dump({"args": sys.argv[2:], **{k: os.environ.get(k) for k in keys}}, open(sys.argv[1], "w"))
+PY
+"""
+
+
+def _faithful_conf(tmp_path: Path) -> tuple[Any, dict[str, Any]]:
+    from omegaconf import OmegaConf
+
+    from maelstrom_run.config.schema import SlurmConf
+
+    text = FAITHFUL.replace("IMAGES", str(tmp_path / "images")).replace("HOMES", str(tmp_path / "homes"))
+    source = tmp_path / "compute-backend-config.yaml"
+    source.write_text(text)
+    backend, _ = mantik.to_backend(mantik.read_config(source), "juwels-ml", str(source))
+    # the imported backend as a typed slurm config (written YAML read back, as Hydra would read it)
+    written = OmegaConf.create(yaml.safe_dump(backend))
+    resources = {k: v for k, v in OmegaConf.to_container(written.resources).items() if k != "account"}
+    merged = OmegaConf.merge(
+        OmegaConf.structured(SlurmConf),
+        {"name": "juwels-ml", "resources": resources, "environment": written.environment},
+    )
+    return OmegaConf.to_object(merged), backend
+
+
+def test_imported_launch_layout_is_the_users(tmp_path: Path) -> None:
+    conf, backend = _faithful_conf(tmp_path)
+    # SLURM_NTASKS_PER_NODE: the allocation has those tasks, each with its share of the node's CPUs
+    assert (conf.resources.tasks_per_node, conf.resources.cpus_per_task) == (2, 1)
+    # the variables with shell syntax are exported as Mantik writes them
+    assert 'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)i' in (
+        conf.environment.pre_commands
+    )
+    assert conf.environment.variables["MASTER_PORT"] == "29555"
+
+
+@pytest.mark.slow
+def test_rendered_job_expands_as_mantiks_on_the_compute_node(tmp_path: Path, slurm: Any) -> None:  # noqa: F811
+    """The rendered script, run by the local Slurm: $USER expands in the image and options, the
+    user's MASTER_ADDR (with its quotes) and MASTER_PORT reach every task, as do their 2 tasks."""
+    import getpass
+
+    from maelstrom_run.backends.script import Target, render_batch_script
+
+    conf, _ = _faithful_conf(tmp_path)
+    run_dir, record, bin_dir = tmp_path / "run", tmp_path / "record", tmp_path / "bin"
+    for d in (run_dir, record, bin_dir):
+        d.mkdir()
+    (bin_dir / "apptainer").write_text(FAKE_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    script = tmp_path / "job.sbatch"
+    script.write_text(
+        render_batch_script(
+            conf,
+            job_name="mantik-faithful",
+            target=Target(run_dir=str(run_dir)),
+            output=str(run_dir / "slurm-%j.out"),
+            code_dir=str(tmp_path),
+            python="python",
+        )
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "RECORD": str(record),
+        "USER": getpass.getuser(),
+    }
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--export=ALL", str(script)], env=env, capture_output=True, text=True
+    )
+    assert job.returncode == 0, job.stderr
+    job_id = job.stdout.strip().split(";")[0]
+    slurm.submitted.append(job_id)
+    assert slurm.wait(job_id)[job_id] == "COMPLETED", (run_dir / "stderr.log").read_text()
+    tasks = [json.loads(p.read_text()) for p in sorted(record.glob("task-*.json"))]
+    assert len(tasks) == 2
+    user = getpass.getuser()
+    node = subprocess.run(["sinfo", "-h", "-o", "%N"], capture_output=True, text=True).stdout.split()[0]
+    for rank, task in enumerate(tasks):
+        assert task["args"][:4] == [
+            "exec",
+            "--nv",
+            "-B",
+            f"{tmp_path}/homes/{user}/data:/data",
+        ]
+        assert task["args"][4] == f"{tmp_path}/images/{user}/image.sif"
+        assert task["args"][5:] == ["python", "-m", "maelstrom_run.worker", f"{run_dir}/spec.yaml"]
+        assert task["MASTER_ADDR"] == f"{node}i"  # the quotes were shell syntax, as in Mantik's job
+        assert task["MASTER_PORT"] == "29555"
+        assert task["SLURM_NTASKS_PER_NODE"] == "2" and task["WORLD_SIZE"] == "2"
+        assert task["RANK"] == str(rank)
+        assert task["GREETING"] == "two words"
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        (
+            {"Environment": {"PreRunCommandOnComputeNode": 42}},
+            r"Environment.PreRunCommandOnComputeNode: expected a shell command",
+        ),
+        (
+            {"Environment": {"PostRunCommandOnLoginNode": ["echo", 3]}},
+            r"Environment.PostRunCommandOnLoginNode: expected a shell command",
+        ),
+        (
+            {"Environment": {"PreRunCommand": {"Command": 1.5}}},
+            r"Environment.PreRunCommand.Command: expected a shell command",
+        ),
+        ({"Resources": {"Runtime": -3600}}, r"Resources.Runtime: -3600 is not a run time"),
+        ({"Resources": {"Runtime": "-1h"}}, r"Resources.Runtime: '-1h' is not a run time"),
+        ({"Resources": {"MemoryPerNode": "lots"}}, r"Resources.MemoryPerNode: expected a memory size"),
+        ({"Resources": {"MemoryPerNode": True}}, r"Resources.MemoryPerNode: expected a memory size"),
+    ],
+)
+def test_wrong_types_named_by_key_path(section: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^cfg.yaml: {message}"):
+        mantik.to_backend({"UnicoreApiUrl": "u", **section}, "x", "cfg.yaml")
+
+
+@pytest.mark.parametrize(
+    ("memory", "slurm_mem"), [("16G", "16G"), ("512M", "512M"), (4096, "4096M"), ("2 GiB", "2G")]
+)
+def test_memory_forms(memory: Any, slurm_mem: str) -> None:
+    backend, _ = mantik.to_backend({"UnicoreApiUrl": "u", "Resources": {"MemoryPerNode": memory}}, "x", "c")
+    assert backend["resources"]["memory"] == slurm_mem
+
+
+def test_placeholder_that_is_no_parameter_is_refused_as_mlflow_run_fails(tmp_path: Path) -> None:
+    command_text = "python main.py {prnt}"
+    data = {
+        "name": "p",
+        "entry_points": {"main": {"command": command_text, "parameters": {"print": "string"}}},
+    }
+    with pytest.raises(
+        ConfigError,
+        match=r"^MLproject: entry_points.main.command: placeholder \{prnt\} is not a parameter; did you mean 'print'\?",
+    ):
+        mlproject.to_app(data, "main", "p", "MLproject")
+    # the oracle: mlflow run fails on the same entry point
+    project_spec = pytest.importorskip("mlflow.projects._project_spec")
+    entry = project_spec.EntryPoint("main", {"print": {"type": "string", "default": "x"}}, command_text)
+    with pytest.raises(KeyError):
+        entry.compute_command({}, str(tmp_path))
+    positional = {"name": "p", "entry_points": {"main": {"command": "echo {}"}}}
+    with pytest.raises(ConfigError, match=r"placeholder \{\} has no name"):
+        mlproject.to_app(positional, "main", "p", "MLproject")
+
+
+def test_tabs_in_yaml_name_file_line_and_column(tmp_path: Path) -> None:
+    project = tmp_path / "MLproject"
+    project.write_text("name: tabs\nentry_points:\n  main:\n\tcommand: python main.py\n")
+    with pytest.raises(ConfigError, match=rf"^{project}:4:1: not valid YAML: .*tab in the indentation"):
+        mlproject.load(project)
+    config = tmp_path / "compute-backend-config.yaml"
+    config.write_text("UnicoreApiUrl: https://x\nResources:\n  Queue: batch\n\tNodes: 2\n")
+    with pytest.raises(ConfigError, match=rf"^{config}:4:1: not valid YAML"):
+        mantik.read_config(config)
+
+
+def test_all_entry_points_each_an_app(tmp_path: Path, run_cli: Any, cli_env: dict[str, str]) -> None:
+    project = _project(tmp_path, "tweets")
+    out = tmp_path / "conf"
+    result = _import(run_cli, cli_env, tmp_path, project, "--all-entry-points", "--out", out)
+    assert result.returncode == 0, result.stderr
+    data = mlproject.load(project / "MLproject")
+    for point in data["entry_points"]:
+        app = _load(out / "app" / f"ap2-tweets-{point}.yaml")["app"]
+        assert app["name"] == f"ap2-tweets-{point}"
+        assert app["command"] == data["entry_points"][point]["command"]
+    assert "also there" not in result.stderr
+    # without it and without a main entry point: the entry points are listed
+    (project / "MLproject").write_text((project / "MLproject").read_text().replace("  main:", "  fit:", 1))
+    missing = _import(run_cli, cli_env, tmp_path, project, "--out", tmp_path / "other")
+    assert missing.returncode == 2
+    assert "entry point 'main' not found (entry points: fit, evaluate)" in missing.stderr
+
+
+def test_ssh_section_is_the_slurm_backend_over_ssh(
+    tmp_path: Path, run_cli: Any, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MANTIK_SSH_PRIVATE_KEY", raising=False)
+    backend, report = mantik.to_backend(mantik.read_config(DATA / "ssh-juwels.yaml"), "booster", "c")
+    assert report.unknown == []
+    assert backend["kind"] == "slurm" and "credentials" not in backend
+    assert backend["ssh"] == {
+        "host": "juwels-booster.fz-juelich.de",
+        "port": 2222,
+        "user": "${secret:env:MANTIK_SSH_USERNAME}",
+    }
+    assert backend["environment"]["login_pre_commands"] == ['echo "submitting from $(hostname)"']
+    # 4 tasks per node (the user's SLURM_NTASKS_PER_NODE), the node's 48 CPUs shared among them
+    assert (backend["resources"]["tasks_per_node"], backend["resources"]["cpus_per_task"]) == (4, 12)
+    monkeypatch.setenv("MANTIK_SSH_PRIVATE_KEY", "a key")
+    backend, _ = mantik.to_backend(mantik.read_config(DATA / "ssh-juwels.yaml"), "booster", "c")
+    assert backend["ssh"]["private_key"] == "${secret:env:MANTIK_SSH_PRIVATE_KEY}"
+    with pytest.raises(ConfigError, match=r"^c: SSH.Port: expected a port number"):
+        mantik.to_backend({"SSH": {"Hostname": "h", "Port": 70000}}, "x", "c")
+    with pytest.raises(ConfigError, match=r"^c: SSH.Hostname: missing"):
+        mantik.to_backend({"SSH": {"Port": 22}}, "x", "c")
+    # the written backend config composes and validates as a slurm backend with ssh
+    project = _project(tmp_path, "wine")
+    out = tmp_path / "conf"
+    result = _import(run_cli, cli_env, tmp_path, project, DATA / "ssh-juwels.yaml", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "Slurm over SSH backend" in (out / "backend" / "tutorial.yaml").read_text()
+    env = {**cli_env, "MANTIK_SSH_USERNAME": "jdoe1"}
+    shown = run_cli(
+        ["--config-dir", str(out), "app=tutorial", "backend=tutorial", "--cfg", "job", "--resolve"],
+        cwd=project,
+        env=env,
+    )
+    assert shown.returncode == 0, shown.stderr
+    composed = yaml.safe_load(shown.stdout)["backend"]
+    assert composed["ssh"]["host"] == "juwels-booster.fz-juelich.de" and composed["ssh"]["port"] == 2222
+    assert "jdoe1" not in shown.stdout  # the user stays a reference

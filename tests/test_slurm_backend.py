@@ -97,7 +97,7 @@ def test_script_has_every_resource_and_environment_setting() -> None:
         "export OMP_NUM_THREADS=12",
         "echo before",
         "echo after",
-        'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        'export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}',
     ):
         assert line in text.splitlines(), line
     assert "srun --kill-on-bad-exit=1 bash -c" in text

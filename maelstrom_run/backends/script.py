@@ -8,6 +8,7 @@ reference is named in a comment and reaches the job through the submission envir
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,6 +66,11 @@ def expandable(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
 
 
+def expandable_word(value: str) -> str:
+    """One word of a command line: bare when plain, else :func:`expandable` (variables still expand)."""
+    return value if re.fullmatch(r"[\w@%+=:,./-]+", value) else expandable(value)
+
+
 def worker_python(conf: BackendConf, default: str = "python3") -> str:
     """The interpreter the job runs the worker with: the venv's or container's ``python``, else ``default``."""
     env = conf.environment
@@ -120,17 +126,27 @@ def render_batch_script(
             out.append(f"export {name}={shlex.quote(str(value))}")
     out += [str(c) for c in env.pre_commands]
 
-    worker = [python, "-m", "maelstrom_run.worker"]
+    worker = shlex.join([python, "-m", "maelstrom_run.worker"])
     spec = '"$RUN_DIR/spec.yaml"'
     if apptainer.image:
-        worker = ["apptainer", "exec", *map(str, apptainer.options), str(apptainer.image), *worker]
+        # the image and its options expand on the compute node (``$USER`` in a path, as Mantik passes them)
+        container = [
+            "apptainer",
+            "exec",
+            *map(expandable_word, map(str, apptainer.options)),
+            expandable_word(str(apptainer.image)),
+        ]
+        worker = " ".join([*container, worker])
     if steps or parallel(conf) or apptainer.image:
+        # what the user exported (variables, pre-commands) is kept: an InfiniBand MASTER_ADDR, their port
         out += [
-            'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+            'export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}',
             "export MASTER_PORT=${MASTER_PORT:-29500}",
             "export WORLD_SIZE=$SLURM_NTASKS",
+            # srun (Slurm >= 22.05) does not inherit --cpus-per-task: hand it over unless the user did
+            '[ -z "${SLURM_CPUS_PER_TASK:-}" ] || export SRUN_CPUS_PER_TASK=${SRUN_CPUS_PER_TASK:-$SLURM_CPUS_PER_TASK}',
         ]
-        inner = shlex.join(worker) + ' "$0"'
+        inner = worker + ' "$0"'
         command = (
             "srun --kill-on-bad-exit=1 bash -c "
             + shlex.quote(
@@ -139,7 +155,7 @@ def render_batch_script(
             + f" {spec}"
         )
     else:
-        command = f"{shlex.join(worker)} {spec}"
+        command = f"{worker} {spec}"
     out += [
         # USR1 (time limit near, or preemption) and TERM (scancel) go to the worker, which
         # checkpoints and requeues, or closes its MLflow run.

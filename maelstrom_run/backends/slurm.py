@@ -16,8 +16,11 @@ those no longer queued, one ``sacct`` call (``scontrol show job`` when accountin
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import posixpath
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,12 +31,15 @@ from pathlib import Path
 from ..config.schema import SlurmConf
 from ..config.secrets import job_environment
 from ..core.errors import BackendError, ConfigError
-from ..core.rundir import RunDir, write_atomic
+from ..core.rundir import CANCELLED, RunDir, write_atomic
 from ..core.spec import SPEC_FILE, RunSpec
 from ..core.states import JobRef, JobState
 from ..core.status import JobStatus, reconcile
 from .base import Backend, Rendered, StatusCache, Submitted, wait_until_stopped
+from .files import RemoteFiles
+from .remote import MIRRORED, policy
 from .script import Target, render_batch_script, worker_python
+from .ssh import Connection, Mirror, SSHFiles
 from .staging import repository_root, snapshot_files, stage
 
 #: Slurm job states (``squeue %T`` / ``sacct State``) onto the contract's states, once.
@@ -122,6 +128,9 @@ class SlurmTransport(ABC):
 
     #: Run the worker as a job step (``srun``) even for one task: signals sent to a job's steps reach it.
     steps = False
+    #: None: the cluster's filesystem is this machine's. Else the run directories here mirror those
+    #: on the cluster (SSH): what is written is sent, results and logs are fetched.
+    mirror: Mirror | None = None
 
     def __init__(self, name: str, conf: SlurmConf) -> None:
         self.name, self.conf = name, conf
@@ -262,15 +271,68 @@ class SlurmCommands(SlurmTransport):
             raise self.error("scancel", proc.stderr)
 
 
+class SlurmSSH(SlurmCommands):
+    """The Slurm commands on a login node reached over SSH (``backend.ssh``); the run directories are
+    mirrored there (:class:`~maelstrom_run.backends.ssh.Mirror`)."""
+
+    def __init__(self, name: str, conf: SlurmConf) -> None:
+        super().__init__(name, conf)
+        assert conf.ssh is not None
+        self.ssh = Connection(name, conf.ssh, policy(conf))
+        self.mirror = Mirror(self.ssh)
+
+    def connect(self) -> None:
+        self.ssh.open()
+        self.mirror.remote_root()
+
+    def open(self) -> None:
+        self.ssh.open()
+
+    def run(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        proc = self.ssh.run(shlex.join(args), input=input, what=f"`{' '.join(args[:2])}`")
+        if proc.returncode == 127:
+            raise SlurmError(
+                f"backend {self.name}: `{args[0]}` is not on PATH on {self.ssh.where()}; is it a login node of "
+                "a Slurm cluster (backend.ssh.host)?"
+            )
+        if check and proc.returncode != 0:
+            raise self.error(" ".join(args[:2]), proc.stderr or proc.stdout)
+        return proc
+
+    def submit(self, script: Path, secrets: dict[str, str]) -> str:
+        """``sbatch`` there; the secrets reach the job's environment through the connection's input
+        (never a command line or a file)."""
+        exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in secrets.items())
+        # the login-node commands (Mantik's PreRunCommandOnLoginNode) run there, in the run's directory
+        login = "".join(f"{command}\n" for command in self.conf.environment.login_pre_commands)
+        if login:
+            login = f"cd {shlex.quote(posixpath.dirname(str(script)))} || exit 2\nset -e\n{login}set +e\n"
+        line = shlex.join(["sbatch", "--parsable", "--export=ALL", str(script)])
+        proc = self.ssh.run("bash -s", input=f"{exports}{login}exec {line}\n", what="`sbatch`")
+        if proc.returncode == 127:
+            raise SlurmError(f"backend {self.name}: `sbatch` is not on PATH on {self.ssh.where()}")
+        if proc.returncode != 0:
+            raise self.error("sbatch", proc.stderr or proc.stdout)
+        return proc.stdout.strip().split(";")[0]
+
+
 class SlurmBackend(Backend):
     Conf = SlurmConf
     conf: SlurmConf
 
     def __init__(self, conf: SlurmConf, transport: SlurmTransport | None = None) -> None:
         super().__init__(conf)
-        self.transport = transport or SlurmCommands(self.name, conf)
+        self.transport = transport or (SlurmSSH if conf.ssh else SlurmCommands)(self.name, conf)
         self._statuses = StatusCache()
         self._snapshots: dict[str, tuple[Path | None, list[str], str]] = {}
+        self._sent: set[Path] = set()  # sweep directories whose code the cluster has (SSH)
 
     def connect(self) -> None:
         self.transport.connect()
@@ -282,7 +344,8 @@ class SlurmBackend(Backend):
 
     def _staging(self, spec: RunSpec) -> tuple[Path | None, list[str], str]:
         """(repository root, files to stage, code dir relative to the snapshot) of a spec."""
-        if spec.kind != "app" or not spec.code_dir:
+        # over SSH nothing of this machine is there: the code of every kind of job is staged
+        if (spec.kind != "app" and not self.transport.mirror) or not spec.code_dir:
             return None, [], ""
         if spec.code_dir not in self._snapshots:
             self._snapshots[spec.code_dir] = self._snapshot(Path(spec.code_dir))
@@ -290,6 +353,8 @@ class SlurmBackend(Backend):
 
     def _snapshot(self, code: Path) -> tuple[Path | None, list[str], str]:
         root = repository_root(code)
+        if root is None and self.transport.mirror:  # not a git repository: the directory itself
+            root = code.absolute()
         if root is None:  # not a git repository: nothing to snapshot, the job runs in place
             return None, [], ""
         return root, snapshot_files(root, self.conf.exclude), os.path.relpath(code, root)
@@ -304,19 +369,30 @@ class SlurmBackend(Backend):
         root, _, relative = self._staging(spec)
         return str((share / "code" / relative).absolute()) if root is not None else (spec.code_dir or ".")
 
+    def _remote(self, spec: RunSpec, path: str | Path) -> str:
+        """Where a path of a spec's run (or sweep) directory is on the cluster."""
+        mirror = self.transport.mirror
+        return mirror.remote(path, Path(spec.run_dir).parent) if mirror else str(path)
+
     def _script(self, spec: RunSpec, target: Target, share: Path) -> str:
-        code_dir = self._code_dir(spec, share)
+        code_dir = self._remote(spec, self._code_dir(spec, share))
         if target.array:
             output = str(share / "slurm" / "%A_%a.out")
             name = f"{spec.sweep_id}.{Path(str(target.map_file)).stem}"
         else:
             output = str(Path(spec.run_dir) / "slurm-%j.out")
             name = spec.run_id
+        if self.transport.mirror:
+            target = Target(
+                run_dir=self._remote(spec, target.run_dir) if target.run_dir else None,
+                map_file=self._remote(spec, target.map_file) if target.map_file else None,
+                array=target.array,
+            )
         return render_batch_script(
             self.conf,
             job_name=name,
             target=target,
-            output=output,
+            output=self._remote(spec, output),
             code_dir=code_dir,
             python=self._python(),
             steps=self.transport.steps,
@@ -327,6 +403,7 @@ class SlurmBackend(Backend):
         share = self._share_dir(spec)
         text = self._script(spec, Target(run_dir=spec.run_dir), share)
         staged = [str(Path(spec.run_dir) / SPEC_FILE)] + [str(share / "code" / f) for f in files]
+        staged = [self._remote(spec, f) for f in staged]
         rendered = Rendered(text=text, files=staged, meta={"source": str(root) if root else None})
         return self.transport.shown(rendered, spec.run_dir, [spec])
 
@@ -340,6 +417,7 @@ class SlurmBackend(Backend):
             staged = [str(Path(s.run_dir) / SPEC_FILE) for s in chunk] + [
                 str(share / "code" / f) for f in files
             ]
+            staged = [self._remote(chunk[0], f) for f in staged]
             rendered = Rendered(text=text, files=staged, meta={"array": target.array, "map": target.map_file})
             out.append(self.transport.shown(rendered, str(Path(str(target.map_file)).parent), chunk))
         return out
@@ -381,7 +459,8 @@ class SlurmBackend(Backend):
             spec.write()
             script = Path(spec.run_dir) / "job.sbatch"
             write_atomic(script, text)
-            ids[id(spec)] = self.transport.submit(script, secrets)
+            self._send(spec, [spec], [Path(spec.run_dir)])
+            ids[id(spec)] = self.transport.submit(Path(self._remote(spec, script)), secrets)
             if on_submitted:
                 on_submitted([spec], [ids[id(spec)]])
         for chunk in self._chunks([s for s in specs if s.sweep_id]):
@@ -392,15 +471,38 @@ class SlurmBackend(Backend):
                 self._stage(spec, staged)
                 spec.write()
             (share / "slurm").mkdir(parents=True, exist_ok=True)
-            write_atomic(Path(str(target.map_file)), "".join(f"{s.run_dir}\n" for s in chunk))
+            write_atomic(
+                Path(str(target.map_file)), "".join(f"{self._remote(s, s.run_dir)}\n" for s in chunk)
+            )
             script = Path(str(target.map_file)).with_suffix(".sbatch")
             write_atomic(script, text)
-            array_id = self.transport.submit(script, secrets)
+            sent = [Path(s.run_dir) for s in chunk] + [Path(str(target.map_file)), script, share / "slurm"]
+            if share not in self._sent:
+                sent.append(share / "code")
+            self._send(chunk[0], chunk, [p for p in sent if p.exists()])
+            self._sent.add(share)
+            array_id = self.transport.submit(Path(self._remote(chunk[0], script)), secrets)
             chunk_ids = [f"{array_id}_{i}" for i in range(len(chunk))]
             if on_submitted:
                 on_submitted(chunk, chunk_ids)
             ids.update((id(s), j) for s, j in zip(chunk, chunk_ids, strict=True))
         return [ids[id(s)] for s in specs]
+
+    def _send(self, first: RunSpec, specs: Sequence[RunSpec], paths: list[Path]) -> None:
+        """Over SSH: what was just written for ``specs`` to the cluster, each ``spec.yaml`` in the form
+        the worker reads there (its run directory ``.``, its code relative to it)."""
+        mirror = self.transport.mirror
+        if mirror is None:
+            return
+        root = Path(first.run_dir).parent
+        data = {}
+        for spec in specs:
+            code = spec.code_dir
+            if code and not os.path.relpath(code, root).startswith(".."):
+                code = os.path.relpath(code, spec.run_dir)
+            remote = dataclasses.replace(spec, run_dir=".", code_dir=code)
+            data[os.path.relpath(Path(spec.run_dir) / SPEC_FILE, root)] = remote.to_yaml().encode()
+        mirror.send(root, paths, data)
 
     def _stage(self, spec: RunSpec, done: set[Path]) -> None:
         """Copy the snapshot (once per sweep) and point the spec at it."""
@@ -413,7 +515,7 @@ class SlurmBackend(Backend):
 
     def adopt(self, specs: Sequence[RunSpec]) -> dict[str, str]:
         """Array tasks (found by the arrays' job names) and single jobs (by run id) the cluster has."""
-        wanted = {s.run_dir: s.run_id for s in specs}
+        wanted = {self._remote(s, s.run_dir): s.run_id for s in specs}
         found: dict[str, str] = {}
         for share in sorted({self._share_dir(s) for s in specs if s.sweep_id}):
             for map_file, job_ids in self.existing_arrays(share).items():
@@ -449,6 +551,7 @@ class SlurmBackend(Backend):
     def status(self, jobs: Sequence[JobRef]) -> dict[str, JobStatus]:
         def query() -> dict[str, JobStatus]:
             states = self.transport.query([j.job_id for j in jobs])
+            self._fetch(jobs, MIRRORED)  # after the states: a result written meanwhile is seen
             out = {job.run_id: self._combine(job, states) for job in jobs}
             return out
 
@@ -473,9 +576,24 @@ class SlurmBackend(Backend):
             forgotten=forgotten,
         )
 
+    def _fetch(self, jobs: Sequence[JobRef], names: Sequence[str]) -> None:
+        """Over SSH: these files of the jobs' run directories (``***``: all but the code) from the cluster."""
+        mirror = self.transport.mirror
+        if mirror is None or not jobs:
+            return
+        roots: dict[Path, list[str]] = {}
+        for job in jobs:
+            run = Path(job.run_dir)
+            roots.setdefault(run.parent, []).extend(f"{run.name}/{name}" for name in names)
+            if "slurm-*.out" in names and "_" in job.job_id:  # an array task's own Slurm output
+                roots[run.parent].append(f"*/slurm/{job.job_id}.out")
+        for root, patterns in roots.items():
+            mirror.fetch(root, patterns, exclude=[f"/{Path(j.run_dir).name}/code/" for j in jobs])
+
     # -- logs, cancel, download ------------------------------------------------------------------
 
     def logs(self, job: JobRef, stream: str = "stdout") -> str:
+        self._fetch([job], [f"{stream}.log", "slurm-*.out"])
         run_dir = Path(job.run_dir)
         text = ""
         try:
@@ -495,6 +613,10 @@ class SlurmBackend(Backend):
         for job in jobs:  # a job that starts after this sees the marker and does nothing
             if Path(job.run_dir).is_dir():
                 RunDir(job.run_dir).mark_cancelled()
+        if self.transport.mirror:
+            for root in {Path(j.run_dir).parent for j in jobs}:
+                marks = [Path(j.run_dir) / CANCELLED for j in jobs if (Path(j.run_dir) / CANCELLED).exists()]
+                self.transport.mirror.send(root, [m for m in marks if m.parent.parent == root])
         ids = sorted({j.job_id for j in jobs})
         self.transport.cancel(ids)
         self._statuses.clear()
@@ -507,6 +629,7 @@ class SlurmBackend(Backend):
         wait_until_stopped(states)
 
     def download(self, job: JobRef, dest: Path) -> Path:
+        self._fetch([job], ["***"])
         target = Path(dest) / job.run_id
         if not Path(job.run_dir).is_dir():
             raise ConfigError(
@@ -515,6 +638,11 @@ class SlurmBackend(Backend):
         if Path(job.run_dir).resolve() != target.resolve():
             shutil.copytree(job.run_dir, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("code"))
         return target
+
+    def files(self) -> RemoteFiles:
+        """Over SSH the cluster's files; else this machine's (a shared filesystem)."""
+        mirror = self.transport.mirror
+        return SSHFiles(mirror.ssh) if mirror else super().files()
 
 
 def _next_array_number(arrays: Path) -> int:

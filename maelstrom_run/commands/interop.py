@@ -136,7 +136,22 @@ def cmd_import_mantik(args: argparse.Namespace) -> int:
         raise ConfigError(
             "backend name 'local': the shipped local backend has it; choose another with --backend-name"
         )
-    app, environment, report = mlproject.to_app(data, args.entry_point, name, str(project_file))
+    if args.all_entry_points:
+        points = list(data.get("entry_points") or {}) if isinstance(data.get("entry_points"), dict) else []
+        if not points:
+            raise ConfigError(f"{project_file}: entry_points: none to import (--all-entry-points)")
+        chosen = [(point, _name(f"{name}-{point}", "entry point")) for point in points]
+    else:
+        chosen = [(args.entry_point, name)]
+    apps = []
+    report = Report()
+    environment: dict[str, Any] = {}
+    for point, app_name in chosen:
+        app, environment, point_report = mlproject.to_app(data, point, app_name, str(project_file))
+        if args.all_entry_points:  # every entry point is imported: no "also there" notes
+            point_report.notes = [n for n in point_report.notes if not n.startswith("entry_points:")]
+        report.merge(point_report)
+        apps.append((point, app))
     backend = None
     if args.backend_config:
         source = Path(args.backend_config)
@@ -151,26 +166,29 @@ def cmd_import_mantik(args: argparse.Namespace) -> int:
         raise ConfigError(f"{len(report.unknown)} unknown key(s) (--strict); nothing written")
 
     out = Path(args.out)
-    app_file = out / "app" / f"{name}.yaml"
+    app_files = [out / "app" / f"{app['name']}.yaml" for _, app in apps]
     backend_file = out / "backend" / f"{backend_name}.yaml"
-    _refuse_existing([app_file, *([backend_file] if backend else [])], args.force)
-    header = [
-        f"MLproject {data.get('name') or name}, entry point {args.entry_point}: imported from {project_file}",
-        "by `maelstrom import mantik`. The command runs in the directory maelstrom-run starts in",
-        "(its staged copy on clusters); parameters: app.params.NAME=VALUE.",
-        *record,
-    ]
-    app_file.parent.mkdir(parents=True, exist_ok=True)
-    app_file.write_text("# @package _global_\n" + _comment(header) + _yaml({"app": app}))
-    written = [app_file]
+    _refuse_existing([*app_files, *([backend_file] if backend else [])], args.force)
+    written = []
+    for (point, app), app_file in zip(apps, app_files, strict=True):
+        header = [
+            f"MLproject {data.get('name') or name}, entry point {point}: imported from {project_file}",
+            "by `maelstrom import mantik`. The command runs in the directory maelstrom-run starts in",
+            "(its staged copy on clusters); parameters: app.params.NAME=VALUE.",
+            *record,
+        ]
+        app_file.parent.mkdir(parents=True, exist_ok=True)
+        app_file.write_text("# @package _global_\n" + _comment(header) + _yaml({"app": app}))
+        written.append(app_file)
     if backend is not None:
         kind = backend["kind"]
-        secrets = " and ".join(
-            v.removeprefix("${secret:env:").rstrip("}") for v in backend["credentials"].values()
-        )
+        credentials = backend.get("credentials") or {
+            k: v for k, v in backend["ssh"].items() if k in ("user", "private_key")
+        }
+        secrets = " and ".join(v.removeprefix("${secret:env:").rstrip("}") for v in credentials.values())
+        label = {"unicore": "UNICORE", "firecrest": "FirecREST"}.get(kind, "Slurm over SSH")
         backend_header = [
-            f"{'UNICORE' if kind == 'unicore' else 'FirecREST'} backend {backend_name}: imported from "
-            f"{args.backend_config}",
+            f"{label} backend {backend_name}: imported from {args.backend_config}",
             "(a Mantik compute-backend config) by `maelstrom import mantik`. As with Mantik, the",
             f"credentials come from {secrets},",
             "the account from MANTIK_COMPUTE_BUDGET_ACCOUNT.",
@@ -196,9 +214,10 @@ def cmd_import_mantik(args: argparse.Namespace) -> int:
     for line in report.notes:
         err.print(f"note: {line}", highlight=False, soft_wrap=True, markup=False)
     project_dir = project_file.resolve().parent
+    _, app = apps[0]
     missing = [f"app.params.{p}=VALUE" for p, v in app["params"].items() if v == "???"]
     cd = "" if project_dir == Path.cwd().resolve() else f"cd {shlex.quote(str(project_dir))} && "
-    words = ["maelstrom-run", "--config-dir", shlex.quote(_shown(out, project_dir)), f"app={name}"]
+    words = ["maelstrom-run", "--config-dir", shlex.quote(_shown(out, project_dir)), f"app={app['name']}"]
     if backend is not None:
         words.append(f"backend={backend_name}")
     console.print(
@@ -285,7 +304,13 @@ def add_commands(groups: Any) -> None:
     p.add_argument("backend_config", nargs="?", help="Mantik compute-backend config (YAML or JSON)")
     p.add_argument("--name", help="name of the app (default: the MLproject's name)")
     p.add_argument("--backend-name", help="name of the backend config (default: the app's name)")
-    p.add_argument("--entry-point", "-e", default="main", help="MLproject entry point (default: main)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--entry-point", "-e", default="main", help="MLproject entry point (default: main)")
+    which.add_argument(
+        "--all-entry-points",
+        action="store_true",
+        help="import every entry point, each as its own app NAME-ENTRY",
+    )
     p.add_argument("--out", default="conf", help="config directory to write into (default: ./conf)")
     p.add_argument("--strict", action="store_true", help="refuse (exit 2, write nothing) on unknown keys")
     p.add_argument("--force", action="store_true", help="overwrite configs that exist")

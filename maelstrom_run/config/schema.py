@@ -420,12 +420,39 @@ class LocalConf(BackendConf):
 
 
 @dataclass
+class SSHConf:
+    """A cluster reached over SSH (the system OpenSSH client): its login node and where runs live there."""
+
+    #: The login node, e.g. ``juwels.fz-juelich.de`` (or a ``Host`` alias of ``~/.ssh/config``).
+    host: str = MISSING
+    port: int = 22
+    #: The user name there (default: ssh's own choice); may be a secret reference.
+    user: str | None = None
+    #: The private key file (default: ssh's own, and its agent); may be a secret reference to the path.
+    identity_file: str | None = None
+    #: A secret reference to the private key itself (e.g. ``${secret:env:MANTIK_SSH_PRIVATE_KEY}``):
+    #: loaded into a private ssh-agent for this command, never written to disk.
+    private_key: str | None = None
+    #: The known_hosts file that has the login node's host key (default: ssh's, ``~/.ssh/known_hosts``);
+    #: an unknown or changed key is refused (StrictHostKeyChecking=yes).
+    known_hosts: str | None = None
+    #: Where the run directories live on the cluster: absolute, or relative to the home there.
+    workdir: str = "maelstrom/runs"
+    #: Seconds the shared connection (ControlMaster) stays open after the last command.
+    persist_s: int = 300
+    #: More ``-o`` options for ssh, e.g. ``[ProxyJump=gateway.example.org]``.
+    options: list[str] = field(default_factory=list)
+
+
+@dataclass
 class SlurmConf(BackendConf):
     kind: str = "slurm"
     #: At most this many tasks per job array (default: the cluster's MaxArraySize).
     max_array_size: int | None = None
     #: More ``#SBATCH`` options, e.g. ``[--exclusive, --mail-type=END]``.
     sbatch_options: list[str] = field(default_factory=list)
+    #: Reach the cluster over SSH (its login node); null: the Slurm commands on this machine.
+    ssh: SSHConf | None = None
 
 
 @dataclass

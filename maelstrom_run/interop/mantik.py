@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
-from . import Report, literal
+from . import Report, literal, yaml_error
 
 #: Mantik key path -> maelstrom-run key path (what the import writes).
 MAPPING = {
@@ -39,6 +39,8 @@ MAPPING = {
     "Firecrest.ApiUrl": "backend.kind: firecrest, backend.url",
     "Firecrest.TokenUrl": "backend.token_url",
     "Firecrest.Machine": "backend.machine",
+    "SSH.Hostname": "backend.kind: slurm, backend.ssh.host",
+    "SSH.Port": "backend.ssh.port",
     "Resources.Queue": "backend.resources.queue",
     "Resources.Runtime": "backend.resources.time",
     "Resources.Nodes": "backend.resources.nodes",
@@ -76,7 +78,8 @@ CREDENTIALS = {
 }
 ACCOUNT = "${oc.env:MANTIK_COMPUTE_BUDGET_ACCOUNT,null}"
 
-_TOP = ("UnicoreApiUrl", "Firecrest", "Resources", "Environment", "Exclude")
+_TOP = ("UnicoreApiUrl", "Firecrest", "SSH", "Resources", "Environment", "Exclude")
+_SSH = ("Hostname", "Port")
 _FIRECREST = ("ApiUrl", "TokenUrl", "Machine")
 _RESOURCES = (
     "Queue",
@@ -98,6 +101,8 @@ _RUN_COMMANDS = {
 }
 _OLD_COMMANDS = {"PreRunCommand": "pre_commands", "PostRunCommand": "post_commands"}
 _ENVIRONMENT = ("Apptainer", "Python", "Variables", "Modules", *_RUN_COMMANDS, *_OLD_COMMANDS)
+#: A variable's value the shell would change: expansions, quotes, escapes, several words.
+_SHELL = re.compile(r"[$`'\"\\\s;&|<>()]")
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _RUNTIME_PART = re.compile(r"(\d+)\s*(days?|d|hours?|h|minutes?|mins?|m|seconds?|secs?|s)", re.IGNORECASE)
 
@@ -113,10 +118,10 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-        raise ConfigError(f"{path}: not valid {kind}: {first}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_error(path, exc)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys (UnicoreApiUrl, Resources, ...), got {data!r}")
     return data
@@ -153,6 +158,21 @@ class _Values:
             raise self.error(path, "a string or a list of strings", value)
         return [str(v) for v in value]
 
+    def commands(self, value: Any, path: str) -> list[str]:
+        """Shell commands: a string or a list of strings (a number is no command)."""
+        items = value if isinstance(value, list) else [value]
+        if not items or any(not isinstance(v, str) or not v.strip() for v in items):
+            raise self.error(path, "a shell command or a list of them", value)
+        return list(items)
+
+    def memory(self, value: Any, path: str) -> str:
+        """Memory per node as Slurm's ``--mem`` reads it: a whole number of MB, or with K, M, G, T."""
+        text = str(value).strip() if isinstance(value, str | int) and not isinstance(value, bool) else ""
+        m = re.fullmatch(r"(\d+)\s*([KMGT])?(?:i?B)?", text, re.IGNORECASE)
+        if not m or int(m.group(1)) <= 0:
+            raise self.error(path, "a memory size (e.g. 16G, 512M, or a number of MB)", value)
+        return m.group(1) + (m.group(2) or "M").upper()
+
     def mapping(self, value: Any, path: str) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.error(path, "a mapping", value)
@@ -163,7 +183,7 @@ def runtime_seconds(value: Any, path: str, source: str) -> int:
     """Seconds of a Mantik ``Runtime``: a bare number is seconds (UNICORE), else units or a clock."""
     from ..config.units import time_limit_seconds
 
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     text = str(value).strip() if isinstance(value, str) else ""
     if text.isdigit():
@@ -206,8 +226,9 @@ def to_backend(data: dict[str, Any], name: str, source: str) -> tuple[dict[str, 
         if key not in _TOP:
             report.unknown_key(str(key), list(_TOP))
     backend: dict[str, Any] = {"defaults": ["local", "_self_"], "name": name}
-    if "UnicoreApiUrl" in data and "Firecrest" in data:
-        raise ConfigError(f"{source}: give UnicoreApiUrl or Firecrest, not both (as Mantik requires)")
+    given = [key for key in ("UnicoreApiUrl", "Firecrest", "SSH") if key in data]
+    if len(given) > 1:
+        raise ConfigError(f"{source}: give one of UnicoreApiUrl, Firecrest or SSH, not {' and '.join(given)}")
     if "UnicoreApiUrl" in data:
         backend.update(kind="unicore", url=values.string(data["UnicoreApiUrl"], "UnicoreApiUrl"))
         report.mapped.append("UnicoreApiUrl")
@@ -225,12 +246,19 @@ def to_backend(data: dict[str, Any], name: str, source: str) -> tuple[dict[str, 
             report.mapped.append(f"Firecrest.{key}")
         backend["kind"] = "firecrest"
         backend = {k: backend[k] for k in ("defaults", "name", "kind", "url", "machine", "token_url")}
+    elif "SSH" in data:
+        backend.update(kind="slurm", ssh=_ssh(data["SSH"], values, report))
     else:
-        raise ConfigError(f"{source}: give UnicoreApiUrl or a Firecrest section (ApiUrl, TokenUrl, Machine)")
+        raise ConfigError(
+            f"{source}: give UnicoreApiUrl, a Firecrest section (ApiUrl, TokenUrl, Machine) or an SSH section "
+            "(Hostname, Port)"
+        )
     backend["max_parallel"] = 8
-    backend["credentials"] = dict(CREDENTIALS[backend["kind"]])
+    if backend["kind"] in CREDENTIALS:
+        backend["credentials"] = dict(CREDENTIALS[backend["kind"]])
     backend["resources"] = _resources(data.get("Resources"), values, report)
     environment = _environment(data.get("Environment"), values, report)
+    _launch_layout(environment, backend["resources"], report)
     if backend["kind"] == "firecrest" and (
         environment.get("login_pre_commands") or environment.get("login_post_commands")
     ):
@@ -252,6 +280,44 @@ def to_backend(data: dict[str, Any], name: str, source: str) -> tuple[dict[str, 
     return backend, report
 
 
+def _ssh(section: Any, values: _Values, report: Report) -> dict[str, Any]:
+    """Mantik's ``SSH{Hostname, Port}``: the Slurm backend over SSH. The user comes from
+    ``MANTIK_SSH_USERNAME`` and a key from ``MANTIK_SSH_PRIVATE_KEY`` (as with Mantik), as references."""
+    import os
+
+    section = values.mapping(section, "SSH")
+    for key in section:
+        if key not in _SSH:
+            report.unknown_key(f"SSH.{key}", list(_SSH))
+    if "Hostname" not in section:
+        raise ConfigError(f"{values.source}: SSH.Hostname: missing; the login node to submit on")
+    ssh: dict[str, Any] = {"host": values.string(section["Hostname"], "SSH.Hostname")}
+    report.mapped.append("SSH.Hostname")
+    if section.get("Port") is not None:
+        port = values.integer(section["Port"], "SSH.Port", 1)
+        if port > 65535:
+            raise values.error("SSH.Port", "a port number (1-65535)", section["Port"])
+        ssh["port"] = port
+        report.mapped.append("SSH.Port")
+    ssh["user"] = "${secret:env:MANTIK_SSH_USERNAME}"
+    if os.environ.get("MANTIK_SSH_PRIVATE_KEY"):
+        ssh["private_key"] = "${secret:env:MANTIK_SSH_PRIVATE_KEY}"
+        report.notes.append(
+            "SSH: the key is MANTIK_SSH_PRIVATE_KEY (the key itself, loaded into a private ssh-agent, never "
+            "written to disk)"
+        )
+    else:
+        report.notes.append(
+            "SSH: ssh's own keys and agent log in (MANTIK_SSH_PRIVATE_KEY is not set); or set "
+            "backend.ssh.identity_file. A password (MANTIK_SSH_PASSWORD) is never used: ssh runs in batch mode"
+        )
+    report.notes.append(
+        f"SSH: the host key of {ssh['host']} must be in ~/.ssh/known_hosts (or backend.ssh.known_hosts); the run "
+        "directories go to ~/maelstrom/runs there (backend.ssh.workdir)"
+    )
+    return ssh
+
+
 def _resources(section: Any, values: _Values, report: Report) -> dict[str, Any]:
     resources: dict[str, Any] = {}
     if section is None:
@@ -262,9 +328,11 @@ def _resources(section: Any, values: _Values, report: Report) -> dict[str, Any]:
     for key in section:
         if key not in _RESOURCES:
             report.unknown_key(f"Resources.{key}", list(_RESOURCES))
+    if "MemoryPerNode" in section:
+        resources["memory"] = values.memory(section["MemoryPerNode"], "Resources.MemoryPerNode")
+        report.mapped.append("Resources.MemoryPerNode")
     for key, target in (
         ("Queue", "queue"),
-        ("MemoryPerNode", "memory"),
         ("Reservation", "reservation"),
         ("NodeConstraints", "constraint"),
         ("QoS", "qos"),
@@ -312,6 +380,26 @@ def _resources(section: Any, values: _Values, report: Report) -> dict[str, Any]:
     return {k: resources[k] for k in (*order, *resources) if k in resources}
 
 
+def _launch_layout(env: dict[str, Any], resources: dict[str, Any], report: Report) -> None:
+    """Tasks and CPUs the user's ``Environment.Variables`` give ``srun`` become the allocation's, so the
+    worker launch (``srun`` in the batch script) starts as many tasks as Mantik's job would; the
+    variables themselves stay exported, as the user wrote them."""
+    variables = env.get("variables") or {}
+    tasks = variables.get("SLURM_NTASKS_PER_NODE")
+    cpus = variables.get("SRUN_CPUS_PER_TASK") or variables.get("SLURM_CPUS_PER_TASK")
+    if tasks is not None and str(tasks).isdigit() and int(tasks) >= 1:
+        per_node = resources.get("cpus_per_task")
+        resources["tasks_per_node"] = int(tasks)
+        if cpus is None and per_node:
+            resources["cpus_per_task"] = max(1, per_node // int(tasks))
+        report.notes.append(
+            f"Environment.Variables.SLURM_NTASKS_PER_NODE: {tasks} tasks per node (backend.resources."
+            f"tasks_per_node), each with {resources.get('cpus_per_task') or 'the default'} CPUs"
+        )
+    if cpus is not None and str(cpus).isdigit() and int(cpus) >= 1:
+        resources["cpus_per_task"] = int(cpus)
+
+
 def _environment(section: Any, values: _Values, report: Report) -> dict[str, Any]:
     env: dict[str, Any] = {}
     if section is None:
@@ -345,20 +433,23 @@ def _environment(section: Any, values: _Values, report: Report) -> dict[str, Any
     if "Variables" in section:
         variables = values.mapping(section["Variables"], "Environment.Variables")
         for key, value in variables.items():
+            if not re.fullmatch(r"[A-Za-z_]\w*", str(key)):
+                raise ConfigError(f"{values.source}: Environment.Variables.{key}: not a variable name")
             text = values.string(value, f"Environment.Variables.{key}")
-            if "$" in text:  # Mantik's job expands it: exported by a pre-command, not as literal text
-                escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-                env.setdefault("pre_commands", []).append(literal(f'export {key}="{escaped}"'))
+            if _SHELL.search(text):
+                # Mantik's job has `export NAME=VALUE` as written: the shell on the compute node
+                # expands and unquotes it, so it goes there verbatim (a pre-command), not as text
+                env.setdefault("pre_commands", []).append(literal(f"export {key}={text}"))
                 report.notes.append(
-                    f"Environment.Variables.{key}: refers to shell variables; exported by a pre-command "
-                    "on the compute node so they expand there"
+                    f"Environment.Variables.{key}: shell syntax; exported as written by a pre-command on the "
+                    "compute node (as Mantik does), so it expands there"
                 )
             else:
                 env.setdefault("variables", {})[str(key)] = text
         report.mapped.append("Environment.Variables")
     for key, target in _RUN_COMMANDS.items():
         if key in section:
-            commands = values.strings(section[key], f"Environment.{key}")
+            commands = values.commands(section[key], f"Environment.{key}")
             env.setdefault(target, []).extend(literal(c) for c in commands)
             report.mapped.append(f"Environment.{key}")
     for key, target in _OLD_COMMANDS.items():
@@ -372,7 +463,7 @@ def _environment(section: Any, values: _Values, report: Report) -> dict[str, Any
             on_login = command.get("ExecuteOnLoginNode", False)
             if not isinstance(on_login, bool):
                 raise values.error(f"Environment.{key}.ExecuteOnLoginNode", "true or false", on_login)
-            text = values.string(command["Command"], f"Environment.{key}.Command")
+            (text,) = values.commands(command["Command"], f"Environment.{key}.Command")
             env.setdefault(f"login_{target}" if on_login else target, []).append(literal(text))
             report.mapped.append(f"Environment.{key}")
     order = ("modules", "venv", "apptainer", "variables", "pre_commands", "post_commands")

@@ -22,8 +22,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ConfigError
-from . import Report, literal
+from ..core.errors import ConfigError, did_you_mean
+from . import Report, literal, yaml_error
 
 ENTRY = "maelstrom_run.interop.command:main"
 _TOP = ("name", "python_env", "conda_env", "docker_env", "entry_points")
@@ -66,7 +66,7 @@ def load(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(yaml_error(path, exc)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping (name, entry_points, ...), got {data!r}")
     return data
@@ -126,7 +126,7 @@ def to_app(
             raise ConfigError(
                 f"{source}: entry_points.{entry_point}: expected a mapping (command, parameters)"
             )
-        prefix = f"entry_points.{entry_point}"
+        prefix = where = f"entry_points.{entry_point}"
         for key in point:
             if key not in ("command", "parameters"):
                 report.unknown_key(f"{prefix}.{key}", ["command", "parameters"])
@@ -137,7 +137,7 @@ def to_app(
         params, types = _parameters(point.get("parameters") or {}, prefix, source, report)
     elif Path(entry_point).suffix in _SCRIPTS:
         command = f"{_SCRIPTS[Path(entry_point).suffix]} {shlex.quote(entry_point)}"
-        params, types = {}, {}
+        params, types, where = {}, {}, entry_point
     else:
         known = ", ".join(points) or "none"
         raise ConfigError(
@@ -150,16 +150,7 @@ def to_app(
             f"entry_points: imported {entry_point!r}; also there: {', '.join(others)} (import each with "
             "--entry-point NAME --name OTHER)"
         )
-    try:
-        placeholders = {field for _, field, _, _ in string.Formatter().parse(command) if field}
-    except ValueError as exc:
-        raise ConfigError(f"{source}: the command: {exc}; write a literal brace as {{{{ or }}}}") from None
-    undefined = sorted(placeholders - set(params))
-    if undefined:
-        report.notes.append(
-            f"the command's placeholder(s) {', '.join(undefined)} are no parameters; give them with "
-            "+app.params.NAME=VALUE (mlflow run fails without them too)"
-        )
+    placeholders = _placeholders(command, params, f"{source}: {where}.command")
     unused = [p for p in params if p not in placeholders]
     if unused:
         report.notes.append(
@@ -175,6 +166,35 @@ def to_app(
         "param_types": types,
     }
     return app, environment, report
+
+
+def _placeholders(command: str, params: dict[str, Any], where: str) -> set[str]:
+    """The parameter names ``command`` uses; one that is no parameter is refused, as ``mlflow run``
+    fails on it (its ``str.format`` has no value for it)."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(command) if field is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}; write a literal brace as {{{{ or }}}}") from None
+    names = set()
+    for field in fields:
+        name = re.split(r"[.\[]", field, maxsplit=1)[0]
+        if not name or name.isdigit():
+            raise ConfigError(
+                f"{where}: placeholder {{{field}}} has no name; name a parameter ({{NAME}}), or write a "
+                "literal brace as {{ or }}"
+            )
+        if name not in params:
+            hint = (
+                did_you_mean(name, params, noun="parameters")
+                if params
+                else "; the entry point has no parameters"
+            )
+            raise ConfigError(
+                f"{where}: placeholder {{{name}}} is not a parameter{hint} (mlflow run fails on it too); "
+                "declare it under parameters, or write a literal brace as {{ or }}"
+            )
+        names.add(name)
+    return names
 
 
 def _parameters(
