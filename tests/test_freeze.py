@@ -20,7 +20,8 @@ def _registry(home: Path):
 
 
 def _run_id(output: str) -> str:
-    match = re.search(r"(toy-\d{8}-\d{6}-[0-9a-f]{6})", output)
+    """The new run's id: the one its summary's ``next:`` line names (the output may name others)."""
+    match = re.search(r"next: maelstrom runs info (toy-\d{8}-\d{6}-[0-9a-f]{6})", output)
     assert match, output
     return match.group(1)
 
@@ -149,14 +150,65 @@ def test_freeze_round_trips_on_a_fresh_clone(run_cli, cli_env, toy_project, tmp_
     _, hydra = _hydra_compose(["+experiment=toy_sweep"], clone / "conf")
     assert hydra["sweeper"]["params"] == {"model.learning_rate": "0.01,0.001"}
 
-    # and maelstrom-run, run in the clone, records the same hashes (the sweep: every job's)
+    # the clone's environment "differs" from the record: its header says numpy 1.0.0
+    frozen_file = clone / "conf" / "experiment" / "toy_run.yaml"
+    recorded = yaml.safe_load(run.spec)["packages"]
+    frozen_file.write_text(
+        frozen_file.read_text().replace(f'"numpy": "{recorded["numpy"]}"', '"numpy": "1.0.0"')
+    )
+    before = len(registry.list(limit=None))
+    strict = run_cli(["+experiment=toy_run", "--config-dir", "conf", "--strict-env"], cwd=clone, env=env)
+    assert strict.returncode == 2 and f"numpy 1.0.0 -> {recorded['numpy']}" in strict.stderr, strict.stderr
+    assert len(strict.stderr.strip().splitlines()) == 1 and len(registry.list(limit=None)) == before
+    # a commit only the clone has: the run made from it cannot be frozen or imported elsewhere later
+    (clone / "notes.txt").write_text("clone only\n")
+    git(clone, "add", "notes.txt")
+    git(clone, "commit", "-q", "-m", "clone only")
+    # maelstrom-run, run in the clone, records the same hashes (the sweep: every job's)
     result = run_cli(["+experiment=toy_run", "--config-dir", "conf"], cwd=clone, env=env, check=True)
-    assert registry.get(_run_id(result.stderr)).config_hash == run.config_hash
+    assert (
+        f"environment: 1 package(s) differ from run {run_id} (experiment toy_run): numpy 1.0.0"
+        in result.stderr
+    )
+    again_id = _run_id(result.stderr)
+    assert registry.get(again_id).config_hash == run.config_hash
+    info = run_cli(["maelstrom", "runs", "info", again_id], env=env, check=True).stdout
+    assert re.search(
+        rf"environment differs from run {run_id} .*numpy 1.0.0 -> {re.escape(recorded['numpy'])}",
+        " ".join(info.split()),
+    ), info
     clone_env = {**env, "MAELSTROM_CONFIG_PATH": str(clone / "conf")}
     result = run_cli(["-m", "+experiment=toy_sweep"], cwd=clone, env=clone_env)
     assert result.returncode == 0, result.stderr
     rerun = registry.list(sweep_id=_sweep_id(result.stdout + result.stderr), limit=None)
     assert sorted(r.config_hash for r in rerun) == sorted(j.config_hash for j in jobs)
+
+    # runs env: pip's requirements format (read by packaging, pip's parser), Python as a comment
+    from packaging.requirements import Requirement
+
+    text = run_cli(["maelstrom", "runs", "env", run_id], env=env, check=True).stdout
+    assert f"# python=={recorded['python']}" in text.splitlines()
+    parsed = {str(Requirement(line)) for line in text.splitlines() if line and not line.startswith("#")}
+    assert parsed == {f"{k}=={v}" for k, v in recorded.items() if k != "python"}
+
+    # export, import into another MAELSTROM_HOME: info and rerun work there
+    archive = tmp_path / "run.tar.gz"
+    run_cli(["maelstrom", "runs", "export", run_id, archive], env=env, check=True)
+    lost_archive = tmp_path / "lost.tar.gz"
+    run_cli(["maelstrom", "runs", "export", again_id, lost_archive], env=env, check=True)
+    other = tmp_path / "other-home"
+    other_env = {**env, "MAELSTROM_HOME": str(other)}
+    result = run_cli(["maelstrom", "runs", "import", archive], cwd=tmp_path, env=other_env, check=True)
+    assert f"imported run {run_id} (succeeded)" in result.stdout
+    info = run_cli(["maelstrom", "runs", "info", run_id], env=other_env, check=True).stdout
+    assert run.config_hash in info and "loss=" in info and str(other / "runs" / run_id) in info
+    result = run_cli(["maelstrom", "runs", "rerun", run_id], cwd=tmp_path, env=other_env, check=True)
+    assert f"environment: the same package versions as run {run_id}" in result.stderr
+    (copy,) = [r for r in _registry(other).list(limit=None) if r.rerun_of == run_id]
+    assert copy.state == "succeeded" and copy.config_hash == run.config_hash
+    again = run_cli(["maelstrom", "runs", "import", archive], cwd=tmp_path, env=other_env)
+    assert again.returncode == 2 and "already in the registry" in again.stderr
+    assert len(_registry(other).list(limit=None)) == 2
 
     # bad input: one line, exit 2, nothing recorded lost
     before = len(registry.list(limit=None))
@@ -164,26 +216,94 @@ def test_freeze_round_trips_on_a_fresh_clone(run_cli, cli_env, toy_project, tmp_
         ([*maelstrom, "toy-nope"], "not in the registry"),
         ([*maelstrom, "--sweep", "sweep-nope"], "not in the registry"),
         ([*maelstrom, run_id, "--name", "a b"], "--name"),
+        (["maelstrom", "runs", "export", "toy-nope", tmp_path / "x.tar.gz"], "not in the registry"),
     ):
         bad = run_cli(args, cwd=toy_project, env=env)
         assert bad.returncode == 2 and what in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, (
             bad.stderr
         )
     # an experiment file that no longer composes (a key removed since): one line, exit 2
-    broken = clone / "conf" / "experiment" / "toy_run.yaml"
-    broken.write_text(broken.read_text().replace("learning_rate:", "learning_ratez:"))
+    frozen_file.write_text(frozen_file.read_text().replace("learning_rate:", "learning_ratez:"))
     bad = run_cli(["+experiment=toy_run", "--config-dir", "conf"], cwd=clone, env=env)
     assert (
         bad.returncode == 2 and "learning_ratez" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     )
     assert len(registry.list(limit=None)) == before
 
-    # a run whose commit exists only in a clone that is gone: freezing it elsewhere is refused
-    (clone / "toyapp.py").write_text((clone / "toyapp.py").read_text() + "\n# clone only\n")
-    git(clone, "commit", "-q", "-am", "clone only")
-    result = run_cli(["+experiment=toy_job"], cwd=clone, env=clone_env, check=True)
-    lost = _run_id(result.stderr)
+    # the clone is gone: its commit is in no repository here
     shutil.rmtree(clone)
-    bad = run_cli([*maelstrom, lost, "--name", "lost"], cwd=toy_project, env=sweep_env)
+    bad = run_cli([*maelstrom, again_id, "--name", "lost"], cwd=toy_project, env=env)
     assert bad.returncode == 2 and "is not in the repository" in bad.stderr, bad.stderr
     assert not (toy_project / "conf" / "experiment" / "lost.yaml").exists()
+    bad = run_cli(["maelstrom", "runs", "import", lost_archive], cwd=toy_project, env=other_env)
+    assert bad.returncode == 2 and "is not in the repository" in bad.stderr, bad.stderr
+    assert len(_registry(other).list(limit=None)) == 2
+
+
+def _archive(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tar.addfile(info)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("members", "links", "what"),
+    [
+        ({"maelstrom-run-export/../../evil.txt": b"x"}, None, "unexpected member"),
+        ({"/etc/evil": b"x"}, None, "not a maelstrom-run export"),
+        (
+            {"maelstrom-run-export/manifest.json": b"{}"},
+            {"maelstrom-run-export/spec.json": "/etc/passwd"},
+            "unexpected",
+        ),
+        (
+            {
+                "maelstrom-run-export/manifest.json": b'{"format": "other"}',
+                "maelstrom-run-export/spec.json": b"{}",
+            },
+            None,
+            "format",
+        ),
+        (
+            {"maelstrom-run-export/manifest.json": b"{not json", "maelstrom-run-export/spec.json": b"{}"},
+            None,
+            "damaged",
+        ),
+        ({"maelstrom-run-export/result.json": b"{}"}, None, "no manifest.json"),
+    ],
+)
+def test_import_refuses_foreign_and_unsafe_archives(tmp_path, maelstrom_home, members, links, what):
+    from maelstrom_run.core.errors import ConfigError
+    from maelstrom_run.launch.portable import import_run
+
+    path = _archive(tmp_path / "a.tar.gz", members, links)
+    with pytest.raises(ConfigError, match=what):
+        import_run(_registry(maelstrom_home), path, cwd=tmp_path)
+    assert not (tmp_path.parent / "evil.txt").exists() and not list((maelstrom_home).glob("runs/*"))
+    assert _registry(maelstrom_home).list(limit=None) == []
+
+
+def test_drift_lines():
+    from maelstrom_run.launch import envdrift
+
+    assert envdrift.differences(
+        {"python": "3.11.7", "numpy": "1.0", "torch": "2.0"},
+        {"python": "3.11.7", "numpy": "2.0", "mlflow": "3"},
+    ) == [
+        ("mlflow", None, "3"),
+        ("numpy", "1.0", "2.0"),
+        ("torch", "2.0", None),
+    ]
+    text = envdrift.requirements({"python": "3.11.7", "numpy": "2.0"})
+    assert text.splitlines()[1:] == ["# python==3.11.7", "numpy==2.0"]

@@ -173,6 +173,39 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..launch.portable import export_run
+
+    record, path = export_run(_registry(), args.id, Path(args.file), force=args.force)
+    size = path.stat().st_size
+    _console().print(
+        f"exported run {record.run_id} ({record.state}) to {path} ({size / 1e3:.1f} kB)", highlight=False
+    )
+    _console().print(
+        f"next: in another MAELSTROM_HOME or clone: maelstrom runs import {path.name}", highlight=False
+    )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ..launch.portable import import_run
+
+    registry = _registry()
+    imported = import_run(registry, Path(args.file))
+    console = _console()
+    code = f", code from {imported.repository}" if imported.repository else ""
+    console.print(
+        f"imported run {imported.run_id} ({imported.state}) into {registry.path}{code}; "
+        f"run dir {imported.run_dir}",
+        highlight=False,
+    )
+    console.print(
+        f"next: maelstrom runs info {imported.run_id}   or   maelstrom runs rerun {imported.run_id}",
+        highlight=False,
+    )
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from ..core.states import JobRef
     from ..launch.monitor import TERMINAL, backend_of, refresh
@@ -435,3 +468,13 @@ def add_commands(groups: Any) -> None:
     p = sub.add_parser("env", help="a run's package versions as a pip requirements file")
     p.add_argument("id")
     p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("export", help="write a run's record (spec, diff, packages, result) as one .tar.gz")
+    p.add_argument("id")
+    p.add_argument("file", help="FILE.tar.gz to write")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="record a run exported elsewhere (then runs info / rerun work here)")
+    p.add_argument("file", help="FILE.tar.gz written by `maelstrom runs export`")
+    p.set_defaults(func=cmd_import)
