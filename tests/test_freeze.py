@@ -177,11 +177,15 @@ def test_freeze_round_trips_on_a_fresh_clone(run_cli, cli_env, toy_project, tmp_
         rf"environment differs from run {run_id} .*numpy 1.0.0 -> {re.escape(recorded['numpy'])}",
         " ".join(info.split()),
     ), info
-    clone_env = {**env, "MAELSTROM_CONFIG_PATH": str(clone / "conf")}
-    result = run_cli(["-m", "+experiment=toy_sweep"], cwd=clone, env=clone_env)
-    assert result.returncode == 0, result.stderr
-    rerun = registry.list(sweep_id=_sweep_id(result.stdout + result.stderr), limit=None)
-    assert sorted(r.config_hash for r in rerun) == sorted(j.config_hash for j in jobs)
+    # the sweep: each job of the grid Hydra's sweeper makes of the file's params composes to a job's hash
+    # (`maelstrom-run -m +experiment=toy_sweep` itself would run them: seconds each on a loaded machine)
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in hydra["sweeper"]["params"].items()]
+    (grid,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)
+    hashes = [config_hash(_hydra_compose(["+experiment=toy_sweep", *o], clone / "conf")[0]) for o in grid]
+    assert sorted(hashes) == sorted(j.config_hash for j in jobs)
 
     # runs env: pip's requirements format (read by packaging, pip's parser), Python as a comment
     from packaging.requirements import Requirement
@@ -307,3 +311,22 @@ def test_drift_lines():
     ]
     text = envdrift.requirements({"python": "3.11.7", "numpy": "2.0"})
     assert text.splitlines()[1:] == ["# python==3.11.7", "numpy==2.0"]
+
+
+#: Same seed, same machine, same thread count: the metrics agree to this relative tolerance (on
+#: CPU they are bitwise equal; threads summing in another order may move the last digits).
+DETERMINISM_RTOL = 1e-6
+
+
+@pytest.mark.slow
+def test_a_fixed_seed_gives_the_same_metrics(tmp_path, maelstrom_home):
+    """AP4's tiny tier (the cheapest app; PyTorch, NumPy and Python's random, shuffled batches)."""
+    from app_runner import run_main
+
+    overrides = ("app=ap4", "train.epochs=1", "tracking.plots=false")
+    first, _, _ = run_main(tmp_path, *overrides)
+    second, _, _ = run_main(tmp_path, *overrides)
+    assert first.keys() == second.keys() and len(first) >= 3
+    assert second == pytest.approx(first, rel=DETERMINISM_RTOL)
+    other, _, _ = run_main(tmp_path, *overrides, "train.seed=7")
+    assert other["loss"] != pytest.approx(first["loss"], rel=DETERMINISM_RTOL)  # the seed is what matters
