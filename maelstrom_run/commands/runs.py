@@ -364,15 +364,13 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 def cmd_freeze(args: argparse.Namespace) -> int:
     from ..core.errors import ConfigError
-    from ..launch.freeze import freeze_run, freeze_sweep
+    from ..launch.freeze import freeze
 
     dirs = [Path(d) for d in args.config_dir]
     out = Path(args.out) if args.out else (dirs[0] if dirs else Path("conf"))
     options = dict(name=args.name, out=out, config_dirs=dirs, force=args.force)
-    if args.sweep:
-        frozen = freeze_sweep(_registry(), args.sweep, **options)
-    elif args.id:
-        frozen = freeze_run(_registry(), args.id, **options)
+    if args.sweep or args.id:
+        frozen = freeze(_registry(), args.sweep or args.id, sweep=bool(args.sweep), **options)
     else:
         raise ConfigError("give a run id, or --sweep SWEEP_ID; see `maelstrom runs list`")
     console = _console()

@@ -17,10 +17,9 @@ the package versions, which :mod:`.envdrift` compares with those of a later run 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import math
 import os
 import re
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -37,6 +36,7 @@ from ..core.errors import ConfigError
 from ..core.rundir import write_atomic
 from ..core.spec import RunSpec, config_hash
 from . import envdrift
+from .gitinfo import repository_with
 from .registry import Registry
 
 GROUP = "experiment"
@@ -178,20 +178,11 @@ def check_name(name: str) -> str:
 def check_commit(spec: RunSpec, cwd: Path) -> None:
     """The run's commit must be in the repository here (or the one it was recorded in)."""
     commit = (spec.git or {}).get("commit")
-    if not commit:
-        return
-    for where in (cwd, Path((spec.git or {}).get("root") or cwd)):
-        try:
-            subprocess.run(
-                ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=where, capture_output=True, check=True
-            )
-            return
-        except (OSError, subprocess.CalledProcessError):
-            continue
-    raise ConfigError(
-        f"run {spec.run_id}: its commit {commit[:12]} is not in the repository at {cwd}; "
-        "fetch it (git fetch) or freeze from a clone that has it"
-    )
+    if commit and repository_with(commit, [cwd, Path((spec.git or {}).get("root") or cwd)]) is None:
+        raise ConfigError(
+            f"run {spec.run_id}: its commit {commit[:12]} is not in the repository at {cwd}; "
+            "fetch it (git fetch) or freeze from a clone that has it"
+        )
 
 
 def _header(spec: RunSpec, name: str, out: Path, what: str) -> list[str]:
@@ -240,12 +231,19 @@ def _target(out: Path, name: str, force: bool) -> Path:
     return path
 
 
-def _hash_of(name: str, text: str, extra: Sequence[str], dirs: Sequence[Path]) -> str:
-    """The config hash ``+experiment=name extra...`` composes to, with ``text`` as that file."""
+@contextlib.contextmanager
+def _staged(name: str, text: str) -> Iterator[Path]:
+    """A config directory with ``text`` as ``experiment/NAME.yaml`` (searched first while composing)."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / GROUP).mkdir()
         (Path(tmp) / GROUP / f"{name}.yaml").write_text(text)
-        config, _ = compose([f"+{GROUP}={name}", *extra], [Path(tmp), *dirs])
+        yield Path(tmp)
+
+
+def _hash_of(name: str, text: str, extra: Sequence[str], dirs: Sequence[Path]) -> str:
+    """The config hash ``+experiment=name extra...`` composes to, with ``text`` as that file."""
+    with _staged(name, text) as staged:
+        config, _ = compose([f"+{GROUP}={name}", *extra], [staged, *dirs])
     return config_hash(config)
 
 
@@ -253,32 +251,53 @@ def _base_text(header: list[str], defaults: list[dict[str, str]]) -> str:
     return _document(header, defaults, {})
 
 
-def freeze_run(
+def freeze(
     registry: Registry,
-    run_id: str,
+    ident: str,
     *,
+    sweep: bool = False,
     name: str | None = None,
     out: Path,
     config_dirs: Sequence[Path] = (),
     force: bool = False,
     cwd: Path | None = None,
 ) -> Frozen:
-    """Write run ``run_id``'s config as ``out/experiment/NAME.yaml`` (checked: same config hash)."""
-    record = registry.get(run_id)
-    spec = RunSpec.parse(record.spec)
-    if spec.kind != "app":
-        raise ConfigError(f"run {spec.run_id} is a job of a plain Hydra app; only maelstrom-run runs freeze")
-    name = check_name(name or spec.run_id)
-    check_commit(spec, Path(cwd or Path.cwd()))
+    """Write run ``ident`` (or with ``sweep``, sweep ``ident``) as ``out/experiment/NAME.yaml``; the
+    file is composed first and written only when it gives the recorded config hash(es)."""
+    if sweep:
+        record = registry.sweep(ident)
+        specs = _sweep_jobs(registry, record.sweep_id)
+        source = record.sweep_id
+    else:
+        specs = [RunSpec.parse(registry.get(ident).spec)]
+        source = specs[0].run_id
+    if any(s.kind != "app" for s in specs):
+        raise ConfigError(f"{source} ran a plain Hydra app; only maelstrom-run runs and sweeps freeze")
+    name = check_name(name or source)
+    check_commit(specs[0], Path(cwd or Path.cwd()))
     path = _target(out, name, force)
     dirs = [out, *config_dirs]
+    if sweep:
+        return _freeze_sweep(specs, source, name, path, out, dirs)
+    return _freeze_run(specs[0], name, path, out, dirs)
+
+
+def _sweep_jobs(registry: Registry, sweep_id: str) -> list[RunSpec]:
+    """The latest spec of each index of a sweep (a re-run job replaces its original)."""
+    latest: dict[int, Any] = {}
+    for record in sorted(registry.list(sweep_id=sweep_id, limit=None), key=lambda r: r.created):
+        latest[record.sweep_index] = record
+    if not latest:
+        raise ConfigError(f"sweep {sweep_id} has no jobs in the registry")
+    return [RunSpec.parse(r.spec) for _, r in sorted(latest.items())]
+
+
+def _freeze_run(spec: RunSpec, name: str, path: Path, out: Path, dirs: list[Path]) -> Frozen:
     _, choices = compose(spec.overrides, dirs)
     defaults = _defaults(_groups(choices), _added(spec.overrides))
     header = _header(spec, name, out, "run")
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / GROUP).mkdir()
-        (Path(tmp) / GROUP / f"{name}.yaml").write_text(_base_text(header, defaults))
-        base, _ = compose([f"+{GROUP}={name}"], [Path(tmp), *dirs])
+    with _staged(name, _base_text(header, defaults)) as staged:
+        base, _ = compose([f"+{GROUP}={name}"], [staged, *dirs])
     text = _document(header, defaults, diff(spec.config, base))
     got = _hash_of(name, text, [], dirs)
     if got != spec.config_hash:
@@ -310,7 +329,7 @@ def sweep_grid(jobs: list[list[str]]) -> tuple[list[str], dict[str, list[str]]]:
     common = [f"{k}={v[0]}" for k, v in values.items() if len(v) == 1]
     swept = {k: v for k, v in values.items() if len(v) > 1}
     combos = {tuple(dict(_split(t) for t in job)[k] for k in swept) for job in jobs}
-    if len(combos) != len(jobs) or len(jobs) != _product(len(v) for v in swept.values()):
+    if len(combos) != len(jobs) or len(jobs) != math.prod(len(v) for v in swept.values()):
         raise ConfigError(
             f"the sweep's {len(jobs)} jobs are not the grid of {', '.join(swept) or 'its values'}; "
             "freeze its runs one by one"
@@ -318,41 +337,9 @@ def sweep_grid(jobs: list[list[str]]) -> tuple[list[str], dict[str, list[str]]]:
     return common, swept
 
 
-def _product(sizes: Any) -> int:
-    n = 1
-    for s in sizes:
-        n *= s
-    return n
-
-
-def freeze_sweep(
-    registry: Registry,
-    sweep_id: str,
-    *,
-    name: str | None = None,
-    out: Path,
-    config_dirs: Sequence[Path] = (),
-    force: bool = False,
-    cwd: Path | None = None,
+def _freeze_sweep(
+    specs: list[RunSpec], sweep_id: str, name: str, path: Path, out: Path, dirs: list[Path]
 ) -> Frozen:
-    """Write sweep ``sweep_id`` as an experiment with ``hydra.sweeper.params``: ``-m +experiment=NAME``
-    composes every one of its jobs again (each checked: same config hash)."""
-    sweep = registry.sweep(sweep_id)
-    records = registry.list(sweep_id=sweep.sweep_id, limit=None)
-    latest: dict[int, Any] = {}
-    for record in sorted(records, key=lambda r: r.created):  # a re-run job replaces its original
-        latest[record.sweep_index] = record
-    specs = [RunSpec.parse(r.spec) for _, r in sorted(latest.items())]
-    if not specs:
-        raise ConfigError(f"sweep {sweep.sweep_id} has no jobs in the registry")
-    if any(s.kind != "app" for s in specs):
-        raise ConfigError(
-            f"sweep {sweep.sweep_id} is a plain Hydra app's sweep; only maelstrom-run sweeps freeze"
-        )
-    name = check_name(name or sweep.sweep_id)
-    check_commit(specs[0], Path(cwd or Path.cwd()))
-    path = _target(out, name, force)
-    dirs = [out, *config_dirs]
     common, swept = sweep_grid([s.overrides for s in specs])
     _, choices = compose(specs[0].overrides, dirs)
     swept_groups = {k.lstrip("+") for k in swept} & set(choices)
@@ -364,15 +351,13 @@ def freeze_sweep(
     def extra(spec: RunSpec) -> list[str]:
         return [t for t in spec.overrides if _split(t)[0] in swept]
 
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / GROUP).mkdir()
-        (Path(tmp) / GROUP / f"{name}.yaml").write_text(_base_text(header, defaults))
+    with _staged(name, _base_text(header, defaults)) as staged:
         bases: dict[tuple[str, ...], dict[str, Any]] = {}
         diffs = []
         for spec in specs:
             structural = tuple(t for t in extra(spec) if _split(t)[0].lstrip("+") in swept_groups)
             if structural not in bases:
-                bases[structural], _ = compose([f"+{GROUP}={name}", *structural], [Path(tmp), *dirs])
+                bases[structural], _ = compose([f"+{GROUP}={name}", *structural], [staged, *dirs])
             diffs.append(diff(spec.config, bases[structural]))
     values = _common(diffs)
     for key in swept:  # the swept values come from the sweeper, never from the file
@@ -384,12 +369,12 @@ def freeze_sweep(
         got = _hash_of(name, text, extra(spec), dirs)
         if got != spec.config_hash:
             raise ConfigError(
-                f"sweep {sweep.sweep_id}: job {spec.sweep_index} composes to config hash {got[:12]} from the "
+                f"sweep {sweep_id}: job {spec.sweep_index} composes to config hash {got[:12]} from the "
                 f"frozen file, not its {spec.config_hash[:12]}; freeze its runs one by one"
             )
         hashes.append(got)
     write_atomic(path, text)
-    return Frozen(path, name, out, hashes, sweep.sweep_id, params, rerun_command(name, out, sweep=True))
+    return Frozen(path, name, out, hashes, sweep_id, params, rerun_command(name, out, sweep=True))
 
 
 def _drop(values: dict[str, Any], key: str) -> None:
@@ -399,12 +384,3 @@ def _drop(values: dict[str, Any], key: str) -> None:
         node = node.get(part) if isinstance(node, dict) else None
     if isinstance(node, dict):
         node.pop(last, None)
-
-
-def combinations(params: dict[str, str]) -> list[list[str]]:
-    """The job overrides ``hydra.sweeper.params`` expands to (plain comma lists), in sweep order."""
-    keys = list(params)
-    return [
-        [f"{k}={v}" for k, v in zip(keys, values, strict=True)]
-        for values in itertools.product(*(params[k].split(",") for k in keys))
-    ]

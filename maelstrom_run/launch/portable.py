@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import subprocess
 import tarfile
 import time
 import zlib
@@ -26,6 +25,7 @@ from ..core.errors import ConfigError
 from ..core.rundir import RunDir, write_atomic
 from ..core.spec import RunSpec
 from .envdrift import requirements
+from .gitinfo import repository_with
 from .registry import Registry, RunRecord
 
 FORMAT = "maelstrom-run-export"
@@ -155,22 +155,6 @@ def _json(path: Path, members: dict[str, bytes], name: str) -> Any:
         raise ConfigError(f"{path}: {name} is damaged; export the run again") from None
 
 
-def _repository(commit: str, recorded: Path, cwd: Path) -> Path | None:
-    """The repository (top level) that has ``commit``: the recorded one, else the one here."""
-    for where in (recorded, cwd):
-        try:
-            subprocess.run(
-                ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=where, capture_output=True, check=True
-            )
-            out = subprocess.run(
-                ["git", "rev-parse", "--show-toplevel"], cwd=where, capture_output=True, text=True, check=True
-            )
-            return Path(out.stdout.strip())
-        except (OSError, subprocess.CalledProcessError):
-            continue
-    return None
-
-
 def _relocate(spec: RunSpec, repository: Path) -> dict[str, Any]:
     """The spec's git record and code directory moved to ``repository`` (same commit and diff)."""
     git = dict(spec.git or {})
@@ -207,7 +191,7 @@ def import_run(registry: Registry, path: Path, *, cwd: Path | None = None) -> Im
     repository = None
     commit = (spec.git or {}).get("commit")
     if commit:
-        found = _repository(commit, Path((spec.git or {}).get("root") or "."), Path(cwd or Path.cwd()))
+        found = repository_with(commit, [Path((spec.git or {}).get("root") or "."), Path(cwd or Path.cwd())])
         if found is None:
             raise ConfigError(
                 f"run {spec.run_id}: its commit {commit[:12]} is not in the repository here; "
