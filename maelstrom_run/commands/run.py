@@ -132,7 +132,11 @@ def help_text(argv: list[str]) -> str:
             options = {f.stem for f in group.glob("*.yaml")}
             if options:
                 groups.setdefault(group.name, set()).update(options)
-    listing = "".join(f"  {g}: {', '.join(sorted(o))}\n" for g, o in sorted(groups.items()))
+    # the experiment group is in no defaults list: it is added (+experiment=NAME), not chosen
+    listing = "".join(
+        f"  {'+' if g == 'experiment' else ''}{g}: {', '.join(sorted(o))}\n"
+        for g, o in sorted(groups.items())
+    )
     return HELP.format(groups=listing)
 
 

@@ -40,7 +40,7 @@ from .gitinfo import repository_with
 from .registry import Registry
 
 GROUP = "experiment"
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 
 @dataclass
@@ -171,7 +171,7 @@ _MISSING = object()
 
 def check_name(name: str) -> str:
     if not _NAME.match(name):
-        raise ConfigError(f"--name {name!r}: use letters, digits, '_', '-' and '.' (it is a config name)")
+        raise ConfigError(f"--name {name!r}: use letters, digits, '_' and '-' (it is a config name)")
     return name
 
 
