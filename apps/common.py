@@ -1,4 +1,4 @@
-"""What AP3, AP5 and AP6 share: their files, one-line user errors, seeds, scores, plots, a PyTorch epoch.
+"""What the apps share: their files, one-line user errors, seeds, scores, plots, a PyTorch epoch.
 
 Frameworks are imported inside the functions that need them, so an app that uses TensorFlow
 never imports PyTorch and the other way round.

@@ -8,7 +8,6 @@ local directory. The last ``validation_fraction`` of the tweets validates.
 from __future__ import annotations
 
 import math
-import random
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from maelstrom_run.data.samples import ensure_ap2
 from maelstrom_run.tracking.context import RunContext
 
+from ..common import seed_all
 from .model import Encoder, TweetClassifier, load_pretrained
 from .text import WordTokenizer, read_tweets
 
@@ -57,9 +57,8 @@ def _evaluate(
 def main(ctx: RunContext) -> dict[str, float]:
     cfg, timer = ctx.cfg, ctx.timer
     m, batch = cfg.model, cfg.train.batch_size
-    random.seed(cfg.train.seed)
+    rng = seed_all(cfg.train.seed)  # Python, NumPy (global and the shuffling generator)
     torch.manual_seed(cfg.train.seed)
-    rng = np.random.default_rng(cfg.train.seed)
     torch.set_num_threads(max(1, cfg.loader.threads))
 
     path = _path(cfg, ctx.cache_dir)

@@ -30,6 +30,7 @@ from maelstrom_run.data.preprocess import (
 from maelstrom_run.tracking.context import RunContext
 from maelstrom_run.tracking.timer import PhaseTimer
 
+from ..common import seed_all
 from .model import PointMLP, UNet, correct, crps_gaussian, location_features
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -138,8 +139,8 @@ def run_epoch(
 def main(ctx: RunContext) -> dict[str, float]:
     cfg, timer = ctx.cfg, ctx.timer
     m, batch = cfg.model, cfg.train.batch_size
+    rng = seed_all(cfg.train.seed)  # Python, NumPy (global and the shuffling generator)
     torch.manual_seed(cfg.train.seed)
-    rng = np.random.default_rng(cfg.train.seed)
     torch.set_num_threads(max(1, cfg.loader.threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -10,6 +10,9 @@
     maelstrom runs download ID [DEST]
     maelstrom runs rerun ID [--current-code] [--no-wait]
     maelstrom runs rerun --sweep ID --failed [--current-code] [--no-wait]
+    maelstrom runs freeze ID | --sweep ID [--name NAME] [--out DIR] [--config-dir DIR]
+    maelstrom runs env ID
+    maelstrom runs export ID FILE.tar.gz | runs import FILE.tar.gz
 
     maelstrom data get DATASET [--tier T] | data cache list|clear | data preprocess app=ap4
     maelstrom schedules list|show|pause|resume|remove|next|export ... | scheduler run [--once]

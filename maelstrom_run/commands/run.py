@@ -54,6 +54,7 @@ def _run_single(cfg: Any) -> Any:
         print_registration(registration)
         return registration.record.schedule_id if registration.registered else None
     spec = build(cfg, list(hydra_cfg.overrides.task))
+    _print_env_summary(spec)
     if spec.config.get("dry_run"):
         print_dry_run([spec])
         return None
@@ -64,6 +65,15 @@ def _run_single(cfg: Any) -> Any:
         # the app found a mistake in the config or the data (its one line is in the summary): 2
         sys.exit(EXIT_USER_ERROR if record.exit_code == EXIT_USER_ERROR else EXIT_FAILED)
     return record.run_id
+
+
+def _print_env_summary(spec: Any) -> None:
+    """One line: the environment against the frozen experiment's record (when run from one)."""
+    from ..launch.envdrift import summary
+
+    line = summary(spec)
+    if line:
+        print(line, file=sys.stderr)
 
 
 task.__maelstrom_app__ = True  # type: ignore[attr-defined]
@@ -91,6 +101,8 @@ Examples:
 Options:
   hydra.launcher.wait=BOOL    wait for the jobs to end (default: yes locally, no on clusters)
   --config-dir DIR            add a config directory (also MAELSTROM_CONFIG_PATH=DIR1:DIR2, searched first)
+  +experiment=NAME            compose conf/experiment/NAME.yaml (a frozen run: `maelstrom runs freeze`)
+  --strict-env                refuse to run when packages differ from the frozen experiment's record
   --hydra-help                Hydra's own options
 
 State: runs, the run registry and the embedded MLflow store live in $MAELSTROM_HOME (default ~/.maelstrom).
@@ -120,7 +132,11 @@ def help_text(argv: list[str]) -> str:
             options = {f.stem for f in group.glob("*.yaml")}
             if options:
                 groups.setdefault(group.name, set()).update(options)
-    listing = "".join(f"  {g}: {', '.join(sorted(o))}\n" for g, o in sorted(groups.items()))
+    # the experiment group is in no defaults list: it is added (+experiment=NAME), not chosen
+    listing = "".join(
+        f"  {'+' if g == 'experiment' else ''}{g}: {', '.join(sorted(o))}\n"
+        for g, o in sorted(groups.items())
+    )
     return HELP.format(groups=listing)
 
 
@@ -147,6 +163,11 @@ def main() -> None:
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
         print(help_text(sys.argv[1:]), end="")
         return
+    if "--strict-env" in sys.argv[1:]:  # ours, not Hydra's: for every spec this process builds
+        sys.argv.remove("--strict-env")
+        from ..launch.envdrift import STRICT_ENV
+
+        os.environ[STRICT_ENV] = "1"
     import hydra
 
     from ..config.resolvers import register

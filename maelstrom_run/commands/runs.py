@@ -141,11 +141,68 @@ def cmd_info(args: argparse.Namespace) -> int:
             "metrics",
             ", ".join(f"{k}={v:.4g}" for k, v in sorted((result.metrics if result else {}).items())) or "-",
         ),
+        ("environment", _environment(spec)),
         ("run dir", r.run_dir),
     ]
     console = _console()
     for key, value in rows:
         console.print(f"[bold]{key:>12}[/bold]  {value}", highlight=False)
+    return 0
+
+
+def _environment(spec: dict[str, Any]) -> str:
+    """The run's packages against the record it derives from (a re-run's original, ...)."""
+    from ..core.spec import RunSpec
+    from ..launch.envdrift import describe, drift
+
+    run = RunSpec.from_dict(spec)
+    changes = drift(run)
+    python = run.packages.get("python", "?")
+    if changes is None:
+        return f"python {python}, {len(run.packages) - 1} packages recorded (maelstrom runs env {run.run_id})"
+    source = run.env_reference["source"]
+    return f"same versions as {source}" if not changes else f"differs from {source}: {describe(changes)}"
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from ..core.spec import RunSpec
+    from ..launch.envdrift import requirements
+
+    spec = RunSpec.parse(_registry().get(args.id).spec)
+    sys.stdout.write(requirements(spec.packages, f"run {spec.run_id}"))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..launch.portable import export_run
+
+    record, path = export_run(_registry(), args.id, Path(args.file), force=args.force)
+    size = path.stat().st_size
+    _console().print(
+        f"exported run {record.run_id} ({record.state}) to {path} ({size / 1e3:.1f} kB)", highlight=False
+    )
+    _console().print(
+        f"next: in another MAELSTROM_HOME or clone: maelstrom runs import {path.name}", highlight=False
+    )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ..launch.portable import import_run
+
+    registry = _registry()
+    imported = import_run(registry, Path(args.file))
+    console = _console()
+    code = f", code from {imported.repository}" if imported.repository else ""
+    console.print(
+        f"imported run {imported.run_id} ({imported.state}) into {registry.path}{code}; "
+        f"run dir {imported.run_dir}",
+        highlight=False,
+    )
+    console.print(
+        f"next: maelstrom runs info {imported.run_id}   or   maelstrom runs rerun {imported.run_id}",
+        highlight=False,
+    )
     return 0
 
 
@@ -273,6 +330,13 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         specs = [rerun_one(registry, args.id, current_code=args.current_code)]
     else:
         raise ConfigError("give a run id, or --sweep SWEEP_ID --failed")
+    from ..launch.envdrift import enforce, summary
+
+    for spec in specs:
+        enforce(spec, args.strict_env)
+    line = summary(specs[0]) if specs else None
+    if line:
+        _console(stderr=True).print(line, highlight=False, markup=False, soft_wrap=True)
     from .summaries import wait_view
 
     records = submit(
@@ -296,6 +360,34 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         + (f" --sweep {specs[0].sweep_id}" if specs[0].sweep_id else "")
     )
     return 0 if args.no_wait or all(r.state == "succeeded" for r in records) else EXIT_FAILED
+
+
+def cmd_freeze(args: argparse.Namespace) -> int:
+    from ..core.errors import ConfigError
+    from ..launch.freeze import freeze
+
+    dirs = [Path(d) for d in args.config_dir]
+    out = Path(args.out) if args.out else (dirs[0] if dirs else Path("conf"))
+    options = dict(name=args.name, out=out, config_dirs=dirs, force=args.force)
+    if args.sweep or args.id:
+        frozen = freeze(_registry(), args.sweep or args.id, sweep=bool(args.sweep), **options)
+    else:
+        raise ConfigError("give a run id, or --sweep SWEEP_ID; see `maelstrom runs list`")
+    console = _console()
+    what = f"sweep {frozen.source} ({len(frozen.hashes)} jobs)" if frozen.params else f"run {frozen.source}"
+    console.print(
+        f"froze {what} into {frozen.path} (config hash {frozen.hashes[0][:12]}"
+        + (f", swept: {', '.join(frozen.params)}" if frozen.params else "")
+        + ")",
+        highlight=False,
+    )
+    console.print(
+        f"next: git add {frozen.path} && git commit; then anywhere: {frozen.command}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
+    return 0
 
 
 def add_commands(groups: Any) -> None:
@@ -350,4 +442,37 @@ def add_commands(groups: Any) -> None:
         "--current-code", action="store_true", help="use today's working tree, not the recorded commit"
     )
     p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    p.add_argument(
+        "--strict-env", action="store_true", help="refuse when package versions differ from the original's"
+    )
     p.set_defaults(func=cmd_rerun)
+
+    p = sub.add_parser(
+        "freeze", help="write a run's or sweep's config as an experiment file (+experiment=NAME)"
+    )
+    p.add_argument("id", nargs="?", help="run id (or --sweep SWEEP_ID)")
+    p.add_argument("--sweep", help="freeze a whole sweep (its swept values as hydra.sweeper.params)")
+    p.add_argument("--name", help="experiment name (default: the run or sweep id)")
+    p.add_argument("--out", help="config directory to write experiment/NAME.yaml into (default: ./conf)")
+    p.add_argument(
+        "--config-dir",
+        action="append",
+        default=[],
+        help="a config directory the run used (as maelstrom-run's)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing experiment file of that name")
+    p.set_defaults(func=cmd_freeze)
+
+    p = sub.add_parser("env", help="a run's package versions as a pip requirements file")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("export", help="write a run's record (spec, diff, packages, result) as one .tar.gz")
+    p.add_argument("id")
+    p.add_argument("file", help="FILE.tar.gz to write")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="record a run exported elsewhere (then runs info / rerun work here)")
+    p.add_argument("file", help="FILE.tar.gz written by `maelstrom runs export`")
+    p.set_defaults(func=cmd_import)

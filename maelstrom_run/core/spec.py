@@ -89,6 +89,9 @@ class RunSpec:
     rerun_of: str | None = None
     #: For ``kind: hydra``: the pickled task (relative to run_dir).
     payload: str | None = None
+    #: The record this run's environment is compared with (a re-run's original, a frozen
+    #: experiment's source run, a schedule's registration): ``{"source": str, "packages": {...}}``.
+    env_reference: dict[str, Any] | None = None
     version: int = 1
 
     @property

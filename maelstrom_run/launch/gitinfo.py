@@ -74,6 +74,17 @@ def capture(path: Path) -> dict[str, Any] | None:
     return info
 
 
+def repository_with(commit: str, places: list[Path]) -> Path | None:
+    """The top level of the first repository of ``places`` that has ``commit``; None when none has."""
+    for where in places:
+        try:
+            _git(["cat-file", "-e", f"{commit}^{{commit}}"], where)
+            return Path(_git(["rev-parse", "--show-toplevel"], where).strip())
+        except (OSError, subprocess.CalledProcessError):
+            continue
+    return None
+
+
 def materialise(git: dict[str, Any], dest: Path) -> Path:
     """Check out the recorded commit plus the recorded diff into ``dest`` (a detached worktree)."""
     root = Path(git["root"])

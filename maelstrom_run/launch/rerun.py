@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..core import paths
 from ..core.errors import ConfigError
-from ..core.spec import RunSpec, new_id
+from ..core.spec import RunSpec, new_id, package_versions
+from .envdrift import reference
 from .gitinfo import materialise
 from .monitor import TERMINAL, refresh
 from .registry import Registry, RunRecord
@@ -38,6 +39,9 @@ def respec(
         code_dir=code_dir,
         rerun_of=original.run_id,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # this environment's versions, compared with those the original ran with
+        packages=package_versions(),
+        env_reference=reference(f"run {original.run_id}", original.packages),
     )
     if not keep_sweep:
         changes.update(sweep_id=None, sweep_index=None, sweep_size=None, parent_run_id=None)

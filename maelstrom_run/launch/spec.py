@@ -10,6 +10,7 @@ from ..config import validate
 from ..config.compose import resolve_config
 from ..core import paths
 from ..core.spec import RunSpec, config_hash, new_id, package_versions
+from .envdrift import enforce, experiment_reference
 
 
 def build(cfg: Any, overrides: list[str], **options: Any) -> RunSpec:
@@ -45,7 +46,7 @@ def from_config(
         from .gitinfo import capture
 
         git = capture(code)
-    return RunSpec(
+    spec = RunSpec(
         run_id=run_id,
         kind="app",
         app=app["name"],
@@ -61,4 +62,7 @@ def from_config(
         sweep_id=sweep_id,
         sweep_index=sweep_index,
         sweep_size=sweep_size,
+        env_reference=experiment_reference(overrides),
     )
+    enforce(spec)  # --strict-env: refused before anything is recorded
+    return spec

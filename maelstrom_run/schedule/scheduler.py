@@ -149,7 +149,11 @@ def make_spec(record: ScheduleRecord) -> Any:
             raise ConfigError(f"the code directory {code} of schedule {record.schedule_id} is gone")
         spec = respec(template, current_code=True)
         spec = spec.derive(git=capture(code))
-    return spec.derive(rerun_of=None, packages=package_versions())
+    from ..launch.envdrift import reference
+
+    # compared with the versions of the registration (or of the experiment it was registered from)
+    env = template.env_reference or reference(f"schedule {record.schedule_id}", template.packages)
+    return spec.derive(rerun_of=None, packages=package_versions(), env_reference=env)
 
 
 @dataclass
