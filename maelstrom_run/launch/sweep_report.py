@@ -4,6 +4,7 @@ vary, final metrics and MLflow runs (rendered by :mod:`maelstrom_run.tracking.sw
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..core.rundir import RunDir
@@ -76,4 +77,7 @@ def write_sweep_page(registry: Registry, sweep_id: str, path: Path, plots: bool 
             page.curves.clear()
     images = pages.plots(page) if plots else {}
     write_atomic(Path(path), render(page, images))
+    mask = os.umask(0)
+    os.umask(mask)
+    Path(path).chmod(0o666 & ~mask)  # a page to share, not a private temporary file
     return page

@@ -109,8 +109,11 @@ def curves(history: History, *, app: str, run_id: str, units: Mapping[str, str] 
             ax.plot(shown, values, marker="o", label="validation" if name.startswith("val_") else "training")
         for name in sorted(panel["baseline"]):
             steps, values = zip(*history[name], strict=True)
-            label = name.removeprefix("val_").replace(family, "").strip("_")
-            ax.plot([s + offset for s in steps], values, "--", color="0.35", label=f"baseline: {label}")
+            label = f"baseline: {name.removeprefix('val_').replace(family, '').strip('_')}"
+            if len(set(values)) == 1:  # the same validation data every epoch: one line across
+                ax.axhline(values[0], linestyle="--", color="0.35", label=label)
+            else:
+                ax.plot([s + offset for s in steps], values, "--", color="0.35", label=label)
         unit = units.get(family)
         ax.set_ylabel(f"{family} ({unit})" if unit else family)
         ax.set_title(family)

@@ -116,7 +116,7 @@ def curves_figure(page: SweepPage) -> Any | None:
     if not page.curves or not name:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(11, 4))
     offset = epoch_offset(page.curves)
     epochs: list[int] = []
     best = page.best()
@@ -132,7 +132,7 @@ def curves_figure(page: SweepPage) -> Any | None:
     _epoch_axis(ax, epochs)
     ax.set_ylabel(name)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(title(page.app, page.sweep_id, f"{name} per epoch").replace(", run ", ", sweep "))
     fig.tight_layout()
     return fig
@@ -174,7 +174,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #1a1a1a; }
 h1 { font-size: 1.4em; margin-bottom: 0.2em; } .sub { color: #555; margin-top: 0; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }
-th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f2f2f2; } td.id { white-space: nowrap; font-family: monospace; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.best td { background: #e8f6e8; font-weight: 600; }
 .state-failed, .state-cancelled, .state-unknown { color: #b00020; } .state-succeeded { color: #1b7f1b; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; display: block; }
@@ -215,7 +215,7 @@ def render(page: SweepPage, images: Mapping[str, bytes] | None = None) -> str:
     for job in page.jobs:
         cells = [
             f'<td class="num">{job.index}</td>',
-            f"<td>{esc(job.run_id)}</td>",
+            f'<td class="id">{esc(job.run_id)}</td>',
             f'<td class="state-{esc(job.state)}">{esc(job.state)}'
             + (f"<br><small>{esc(job.message)}</small>" if job.message and job.state != "succeeded" else "")
             + "</td>",
