@@ -108,7 +108,7 @@ def run_app(spec: RunSpec) -> int:
             run = mlflow.start_run(
                 experiment_id=experiment_id,
                 tags=mlflow_run.run_tags(spec),
-                run_name=spec.config.get("run_name") or spec.run_id,
+                run_name=mlflow_run.run_name(spec, mlflow_run.sweep_varying_keys(spec.parent_run_id)),
             )
     except Exception as exc:  # noqa: BLE001 - any tracking failure fails the run cleanly
         message = f"tracking: {exc}".splitlines()[0]
@@ -118,18 +118,16 @@ def run_app(spec: RunSpec) -> int:
 
     result.mlflow_run_id, result.experiment_id, result.tracking_uri = run.info.run_id, experiment_id, uri
     run_dir.write_result(result)
-    history: dict[str, list[tuple[int, float]]] = {}
+    epochs = mlflow_run.EpochLog()  # the history for the plots, the phase statistics for their table
 
     def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items()}
-        mlflow.log_metrics(clean, step=step)
-        for k, v in clean.items():
-            history.setdefault(k, []).append((step if step is not None else len(history.get(k, [])), v))
+        mlflow.log_metrics(epochs.add(clean, step), step=step)
 
     ctx = _context(spec, log_metrics=log_metrics, log_artifact=mlflow.log_artifact, requeues=requeues)
     try:
         if not resumed:
-            params = mlflow_run.flatten(spec.config)
+            params = mlflow_run.run_params(spec.config)
             items = list(params.items())
             for i in range(0, len(items), 100):
                 mlflow.log_params(dict(items[i : i + 100]))
@@ -141,9 +139,7 @@ def run_app(spec: RunSpec) -> int:
         metrics = entry(ctx) or {}
         final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         mlflow.log_metrics({f"final.{k}": v for k, v in final.items()})
-        mlflow.log_metrics(ctx.timer.run_summary())
-        if spec.tracking.get("plots", True):
-            _log_plots(history, ctx.timer.samples())
+        _log_outputs(spec, ctx, epochs)
     except Requeue:
         if ctx.checkpoint_hook is not None:
             ctx.checkpoint_hook()
@@ -218,23 +214,42 @@ def run_rank(spec: RunSpec) -> int:
     return 0
 
 
-def _log_plots(history: dict[str, list[tuple[int, float]]], samples: dict[str, list[float]]) -> None:
+def _log_outputs(spec: RunSpec, ctx: Any, epochs: Any) -> None:
+    """What a run logs at its end besides its final metrics: seconds per phase, the phase table, the
+    dataset as an input, the plots."""
+    import mlflow
+
+    from .tracking import mlflow_run
+
+    summary = ctx.timer.run_summary()
+    mlflow.log_metrics(mlflow_run.run_totals(summary))
+    if epochs.phase_rows or summary:
+        mlflow.log_text(epochs.phase_table(summary), mlflow_run.PHASE_TABLE)
+    dataset = mlflow_run.dataset_input(spec.config, ctx.cache_dir)
+    if dataset is not None:
+        mlflow.log_input(dataset, context="training")
+    if spec.tracking.get("plots", True):
+        _log_plots(spec, epochs, ctx.timer.samples(), ctx.units)
+
+
+def _log_plots(spec: RunSpec, epochs: Any, samples: dict[str, list[float]], units: dict[str, str]) -> None:
     import matplotlib.pyplot as plt
     import mlflow
 
-    from .tracking.mlflow_run import plot_history, plot_phases, plot_throughput
+    from .tracking import plots
+    from .tracking.mlflow_run import streams_data
 
-    if history:
-        fig = plot_history(history)
-        mlflow.log_figure(fig, "plots/training_curves.png")
-        plt.close(fig)
+    history, who = epochs.history, {"app": spec.app, "run_id": spec.run_id}
+    figures = []
+    if plots.curve_panels(history):
+        figures.append((plots.curves(history, units=units, **who), "plots/training_curves.png"))
     if samples:
-        fig = plot_phases(samples)
-        mlflow.log_figure(fig, "plots/phase_times.png")
-        plt.close(fig)
-    if any(name.startswith("rate.") for name in history):  # an app that counts bytes read/delivered
-        fig = plot_throughput(history)
-        mlflow.log_figure(fig, "plots/throughput.png")
+        figures.append((plots.phases(epochs.phase_rows, samples, **who), "plots/phase_times.png"))
+    # bytes per second of a loader that reads while training; in-memory loaders read once, up front
+    if streams_data(spec.config) and any(name.startswith("rate.") for name in history):
+        figures.append((plots.throughput(history, **who), "plots/throughput.png"))
+    for fig, name in figures:
+        mlflow.log_figure(fig, name)
         plt.close(fig)
 
 

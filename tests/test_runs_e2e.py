@@ -65,7 +65,10 @@ def test_local_run_is_tracked_in_the_embedded_store(run_cli, cli_env, toy_projec
     history = client.get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == [0, 1, 2]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "phase.io.total_s")] == [0, 1, 2]
-    assert "phase_total.forward.p90_ms" in run.data.metrics and "final.loss" in run.data.metrics
+    assert "phase_total.forward.total_s" in run.data.metrics and "final.loss" in run.data.metrics
+    assert not [name for name in run.data.metrics if name.endswith(("_ms", ".share", ".count"))]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "timing")}
+    assert artifacts == {"timing/phases.csv"}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "maelstrom")}
     assert {"maelstrom/spec.yaml", "maelstrom/overrides.txt", "maelstrom/git.diff"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {

@@ -57,6 +57,23 @@ def _loss(name: str, target: Any, prediction: Any) -> Any:
     return tf.reduce_mean(tf.abs(error) if name == "mae" else tf.square(error))
 
 
+#: CF units as the plots' axes write them.
+_UNITS = {"celsius": "degC", "degree_celsius": "degC", "degrees_celsius": "degC", "kelvin": "K"}
+
+
+def target_units(path: Path, variable: str, loss: str) -> dict[str, str]:
+    """Units of the scores (from the target's ``units`` attribute) by metric family, for the plots."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        units = f[variable].attrs.get("units", b"") if variable in f else b""
+    units = units.decode() if isinstance(units, bytes) else str(units)
+    if not units:
+        return {}
+    units = _UNITS.get(units.strip().lower(), units)
+    return {"mae": units, "mae_raw": units, "loss": units if loss == "mae" else f"{units}²"}
+
+
 def main(ctx: RunContext) -> dict[str, float]:
     cfg, timer = ctx.cfg, ctx.timer
     keras.utils.set_random_seed(cfg.train.seed)
@@ -66,6 +83,7 @@ def main(ctx: RunContext) -> dict[str, float]:
     m = cfg.model
     batch_size = cfg.train.batch_size
     options = GriddedOptions.from_config(cfg.loader, batch_size, cfg.train.seed, multiple=2**m.levels)
+    ctx.units.update(target_units(files[0], options.layout.target, m.loss))
     train = GriddedLoader(files[:-n_val], options)
     val = GriddedLoader(files[-n_val:], replace(options, shuffle=False), stats=train.stats)
     steps = cfg.train.steps_per_epoch or math.ceil(train.patches_per_pass / batch_size)

@@ -237,6 +237,8 @@ def main(ctx: RunContext) -> dict[str, float]:
     ny, nx = arrays[d.target].shape[-2:]
     check_grid(m.levels, ny, nx)
     train, val, stats = prepare(arrays, d, n_train)
+    if info.get("units"):  # the scores are in the target's units (the loss is on normalised values)
+        ctx.units.update(dict.fromkeys(("rmse", "mae", "bias"), str(info["units"])))
     print(
         f"data: {len(train.inputs)} training and {len(val.inputs)} validation times of {ny}x{nx} points, "
         f"{train.inputs.shape[1]} input channels ({', '.join([*d.inputs, *d.static])})",

@@ -56,6 +56,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     from ..launch.monitor import refresh
 
     registry = _registry()
+    if args.html and not args.sweep:
+        from ..core.errors import ConfigError
+
+        raise ConfigError("--html writes a sweep's page: give --sweep SWEEP_ID too")
     sweep_id = registry.sweep(args.sweep).sweep_id if args.sweep else None
     records = refresh(
         registry,
@@ -83,7 +87,22 @@ def cmd_list(args: argparse.Namespace) -> int:
         console.print("no runs yet: start one with `maelstrom-run app=ap1`")
     else:
         console.print(f"{len(records)} run(s); details: maelstrom runs info RUN_ID")
+    if args.html:
+        _write_page(registry, sweep_id, Path(args.html))
+        console.print(f"sweep page: {Path(args.html).resolve()}\nnext: open it in a browser")
     return 0
+
+
+def _write_page(registry: Any, sweep_id: str, path: Path) -> None:
+    from ..core.errors import ConfigError
+    from ..launch.sweep_report import write_sweep_page
+
+    try:
+        write_sweep_page(registry, sweep_id, path)
+    except OSError as exc:
+        raise ConfigError(
+            f"--html {path}: {exc.strerror or exc}; give a file in a writable directory"
+        ) from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -399,6 +418,11 @@ def add_commands(groups: Any) -> None:
     p.add_argument("--sweep", help="only the jobs of this sweep")
     p.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled", "unknown"])
     p.add_argument("--limit", type=int, default=50)
+    p.add_argument(
+        "--html",
+        metavar="FILE",
+        help="with --sweep: write the sweep's summary page (jobs, varying overrides, metrics, plots) to FILE",
+    )
     p.set_defaults(func=cmd_list)
 
     for name, func, text in (

@@ -14,6 +14,7 @@ from ..core.rundir import RunDir
 from ..core.spec import RunSpec
 from ..core.states import JobRef, JobState
 from .registry import Registry, RunRecord
+from .sweep_report import latest_jobs, sweep_page
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,7 @@ def close_sweep_if_done(registry: Registry, sweep_id: str) -> None:
     sweep = registry.sweep(sweep_id)
     if not sweep.mlflow_parent_run_id or sweep.parent_closed:
         return
-    latest: dict[int, RunRecord] = {}
-    for job in sorted(registry.list(sweep_id=sweep_id, limit=None), key=lambda r: r.created):
-        latest[job.sweep_index] = job  # a re-run replaces the failed job of its index
-    jobs = list(latest.values())
+    jobs = latest_jobs(registry, sweep_id)  # a re-run replaces the failed job of its index
     if len(jobs) < sweep.size or any(j.state not in TERMINAL for j in jobs):
         return
     if registry.close_parent(sweep_id):
@@ -86,7 +84,11 @@ def close_sweep_if_done(registry: Registry, sweep_id: str) -> None:
             metrics[job.run_id] = result.metrics if result else {}
         try:
             end_parent_run(
-                sweep.mlflow_parent_run_id, sweep.tracking_uri, {j.run_id: j.state for j in jobs}, metrics
+                sweep.mlflow_parent_run_id,
+                sweep.tracking_uri,
+                {j.run_id: j.state for j in jobs},
+                metrics,
+                page=sweep_page(registry, sweep_id, jobs),
             )
         except Exception as exc:  # noqa: BLE001 - closing the parent must not lose the jobs' states
             # a warning, not output: without logging configured Python writes the bare line to stderr

@@ -85,7 +85,7 @@ def _launch_apps(
     initial_job_idx: int,
     reporter: SweepReporter | None,
 ) -> list[Any]:
-    from ..tracking.mlflow_run import TrackingError, start_parent_run_async
+    from ..tracking.mlflow_run import TrackingError, start_parent_run_async, varying
     from .compose import compose_jobs
     from .gitinfo import capture
     from .submit import connect, default_wait, submit
@@ -111,7 +111,8 @@ def _launch_apps(
         if index == 0 and not spec.config.get("dry_run"):
             backends = connect([spec])  # refused credentials: nothing recorded, no MLflow run
             if parent is None:
-                pending = start_parent_run_async(spec, size)  # in parallel with composing the others
+                # in parallel with composing the others; the parent records what the sweep varies
+                pending = start_parent_run_async(spec, size, varying(job_overrides))
     app, sweep_id = specs[0].app, specs[0].sweep_id
     if any(s.config.get("dry_run") for s in specs):
         if pending is not None:

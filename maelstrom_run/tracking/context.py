@@ -35,6 +35,9 @@ class RunContext:
     rank: int = 0
     #: Called when the cluster is about to stop the job (time limit, preemption), before it is requeued.
     checkpoint_hook: Callable[[], None] | None = None
+    #: Units of the metric families for the plots' axes, from the data's attributes, e.g.
+    #: ``{"mae": "degC", "loss": "degC2"}`` (a family is a metric's name without ``val_``).
+    units: dict[str, str] = field(default_factory=dict)
 
     def on_checkpoint(self, hook: Callable[[], None]) -> None:
         """Register ``hook()`` to save a checkpoint when the job is stopped to be requeued (Slurm's USR1

@@ -1,4 +1,5 @@
-"""MLflow wiring: tracking URI, reachability, flattened params, tags, parent runs, plots.
+"""MLflow wiring: tracking URI, reachability, a run's params, name and tags, the phase table, dataset
+inputs, plots, and a sweep's parent run with its summary page.
 
 Imported by the worker and by the submitting side only when a run is actually
 tracked; CLI start-up and config composition never import it.
@@ -11,7 +12,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,14 @@ from ..core.errors import ConfigError, JobError
 
 #: MLflow's limits on a param's key and value.
 MAX_KEY, MAX_VALUE = 250, 6000
+#: MLflow 3's UI opens experiments of this kind as classic ML experiments (runs, metrics, artefacts),
+#: not in its GenAI view (traces, prompts).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+#: Config keys that say how the run was started, not what it trains (or are tags already).
+_NOT_PARAMS = ("dry_run", "run_name", "tags", "labels")
+#: Per-epoch phase statistics that go into the phase table (``timing/phases.csv``), not the metrics.
+_PHASE_STATS = ("count", "p50_ms", "p90_ms", "p99_ms", "share")
+PHASE_TABLE = "timing/phases.csv"
 _CREDENTIAL_ENV = {
     "username": "MLFLOW_TRACKING_USERNAME",
     "password": "MLFLOW_TRACKING_PASSWORD",
@@ -113,12 +122,192 @@ def ensure_experiment(name: str, uri: str) -> str:
     if uri == paths.default_tracking_uri():
         location = f"{paths.default_artifact_root()}/{name}"
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # created concurrently by another job of the sweep
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def run_params(config: dict[str, Any]) -> dict[str, str]:
+    """The params of a run: its resolved config, flattened, without what says nothing about this run
+    (null and empty values, the sizes of the dataset tiers it does not train on, keys that are tags or
+    say how it was started)."""
+    tier = (config.get("train") or {}).get("tier")
+    kept = {k: v for k, v in config.items() if k not in _NOT_PARAMS}
+    dataset = dict(kept.get("dataset") or {})
+    if dataset:
+        if isinstance(dataset.get("tiers"), dict):
+            dataset["tiers"] = {k: v for k, v in dataset["tiers"].items() if k == tier}
+        remote = dataset.get("remote")
+        if isinstance(remote, dict) and isinstance(remote.get("tiers"), dict):
+            dataset["remote"] = {**remote, "tiers": {k: v for k, v in remote["tiers"].items() if k == tier}}
+        kept["dataset"] = dataset
+    return flatten(_pruned(kept))
+
+
+def _pruned(value: Any) -> Any:
+    """``value`` without null values and empty lists or mappings, at any depth."""
+    if isinstance(value, dict):
+        out = {k: _pruned(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v is not None and v != {} and v != []}
+    return value
+
+
+def override_key(override: str) -> str:
+    """The config key an override sets (``+model.x=1`` -> ``model.x``)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def varying(job_overrides: Iterable[Iterable[str]]) -> dict[str, list[str]]:
+    """The overrides whose values differ between a sweep's jobs: ``{key: [value of each distinct]}``."""
+    values: dict[str, list[str]] = {}
+    jobs = [list(o) for o in job_overrides]
+    for overrides in jobs:
+        for override in overrides:
+            seen = values.setdefault(override_key(override), [])
+            value = override.split("=", 1)[1] if "=" in override else ""
+            if value not in seen:
+                seen.append(value)
+    counts = {key: sum(any(override_key(o) == key for o in job) for job in jobs) for key in values}
+    return {k: v for k, v in values.items() if len(v) > 1 or counts[k] < len(jobs)}
+
+
+def run_name(spec: Any, varying_keys: Iterable[str] | None = None) -> str:
+    """``run_name`` from the config, else the app and the overrides that vary in its sweep (for a
+    single run: the user's overrides, without the app's own selection), else the app and the id's
+    last part (``ap2 e783fe``)."""
+    if spec.config.get("run_name"):
+        return str(spec.config["run_name"])
+    keys = set(varying_keys or ())
+    shown = [
+        o
+        for o in spec.overrides
+        if (override_key(o) in keys if spec.sweep_id else override_key(o) not in ("app", "dry_run"))
+    ]
+    name = " ".join([spec.app, *shown]) if shown else f"{spec.app} {spec.run_id.rsplit('-', 1)[-1]}"
+    return name if len(name) <= 120 else name[:117] + "..."
+
+
+def sweep_varying_keys(parent_run_id: str | None) -> list[str]:
+    """The keys a sweep varies, as its parent run recorded them (for its children's names)."""
+    if not parent_run_id:
+        return []
+    import mlflow
+
+    tag = mlflow.MlflowClient().get_run(parent_run_id).data.tags.get("maelstrom.sweep.varying")
+    return list(json.loads(tag)) if tag else []
+
+
+class EpochLog:
+    """What the worker keeps of a run's metrics besides sending them: the history of each metric (for
+    the plots) and the phase statistics, which go into one table artefact rather than 30 metrics
+    per epoch (``phase.<name>.total_s`` stays a metric: it is what runs are compared by)."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        self.phase_rows: list[dict[str, Any]] = []
+
+    def add(self, metrics: dict[str, float], step: int | None) -> dict[str, float]:
+        """Record ``metrics`` of ``step``; returns those that go to MLflow as metrics."""
+        logged: dict[str, float] = {}
+        stats: dict[str, dict[str, Any]] = {}
+        for name, value in metrics.items():
+            parts = name.split(".")
+            if len(parts) == 3 and parts[0] == "phase":
+                stats.setdefault(parts[1], {})[_column(parts[2])] = value
+                if parts[2] in _PHASE_STATS:
+                    continue
+            logged[name] = value
+            points = self.history.setdefault(name, [])
+            points.append((step if step is not None else len(points), value))
+        for phase, values in stats.items():
+            self.phase_rows.append({"epoch": step if step is not None else "", "phase": phase, **values})
+        return logged
+
+    def summary_rows(self, run_summary: dict[str, float]) -> list[dict[str, Any]]:
+        """The phase table's rows of the whole run (``epoch: all``) from the timer's run summary."""
+        stats: dict[str, dict[str, Any]] = {}
+        for name, value in run_summary.items():
+            _, phase, stat = name.split(".")
+            stats.setdefault(phase, {})[_column(stat)] = value
+        return [{"epoch": "all", "phase": phase, **values} for phase, values in stats.items()]
+
+    def phase_table(self, run_summary: dict[str, float]) -> str:
+        """The phase table as CSV: a row per epoch and phase, then the run's: calls, seconds, share of
+        the timed time, median and tail per call."""
+        import csv
+        import io
+
+        columns = ("epoch", "phase", "calls", "total_s", "share", "p50_ms", "p90_ms", "p99_ms")
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in [*self.phase_rows, *self.summary_rows(run_summary)]:
+            epoch = row["epoch"] + 1 if isinstance(row["epoch"], int) and self._from_zero() else row["epoch"]
+            values = {**row, "epoch": epoch, "calls": int(row.get("calls", 0))}
+            writer.writerow([_cell(values.get(c, "")) for c in columns])
+        return out.getvalue()
+
+    def _from_zero(self) -> bool:
+        epochs = [r["epoch"] for r in self.phase_rows if isinstance(r["epoch"], int)]
+        return bool(epochs) and min(epochs) == 0
+
+
+def _column(stat: str) -> str:
+    return "calls" if stat == "count" else stat
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def run_totals(run_summary: dict[str, float]) -> dict[str, float]:
+    """The metrics kept of the timer's run summary: seconds per phase (the rest is in the table)."""
+    return {k: v for k, v in run_summary.items() if k.endswith(".total_s")}
+
+
+def streams_data(config: dict[str, Any]) -> bool:
+    """Whether the run's loader reads while it trains (prefetched fields, memory-mapped arrays), so
+    that its bytes per second say something; the others read their files into memory once."""
+    loader = config.get("loader") or {}
+    return loader.get("kind") == "gridded" and bool(loader.get("prefetch") or loader.get("preprocessed"))
+
+
+def dataset_input(config: dict[str, Any], cache_dir: Path) -> Any | None:
+    """The run's dataset as an MLflow input (where its files come from, a digest of their names and
+    sizes), or None when the run has no dataset or its files are not there."""
+    dataset = config.get("dataset")
+    if not isinstance(dataset, dict) or not dataset.get("kind"):
+        return None
+    import hashlib
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from ..data import load_dataset
+    from ..data.cache import Cache
+
+    tier = str((config.get("train") or {}).get("tier") or "tiny")
+    try:
+        found = load_dataset(dataset, tier, cache=Cache(cache_dir))
+    except Exception:  # noqa: BLE001 - the input is a record of the run, never a reason to fail it
+        return None
+    files = sorted(Path(f) for f in found.files)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+    remote = (dataset.get("remote") or {}).get("url")
+    if found.source == "remote" and remote:
+        where = str(remote)
+    else:
+        root = Path(os.path.commonpath([str(f) for f in files])) if files else Path(cache_dir)
+        where = str(root if root.is_dir() else root.parent)
+    source = resolve_dataset_source(where)  # an HTTP URL or a local directory
+    return MetaDataset(
+        source=source, name=f"{found.name} ({found.source}, {tier})", digest=digest.hexdigest()[:16]
+    )
 
 
 def run_tags(spec: Any) -> dict[str, str]:
@@ -127,7 +316,6 @@ def run_tags(spec: Any) -> dict[str, str]:
         "maelstrom.app": spec.app,
         "maelstrom.backend": spec.backend.get("name", ""),
         "maelstrom.config_hash": spec.config_hash,
-        "mlflow.runName": spec.config.get("run_name") or spec.run_id,
     }
     if spec.git and spec.git.get("commit"):
         tags["mlflow.source.git.commit"] = spec.git["commit"]
@@ -146,31 +334,39 @@ def run_tags(spec: Any) -> dict[str, str]:
     return tags
 
 
-def start_parent_run(spec: Any, size: int) -> tuple[str, str]:
-    """Create the sweep's parent run (on the submitting side); returns (run id, tracking URI)."""
+def start_parent_run(spec: Any, size: int, swept: dict[str, list[str]] | None = None) -> tuple[str, str]:
+    """Create the sweep's parent run (on the submitting side), with what the sweep varies as params
+    (``sweep.<key>``: its values); returns (run id, tracking URI)."""
     import mlflow
 
+    swept = swept or {}
     uri = connect(spec.tracking)
     experiment_id = ensure_experiment(experiment_name(spec), uri)
     client = mlflow.MlflowClient(uri)
+    name = f"{spec.app} sweep: {', '.join(swept)}" if swept else f"{spec.app} sweep {spec.sweep_id[-6:]}"
     tags = {
         "maelstrom.sweep_id": spec.sweep_id,
         "maelstrom.app": spec.app,
         "maelstrom.backend": spec.backend.get("name", ""),
-        "mlflow.runName": spec.sweep_id,
+        "maelstrom.sweep.varying": json.dumps(list(swept)),
+        "mlflow.runName": name,
     }
-    run = client.create_run(experiment_id, tags=tags)
-    client.log_param(run.info.run_id, "sweep.size", size)
+    run = client.create_run(experiment_id, tags=tags, run_name=name)
+    params = {"sweep.size": str(size)}
+    params.update(flatten({"sweep": {k: ", ".join(v) for k, v in swept.items()}}))
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
     return run.info.run_id, uri
 
 
-def start_parent_run_async(spec: Any, size: int) -> Callable[[], tuple[str, str]]:
+def start_parent_run_async(
+    spec: Any, size: int, swept: dict[str, list[str]] | None = None
+) -> Callable[[], tuple[str, str]]:
     """Create the parent run in a forked process while the sweep is composed (importing MLflow
     alone takes seconds); returns a function that waits for ``(run id, tracking URI)``."""
     import multiprocessing
 
     pool = multiprocessing.get_context("fork").Pool(1)
-    pending = pool.apply_async(start_parent_run, (spec, size))
+    pending = pool.apply_async(start_parent_run, (spec, size, swept))
 
     def result() -> tuple[str, str]:
         try:
@@ -182,8 +378,14 @@ def start_parent_run_async(spec: Any, size: int) -> Callable[[], tuple[str, str]
     return result
 
 
-def end_parent_run(parent_run_id: str, uri: str, states: dict[str, str], metrics: dict[str, dict]) -> None:
-    """Close a sweep's parent run: FINISHED when every job succeeded, else FAILED; log a summary table."""
+def end_parent_run(
+    parent_run_id: str, uri: str, states: dict[str, str], metrics: dict[str, dict], page: Any = None
+) -> None:
+    """Close a sweep's parent run: FINISHED when every job succeeded, else FAILED. Logged on it: the
+    jobs' states and metrics (``sweep_summary.json``); with ``page`` (a
+    :class:`~maelstrom_run.tracking.sweep_page.SweepPage`) also the best job and its metric, the
+    summary table (``sweep_summary.csv``), the sweep's plots and the summary page
+    (``sweep_summary.html``)."""
     import mlflow
 
     client = mlflow.MlflowClient(uri)
@@ -191,8 +393,56 @@ def end_parent_run(parent_run_id: str, uri: str, states: dict[str, str], metrics
     client.log_dict(parent_run_id, {"jobs": rows}, "sweep_summary.json")
     for state in ("succeeded", "failed", "cancelled"):
         client.log_metric(parent_run_id, f"jobs.{state}", sum(s == state for s in states.values()))
+    if page is not None:
+        log_sweep_page(client, parent_run_id, page)
     ok = all(s == "succeeded" for s in states.values())
     client.set_terminated(parent_run_id, "FINISHED" if ok else "FAILED")
+
+
+def fill_sweep_page(client: Any, page: Any) -> None:
+    """Complete a sweep page from MLflow: the experiment (for links) and each job's main metric per
+    epoch (for the curves plot)."""
+    if page.parent_run_id and not page.experiment_id:
+        page.experiment_id = client.get_run(page.parent_run_id).info.experiment_id
+    name, _ = page.main
+    if not name or len(page.jobs) > 50:  # one request per job; a large sweep's page shows the bars
+        return
+    for job in page.jobs:
+        if job.mlflow_run_id:
+            history = client.get_metric_history(job.mlflow_run_id, name)
+            page.curves[job.mlflow_run_id] = sorted((m.step, m.value) for m in history)
+
+
+def log_sweep_page(client: Any, parent_run_id: str, page: Any) -> None:
+    from . import sweep_page
+
+    page.parent_run_id = parent_run_id
+    fill_sweep_page(client, page)
+    name, _ = page.main
+    best = page.best()
+    if best is not None and name:
+        client.log_metric(parent_run_id, f"best.{name}", best.metrics[name])
+        for key, value in {
+            "maelstrom.sweep.best_run": best.run_id,
+            "maelstrom.sweep.best_mlflow_run": best.mlflow_run_id or "",
+            "maelstrom.sweep.best_metric": name,
+            "maelstrom.sweep.best_overrides": page.label(best),
+        }.items():
+            client.set_tag(parent_run_id, key, value)
+    client.log_text(parent_run_id, sweep_page.summary_csv(page), "sweep_summary.csv")
+    images = sweep_page.plots(page)
+    for file_name, data in images.items():
+        _log_bytes(client, parent_run_id, data, f"plots/{file_name}")
+    client.log_text(parent_run_id, sweep_page.render(page, images), "sweep_summary.html")
+
+
+def _log_bytes(client: Any, run_id: str, data: bytes, artifact_file: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        path.write_bytes(data)
+        client.log_artifact(run_id, str(path), str(Path(artifact_file).parent))
 
 
 def reopen_parent_run(parent_run_id: str, uri: str) -> None:
@@ -200,78 +450,3 @@ def reopen_parent_run(parent_run_id: str, uri: str) -> None:
     import mlflow
 
     mlflow.MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
-
-
-def plot_history(history: dict[str, list[tuple[int, float]]]) -> Any:
-    """Loss / accuracy curves per epoch (one panel per metric family)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    families: dict[str, list[str]] = {}
-    for name in history:
-        if name.startswith(("phase", "count.", "rate.")):
-            continue
-        base = name.removeprefix("val_")
-        families.setdefault(base, []).append(name)
-    fig, axes = plt.subplots(
-        1, max(1, len(families)), figsize=(4.5 * max(1, len(families)), 3.4), squeeze=False
-    )
-    for ax, (family, names) in zip(axes[0], sorted(families.items()), strict=False):
-        for name in sorted(names):
-            steps, values = zip(*history[name], strict=True)
-            ax.plot(steps, values, marker="o", label=name)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(family)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_phases(samples: dict[str, list[float]]) -> Any:
-    """Distribution of per-step phase times (milliseconds, log scale) and each phase's share."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = sorted(samples)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.boxplot([[s * 1e3 for s in samples[n]] for n in names], showfliers=True)
-    left.set_xticks(range(1, len(names) + 1), names)
-    left.set_yscale("log")
-    left.set_ylabel("ms per call")
-    left.set_title("phase time per call")
-    totals = [sum(samples[n]) for n in names]
-    right.barh(names, totals)
-    right.set_xlabel("seconds in run")
-    right.set_title("time per phase")
-    fig.tight_layout()
-    return fig
-
-
-def plot_throughput(history: dict[str, list[tuple[int, float]]]) -> Any:
-    """Data throughput per epoch (``rate.<counter>.GBps``: bytes read and delivered, GB = 1e9 bytes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for name in sorted(n for n in history if n.startswith("rate.") and n.endswith(".GBps")):
-        steps, values = zip(*history[name], strict=True)
-        ax.plot(steps, values, marker="o", label=name.removeprefix("rate.").removesuffix(".GBps"))
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("GB/s over the epoch")
-    ax.set_ylim(bottom=0)
-    ax.set_title("data throughput")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
