@@ -100,6 +100,10 @@ def run_app(spec: RunSpec) -> int:
         uri = mlflow_run.connect(spec.tracking)
         import mlflow
 
+        from .tracking import benchmarking
+
+        benchmarking.before_start(spec.tracking)
+
         experiment_id = mlflow_run.ensure_experiment(mlflow_run.experiment_name(spec), uri)
         if resumed:  # started again after a requeue: continue the same MLflow run
             run = mlflow.start_run(run_id=resumed)
@@ -138,7 +142,9 @@ def run_app(spec: RunSpec) -> int:
             if spec.git and spec.git.get("diff"):
                 mlflow.log_text(spec.git["diff"], "maelstrom/git.diff")
         entry = load_entry(spec.entry, spec.code_dir)
+        session = benchmarking.Session.start(spec, run_dir.path)
         metrics = entry(ctx) or {}
+        session.finish(ctx.timer.samples())
         final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         mlflow.log_metrics({f"final.{k}": v for k, v in final.items()})
         mlflow.log_metrics(ctx.timer.run_summary())

@@ -474,6 +474,8 @@ class TrackingConf:
     timeout_s: float = 10.0
     plots: bool = True
     credentials: dict[str, str] = field(default_factory=dict)
+    #: Seconds between MLflow system-metrics samples (CPU, memory, GPU); null: none.
+    system_metrics_interval_s: float | None = 10.0
 
 
 @dataclass
