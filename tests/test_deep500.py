@@ -206,7 +206,12 @@ def test_mlproject_using_deep500_runs_and_reaches_mlflow(
 
     client = mlflow.MlflowClient(tracking_uri=outcome["tracking_uri"])
     run_id = outcome["mlflow_run_id"]
-    metrics = client.get_run(run_id).data.metrics
+    run = client.get_run(run_id)
+    metrics, tags = run.data.metrics, run.data.tags
+    # where it ran, MLflow's system metrics, and no energy figure without a sensor
+    assert tags["host.name"] and int(tags["host.cpu.cores"]) >= 1 and tags["host.backend"] == "local"
+    assert tags["energy.sensors"] == "none" and not any(k.startswith("energy.") for k in metrics)
+    assert "system/cpu_utilization_percentage" in metrics
     # log_mlflow_all as the application expects, beside the captured samples and statistics
     assert {"train/CPU/EPOCH", "train/CPU/BATCH", "train/GPU/BATCH", "train/CPU/SAVING_MODEL"} <= set(metrics)
     history = client.get_metric_history(run_id, "deep500.CPU.BATCH")

@@ -9,12 +9,13 @@ timer's samples and the Deep500 timers), the time to solution and the energy mea
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import deep500_capture, record
+from . import deep500_capture, energy, hardware, record
 
 
 def before_start(tracking: dict[str, Any]) -> None:
@@ -56,13 +57,28 @@ class Session:
         return session
 
     def _start_hardware(self, spec: Any) -> None:
-        """Hook for hardware tags and energy sensors (part 2)."""
+        import mlflow
+
+        nvml = hardware.load_nvml()
+        self.meter = energy.Meter(nvml)
+        tags = hardware.tags(spec, nvml=nvml)
+        tags["energy.sensors"] = ",".join(self.meter.sensors) or "none"
+        mlflow.set_tags(tags)
+        self.meter.start()
 
     def finish(self, samples: dict[str, list[float]]) -> record.TimingRecord:
         import mlflow
 
         elapsed = time.perf_counter() - self.started
+        readings = self.meter.stop() if self.meter is not None else []
+        if os.environ.get("SLURM_JOB_ID"):  # measured by Slurm only where the cluster gathers energy
+            slurm = energy.slurm_energy(os.environ["SLURM_JOB_ID"])
+            readings += [slurm] if slurm is not None else []
         timing = record.build(samples, deep500_capture.collect(self.capture_dir), elapsed)
         if self.run_id:
-            record.log(timing, self.run_id, mlflow.MlflowClient())
+            client = mlflow.MlflowClient()
+            record.log(timing, self.run_id, client)
+            if readings:
+                mlflow.log_metrics(energy.metrics(readings))
+                mlflow.set_tag("energy.sensors", ",".join(sorted({r.sensor for r in readings})))
         return timing
