@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -97,3 +98,106 @@ def test_slurm_energy_parsing_and_the_real_sacct() -> None:
     if shutil.which("sacct") is None:
         pytest.skip("no sacct here")
     assert energy.slurm_energy("999999999") is None  # the real sacct: no such job, nothing measured
+
+
+# -- comparing runs with known timings -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def known_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
+    """Three MLflow runs of known figures: ``base``; ``slow`` (io exactly twice the base's, BATCH
+    from the same distribution, half the time to solution and energy); ``other`` (no energy)."""
+    import mlflow
+    import numpy as np
+
+    from maelstrom_run.tracking import record
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("bench-test")
+    rng = np.random.default_rng(1)
+    io = list(rng.uniform(0.010, 0.012, 60))
+    ids = {}
+    for label, io_samples, tts, joules in (
+        ("base-1", io, 10.0, 100.0),
+        ("slow-1", [2 * s for s in io], 5.0, 50.0),
+        ("other-1", io, 10.0, None),
+    ):
+        run = client.create_run(experiment, tags={"maelstrom.run_id": label, "maelstrom.sweep_id": "sw-1"})
+        batch = list(rng.normal(0.1, 0.01, 80))  # the same distribution in every run: within noise
+        timers = [{"group": "1.0", "label": "CPU", "times": {"BATCH": batch}}]
+        record.log(record.build({"io": io_samples}, timers, tts), run.info.run_id, client)
+        for epoch in range(3):
+            client.log_metric(run.info.run_id, "count.samples", 100, step=epoch)
+            client.log_metric(run.info.run_id, "val_acc", 0.5 + 0.1 * epoch, step=epoch)
+        client.log_metric(run.info.run_id, "final.val_acc", 0.7)
+        if joules is not None:
+            client.log_metric(run.info.run_id, "energy.nvml.total_J", joules)
+            client.log_metric(run.info.run_id, "energy.nvml.gpu0_J", joules)
+        client.set_terminated(run.info.run_id)
+        ids[label] = run.info.run_id
+    return uri, ids
+
+
+def test_compare_ratios_and_noise(known_runs: tuple[str, dict[str, str]]) -> None:
+    import mlflow
+
+    from maelstrom_run.tracking import bench
+
+    uri, ids = known_runs
+    client = mlflow.MlflowClient(uri)
+    assert bench.resolve(client, "sw-1") == list(ids.values())  # a sweep: its runs, oldest first
+    assert bench.resolve(client, "slo") == [ids["slow-1"]]  # a unique prefix of a run id
+    runs = [bench.load_run(client, ids[k]) for k in ("base-1", "slow-1", "other-1")]
+    comparison = bench.compare(runs, baseline=0)
+    io = comparison.cell("phase.io.median_s", 1)
+    assert io.ratio == pytest.approx(2.0) and io.verdict == "worse"
+    assert 1 < io.ratio_low <= 2.0 <= io.ratio_high  # both runs resampled: outside the noise
+    assert comparison.cell("phase.deep500.CPU.BATCH.median_s", 1).verdict == "noise"
+    tts = comparison.cell(bench.TTS, 1)
+    assert tts.ratio == pytest.approx(0.5) and tts.verdict == "better"
+    assert comparison.cell("energy.nvml_J", 1).ratio == pytest.approx(0.5)
+    assert comparison.cell("energy.nvml_J", 2).value is None
+    assert comparison.cell("throughput.samples_per_s", 1).ratio == pytest.approx(2.0)
+    assert comparison.cell("throughput.samples_per_s", 1).verdict == "better"
+    assert comparison.cell("final.val_acc", 2).verdict == "same"
+    header, rows = bench.table(comparison)
+    energy_row = next(r for r in rows if r[0] == "energy.nvml_J")
+    assert energy_row[3] == "not measured" and "0.50x better" in energy_row[2]
+
+
+def test_bench_compare_and_report_commands(
+    known_runs: tuple[str, dict[str, str]], tmp_path: Path, run_cli: Any, cli_env: dict[str, str]
+) -> None:
+    import mlflow
+
+    uri, ids = known_runs
+    out = tmp_path / "report"
+    args = ["maelstrom", "bench", "compare", "slow-1", "other-1", "--baseline", "base-1"]
+    result = run_cli([*args, "--tracking-uri", uri, "--out", str(out)], cwd=tmp_path, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"2\.00x \[\d\.\d\d-\d\.\d\d\] worse", result.stdout), result.stdout
+    assert "within noise" in result.stdout and "phase.io.median_s [maelstrom-run]" in result.stdout
+    assert "not measured" in result.stdout and "next: mlflow ui" in result.stdout
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "base-1" in page
+    assert {p.name for p in out.iterdir()} == {
+        "report.html",
+        "phase_times.png",
+        "tts_energy.png",
+        "accuracy_vs_time.png",
+    }
+    client = mlflow.MlflowClient(uri)
+    (report_run,) = client.search_runs([client.get_experiment_by_name("maelstrom-bench").experiment_id])
+    assert {a.path for a in client.list_artifacts(report_run.info.run_id, "bench")} >= {"bench/report.html"}
+    single = run_cli(
+        ["maelstrom", "bench", "report", "base-1", "--tracking-uri", uri, "--out", str(tmp_path / "one")],
+        cwd=tmp_path,
+        env=cli_env,
+    )
+    assert single.returncode == 0, single.stderr
+    assert "bench/report.html" in {a.path for a in client.list_artifacts(ids["base-1"], "bench")}
+    missing = run_cli(
+        ["maelstrom", "bench", "report", "nope", "--tracking-uri", uri], cwd=tmp_path, env=cli_env
+    )
+    assert missing.returncode == 2 and "no run, sweep or schedule" in missing.stderr
