@@ -175,10 +175,31 @@ def run_app(spec: RunSpec) -> int:
             state = JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
             _finish(run_dir, result, state, code, error=message)
         return code
+    _judge_benchmark(spec, run.info.run_id)
     mlflow.end_run("FINISHED")
     result.metrics = final
     _finish(run_dir, result, JobState.SUCCEEDED, 0)
     return 0
+
+
+def _judge_benchmark(spec: RunSpec, mlflow_run_id: str) -> None:
+    """``schedule.benchmark.baseline`` set: tag the run with its verdict against the baseline."""
+    conf = (spec.config.get("schedule") or {}).get("benchmark") or {}
+    if not conf.get("baseline"):
+        return
+    import mlflow
+
+    from .schedule.benchmark import evaluate
+
+    try:
+        verdict = evaluate(mlflow.MlflowClient(), mlflow_run_id, conf)
+    except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say why it was not judged
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        mlflow.set_tag("benchmark.regression", "unknown")
+        print(f"maelstrom-run: benchmark not compared with {conf['baseline']}: {message}", file=sys.stderr)
+        return
+    what = "; ".join(verdict.offending) if verdict.regression else "no regression"
+    print(f"maelstrom-run: benchmark against {conf['baseline']}: {what}", flush=True)
 
 
 def _finish(

@@ -105,8 +105,9 @@ def test_slurm_energy_parsing_and_the_real_sacct() -> None:
 
 @pytest.fixture(scope="module")
 def known_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
-    """Three MLflow runs of known figures: ``base``; ``slow`` (io exactly twice the base's, BATCH
-    from the same distribution, half the time to solution and energy); ``other`` (no energy)."""
+    """MLflow runs of known figures: ``base``; ``slow`` (io exactly twice the base's, BATCH from the
+    same distribution, half the time to solution and energy); ``other`` (no energy); ``mild`` (io
+    1.05 times the base's, outside the noise, within a tolerance of 0.1; not of the sweep)."""
     import mlflow
     import numpy as np
 
@@ -122,8 +123,10 @@ def known_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str,
         ("base-1", io, 10.0, 100.0),
         ("slow-1", [2 * s for s in io], 5.0, 50.0),
         ("other-1", io, 10.0, None),
+        ("mild-1", [1.05 * s for s in io], 10.0, 100.0),
     ):
-        run = client.create_run(experiment, tags={"maelstrom.run_id": label, "maelstrom.sweep_id": "sw-1"})
+        group = {"maelstrom.schedule_id": "sched-x"} if label == "mild-1" else {"maelstrom.sweep_id": "sw-1"}
+        run = client.create_run(experiment, tags={"maelstrom.run_id": label, **group})
         batch = list(rng.normal(0.1, 0.01, 80))  # the same distribution in every run: within noise
         timers = [{"group": "1.0", "label": "CPU", "times": {"BATCH": batch}}]
         record.log(record.build({"io": io_samples}, timers, tts), run.info.run_id, client)
@@ -146,7 +149,9 @@ def test_compare_ratios_and_noise(known_runs: tuple[str, dict[str, str]]) -> Non
 
     uri, ids = known_runs
     client = mlflow.MlflowClient(uri)
-    assert bench.resolve(client, "sw-1") == list(ids.values())  # a sweep: its runs, oldest first
+    assert bench.resolve(client, "sw-1") == [
+        ids[k] for k in ("base-1", "slow-1", "other-1")
+    ]  # a sweep: its runs, oldest first
     assert bench.resolve(client, "slo") == [ids["slow-1"]]  # a unique prefix of a run id
     runs = [bench.load_run(client, ids[k]) for k in ("base-1", "slow-1", "other-1")]
     comparison = bench.compare(runs, baseline=0)
@@ -201,3 +206,41 @@ def test_bench_compare_and_report_commands(
         ["maelstrom", "bench", "report", "nope", "--tracking-uri", uri], cwd=tmp_path, env=cli_env
     )
     assert missing.returncode == 2 and "no run, sweep or schedule" in missing.stderr
+
+
+def test_scheduled_benchmark_verdicts_and_history(
+    known_runs: tuple[str, dict[str, str]], tmp_path: Path, run_cli: Any, cli_env: dict[str, str]
+) -> None:
+    import mlflow
+
+    from maelstrom_run.core.errors import ConfigError
+    from maelstrom_run.schedule import benchmark
+
+    uri, ids = known_runs
+    client = mlflow.MlflowClient(uri)
+    conf = {"baseline": "base-1", "metrics": ["phase.io.median_s", "time_to_solution_s"], "tolerance": 0.1}
+    slow = benchmark.evaluate(client, ids["slow-1"], conf)
+    assert slow.regression and slow.offending[0].startswith("phase.io.median_s=2.00x [")
+    assert slow.ratios["time_to_solution_s"] == pytest.approx(0.5)  # faster: not a regression
+    # worse than the baseline and outside the noise, but within the tolerance
+    mild = benchmark.evaluate(client, ids["mild-1"], conf)
+    assert not mild.regression and mild.ratios["phase.io.median_s"] == pytest.approx(1.05)
+    strict = benchmark.evaluate(client, ids["mild-1"], {**conf, "tolerance": 0.01})
+    assert strict.regression
+    # inside the noise: never a regression, whatever the tolerance
+    noisy = benchmark.evaluate(
+        client, ids["other-1"], {**conf, "metrics": ["phase.deep500.CPU.BATCH.median_s"], "tolerance": 0}
+    )
+    assert not noisy.regression
+    tags = client.get_run(ids["slow-1"]).data.tags
+    assert tags["benchmark.regression"] == "true" and tags["benchmark.baseline"] == ids["base-1"]
+    with pytest.raises(ConfigError, match="tolerance"):
+        benchmark.check({"tolerance": "lots"})
+    client.set_tag(ids["slow-1"], "maelstrom.schedule_id", "sched-x")
+    shown = run_cli(
+        ["maelstrom", "bench", "history", "sched-x", "--tracking-uri", uri], cwd=tmp_path, env=cli_env
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "2 firing(s), 2 flagged as regressions" in shown.stdout  # mild-1 last judged strictly
+    lines = {line.split()[2]: line for line in shown.stdout.splitlines() if "-1 " in line}
+    assert "true" in lines["slow-1"] and "2.00x" in lines["slow-1"] and "true" in lines["mild-1"]

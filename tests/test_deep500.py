@@ -187,6 +187,14 @@ def test_mlproject_using_deep500_runs_and_reaches_mlflow(
     env = {**cli_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{cli_env.get('PATH', '')}"}
     imported = run_cli(["maelstrom", "import", "mantik", "."], cwd=project, env=env)
     assert imported.returncode == 0, imported.stderr
+    import mlflow
+
+    from maelstrom_run.core import paths
+
+    # a baseline that solved it in a millisecond: this run is a regression of its time to solution
+    store = mlflow.MlflowClient(paths.default_tracking_uri())
+    baseline = store.create_run(store.create_experiment("baselines"), tags={"maelstrom.run_id": "fast-1"})
+    store.log_metric(baseline.info.run_id, "bench.time_to_solution_s", 0.001)
     result = run_cli(
         [
             "--config-dir",
@@ -194,16 +202,16 @@ def test_mlproject_using_deep500_runs_and_reaches_mlflow(
             "app=deep500-demo",
             "app.params.batches=4",
             "tracking.system_metrics_interval_s=1",
+            "schedule.benchmark.baseline=fast-1",
         ],
         cwd=project,
         env=env,
     )
     assert result.returncode == 0, result.stderr
+    assert "benchmark against fast-1: time_to_solution_s=" in result.stdout
     assert "CPU\nEPOCH\nmin: " in result.stdout  # the script's own report
     (run_dir,) = (maelstrom_home / "runs").iterdir()
     outcome = json.loads((run_dir / "result.json").read_text())
-    import mlflow
-
     client = mlflow.MlflowClient(tracking_uri=outcome["tracking_uri"])
     run_id = outcome["mlflow_run_id"]
     run = client.get_run(run_id)
@@ -212,6 +220,7 @@ def test_mlproject_using_deep500_runs_and_reaches_mlflow(
     assert tags["host.name"] and int(tags["host.cpu.cores"]) >= 1 and tags["host.backend"] == "local"
     assert tags["energy.sensors"] == "none" and not any(k.startswith("energy.") for k in metrics)
     assert "system/cpu_utilization_percentage" in metrics
+    assert tags["benchmark.regression"] == "true" and tags["benchmark.baseline"] == baseline.info.run_id
     # log_mlflow_all as the application expects, beside the captured samples and statistics
     assert {"train/CPU/EPOCH", "train/CPU/BATCH", "train/GPU/BATCH", "train/CPU/SAVING_MODEL"} <= set(metrics)
     history = client.get_metric_history(run_id, "deep500.CPU.BATCH")

@@ -479,6 +479,19 @@ class TrackingConf:
 
 
 @dataclass
+class BenchmarkConf:
+    """Compare each firing with a baseline run when it ends (``schedule/benchmark.py``)."""
+
+    #: A run id (maelstrom-run's or MLflow's); null: no comparison.
+    baseline: str | None = None
+    #: Figures compared: ``time_to_solution_s``, ``phase.<name>.median_s``, ``throughput.samples_per_s``,
+    #: ``energy.<sensor>_J``, ``final.<metric>``.
+    metrics: list[str] = field(default_factory=lambda: ["time_to_solution_s"])
+    #: How much worse than the baseline (a fraction) a figure may be before it counts as a regression.
+    tolerance: float = 0.1
+
+
+@dataclass
 class ScheduleConf:
     #: ``none`` runs now; any other entry registers a schedule instead (checked in ``schedule/timing.py``).
     name: str = "none"
@@ -496,6 +509,7 @@ class ScheduleConf:
     max_concurrent: int = 1
     #: Run this commit (in a separate worktree) instead of the repository's current state.
     commit: str | None = None
+    benchmark: BenchmarkConf = field(default_factory=BenchmarkConf)
 
 
 @dataclass
