@@ -113,9 +113,10 @@ def known_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str,
 
     from maelstrom_run.tracking import record
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    store = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{store}/mlflow.db"
     client = mlflow.MlflowClient(uri)
-    experiment = client.create_experiment("bench-test")
+    experiment = client.create_experiment("bench-test", artifact_location=str(store / "artifacts"))
     rng = np.random.default_rng(1)
     io = list(rng.uniform(0.010, 0.012, 60))
     ids = {}
@@ -171,6 +172,36 @@ def test_compare_ratios_and_noise(known_runs: tuple[str, dict[str, str]]) -> Non
     assert energy_row[3] == "not measured" and "0.50x better" in energy_row[2]
 
 
+def _renders(page: Path, tmp_path: Path) -> None:
+    """Headless Chromium loads the page: the table is there and every inlined image decodes."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return
+    probe = tmp_path / "probe.html"
+    check = (
+        "<script>window.addEventListener('load', () => { const imgs = [...document.images]; "
+        "document.body.setAttribute('data-images', imgs.length + ':' + imgs.every(i => i.naturalWidth > 0)); "
+        "document.body.setAttribute('data-rows', document.querySelectorAll('tr').length); });</script>"
+    )
+    probe.write_text(page.read_text().replace("</body>", check + "</body>"))
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert 'data-images="3:true"' in dom, dom[-500:]
+    assert int(re.search(r'data-rows="(\d+)"', dom).group(1)) >= 6
+
+
 def test_bench_compare_and_report_commands(
     known_runs: tuple[str, dict[str, str]], tmp_path: Path, run_cli: Any, cli_env: dict[str, str]
 ) -> None:
@@ -192,6 +223,7 @@ def test_bench_compare_and_report_commands(
         "tts_energy.png",
         "accuracy_vs_time.png",
     }
+    _renders(out / "report.html", tmp_path)
     client = mlflow.MlflowClient(uri)
     (report_run,) = client.search_runs([client.get_experiment_by_name("maelstrom-bench").experiment_id])
     assert {a.path for a in client.list_artifacts(report_run.info.run_id, "bench")} >= {"bench/report.html"}

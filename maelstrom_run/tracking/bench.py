@@ -245,7 +245,7 @@ def energy_sensors(runs: list[RunFigures]) -> list[str]:
 
 def format_value(name: str, value: float | None) -> str:
     if value is None:
-        return "not measured" if name.startswith("energy.") else "-"
+        return "not measured" if name.startswith("energy") else "-"
     if name.endswith("_s") and name.startswith("phase."):
         return f"{value * 1e3:.3g} ms"
     if name == TTS:
