@@ -146,6 +146,7 @@ def known_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str,
 def test_compare_ratios_and_noise(known_runs: tuple[str, dict[str, str]]) -> None:
     import mlflow
 
+    from maelstrom_run.core.errors import ConfigError
     from maelstrom_run.tracking import bench
 
     uri, ids = known_runs
@@ -167,6 +168,17 @@ def test_compare_ratios_and_noise(known_runs: tuple[str, dict[str, str]]) -> Non
     assert comparison.cell("throughput.samples_per_s", 1).ratio == pytest.approx(2.0)
     assert comparison.cell("throughput.samples_per_s", 1).verdict == "better"
     assert comparison.cell("final.val_acc", 2).verdict == "same"
+    with pytest.raises(ConfigError, match="no run, sweep or schedule"):
+        bench.resolve(client, "nope")
+    # a Slurm job's energy, once sacct has it, joins the run's figures with its source
+    runs[2].tags["host.slurm.job_id"] = "77"
+    out = "77|5400\n77.batch|5000\n"
+    if shutil.which("sacct"):
+        assert bench.add_slurm_energy(
+            client, runs[2], lambda *a, **k: subprocess.CompletedProcess(a, 0, out, "")
+        )
+        logged = client.get_run(ids["other-1"]).data
+        assert logged.metrics["energy.slurm.job_J"] == 5400 and logged.tags["energy.sensors"] == "slurm"
     header, rows = bench.table(comparison)
     energy_row = next(r for r in rows if r[0] == "energy.nvml_J")
     assert energy_row[3] == "not measured" and "0.50x better" in energy_row[2]
@@ -202,6 +214,7 @@ def _renders(page: Path, tmp_path: Path) -> None:
     assert int(re.search(r'data-rows="(\d+)"', dom).group(1)) >= 6
 
 
+@pytest.mark.slow
 def test_bench_compare_and_report_commands(
     known_runs: tuple[str, dict[str, str]], tmp_path: Path, run_cli: Any, cli_env: dict[str, str]
 ) -> None:

@@ -55,7 +55,10 @@ def _load(client: Any, idents: list[str]) -> list[Any]:
     ids: list[str] = []
     for ident in idents:
         ids += [i for i in bench.resolve(client, ident) if i not in ids]
-    return [bench.load_run(client, i) for i in ids]
+    runs = [bench.load_run(client, i) for i in ids]
+    for run in runs:
+        bench.add_slurm_energy(client, run)
+    return runs
 
 
 def _print_table(comparison: Any, title: str) -> None:

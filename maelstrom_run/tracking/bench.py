@@ -101,6 +101,28 @@ def load_run(client: Any, run_id: str) -> RunFigures:
     return figures
 
 
+def add_slurm_energy(client: Any, figures: RunFigures, run: Any = None) -> bool:
+    """A Slurm job's energy is known once the job has ended: for a run of a job that has no Slurm
+    figure yet, ask ``sacct`` (where the cluster gathers energy) and log it to the run. True if logged."""
+    import shutil
+
+    from . import energy
+
+    job = figures.tags.get("host.slurm.job_id")
+    if not job or "energy.slurm_J" in figures.values or shutil.which("sacct") is None:
+        return False
+    reading = energy.slurm_energy(job) if run is None else energy.slurm_energy(job, run)
+    if reading is None:
+        return False
+    for key, value in energy.metrics([reading]).items():
+        client.log_metric(figures.mlflow_run_id, key, value)
+    sensors = sorted({*filter(None, figures.sensors.replace("none", "").split(",")), "slurm"})
+    figures.sensors = ",".join(sensors)
+    client.set_tag(figures.mlflow_run_id, "energy.sensors", figures.sensors)
+    figures.values["energy.slurm_J"] = reading.joules
+    return True
+
+
 def _headline(metrics: dict[str, float]) -> str | None:
     """The metric an accuracy-against-time plot follows: a validation score, else the loss."""
     for name in ("val_acc", "val_accuracy", "val_loss", "loss"):

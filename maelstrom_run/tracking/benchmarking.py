@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,18 +60,26 @@ class Session:
     def _start_hardware(self, spec: Any) -> None:
         import mlflow
 
-        nvml = hardware.load_nvml()
-        self.meter = energy.Meter(nvml)
-        tags = hardware.tags(spec, nvml=nvml)
-        tags["energy.sensors"] = ",".join(self.meter.sensors) or "none"
+        try:
+            nvml = hardware.load_nvml()
+            self.meter = energy.Meter(nvml)
+            tags = hardware.tags(spec, nvml=nvml)
+            tags["energy.sensors"] = ",".join(self.meter.sensors) or "none"
+            self.meter.start()
+        except Exception as exc:  # noqa: BLE001 - an odd machine must not fail the training
+            print(f"maelstrom-run: hardware not recorded: {exc}".splitlines()[0], file=sys.stderr)
+            self.meter, tags = None, {"energy.sensors": "none"}
         mlflow.set_tags(tags)
-        self.meter.start()
 
     def finish(self, samples: dict[str, list[float]]) -> record.TimingRecord:
         import mlflow
 
         elapsed = time.perf_counter() - self.started
-        readings = self.meter.stop() if self.meter is not None else []
+        try:
+            readings = self.meter.stop() if self.meter is not None else []
+        except Exception as exc:  # noqa: BLE001 - a sensor gone away: no figure rather than a failed run
+            print(f"maelstrom-run: energy not measured: {exc}".splitlines()[0], file=sys.stderr)
+            readings = []
         if os.environ.get("SLURM_JOB_ID"):  # measured by Slurm only where the cluster gathers energy
             slurm = energy.slurm_energy(os.environ["SLURM_JOB_ID"])
             readings += [slurm] if slurm is not None else []
