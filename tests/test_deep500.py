@@ -231,3 +231,21 @@ def test_mlproject_using_deep500_runs_and_reaches_mlflow(
     assert rec is not None and len(rec.phases["deep500.CPU.EPOCH"].samples) == 2
     report = Path(client.download_artifacts(run_id, record.REPORT_PATH, str(tmp_path))).read_text()
     assert report.startswith("CPU\nEPOCH\nmin: ") and "\nGPU\nBATCH\n" in report
+
+
+@pytest.mark.slow
+def test_keras_timer_callback(d500: Any) -> None:
+    import tensorflow as tf
+
+    from deep500.utils import timer_tf
+
+    tmr = timer_tf.CPUGPUTimer()
+    model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.zeros((12, 2), dtype="float32")
+    model.fit(
+        x, x[:, :1], batch_size=4, epochs=2, verbose=0, callbacks=[timer_tf.TimerCallback(tmr, gpu=True)]
+    )
+    assert len(tmr.get_time(timer_tf.TimeType.EPOCH)) == 2
+    assert len(tmr.get_time(timer_tf.TimeType.BATCH)) == 6  # 3 batches per epoch
+    assert len(tmr.get_time(timer_tf.TimeType.BATCH, gpu=True)) == 6  # wall clock without a GPU
