@@ -100,6 +100,10 @@ def run_app(spec: RunSpec) -> int:
         uri = mlflow_run.connect(spec.tracking)
         import mlflow
 
+        from .tracking import benchmarking
+
+        benchmarking.before_start(spec.tracking)
+
         experiment_id = mlflow_run.ensure_experiment(mlflow_run.experiment_name(spec), uri)
         if resumed:  # started again after a requeue: continue the same MLflow run
             run = mlflow.start_run(run_id=resumed)
@@ -136,7 +140,9 @@ def run_app(spec: RunSpec) -> int:
             if spec.git and spec.git.get("diff"):
                 mlflow.log_text(spec.git["diff"], "maelstrom/git.diff")
         entry = load_entry(spec.entry, spec.code_dir)
+        session = benchmarking.Session.start(spec, run_dir.path)
         metrics = entry(ctx) or {}
+        session.finish(ctx.timer.samples())
         final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         mlflow.log_metrics({f"final.{k}": v for k, v in final.items()})
         _log_outputs(spec, ctx, epochs)
@@ -171,10 +177,31 @@ def run_app(spec: RunSpec) -> int:
             state = JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
             _finish(run_dir, result, state, code, error=error)
         return code
+    _judge_benchmark(spec, run.info.run_id)
     mlflow.end_run("FINISHED")
     result.metrics = final
     _finish(run_dir, result, JobState.SUCCEEDED, 0)
     return 0
+
+
+def _judge_benchmark(spec: RunSpec, mlflow_run_id: str) -> None:
+    """``schedule.benchmark.baseline`` set: tag the run with its verdict against the baseline."""
+    conf = (spec.config.get("schedule") or {}).get("benchmark") or {}
+    if not conf.get("baseline"):
+        return
+    import mlflow
+
+    from .schedule.benchmark import evaluate
+
+    try:
+        verdict = evaluate(mlflow.MlflowClient(), mlflow_run_id, conf)
+    except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say why it was not judged
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        mlflow.set_tag("benchmark.regression", "unknown")
+        print(f"maelstrom-run: benchmark not compared with {conf['baseline']}: {message}", file=sys.stderr)
+        return
+    what = "; ".join(verdict.offending) if verdict.regression else "no regression"
+    print(f"maelstrom-run: benchmark against {conf['baseline']}: {what}", flush=True)
 
 
 def _finish(

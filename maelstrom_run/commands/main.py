@@ -21,6 +21,8 @@
     maelstrom recommend --label K=V | app=APP
     maelstrom import mantik MLproject [BACKEND_CONFIG] [--name NAME] [--out conf]
     maelstrom export mlproject app=APP [KEY=VALUE ...] [--out DIR]
+    maelstrom bench compare RUN_OR_SWEEP ... [--baseline RUN] | bench report RUN_OR_SWEEP
+    maelstrom bench history SCHEDULE_ID
 
 IDs may be abbreviated to a unique prefix. State lives in $MAELSTROM_HOME (default ~/.maelstrom).
 Each command has its own --help.
@@ -39,13 +41,14 @@ def parser() -> argparse.ArgumentParser:
         prog="maelstrom", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     groups = root.add_subparsers(dest="group", required=True)
-    from . import data, interop, labels, runs, schedules
+    from . import bench, data, interop, labels, runs, schedules
 
     data.add_commands(groups)
     schedules.add_commands(groups)
     labels.add_commands(groups)
     interop.add_commands(groups)
     runs.add_commands(groups)
+    bench.add_commands(groups)
     return root
 
 

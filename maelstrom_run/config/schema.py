@@ -501,6 +501,21 @@ class TrackingConf:
     timeout_s: float = 10.0
     plots: bool = True
     credentials: dict[str, str] = field(default_factory=dict)
+    #: Seconds between MLflow system-metrics samples (CPU, memory, GPU); null: none.
+    system_metrics_interval_s: float | None = 10.0
+
+
+@dataclass
+class BenchmarkConf:
+    """Compare each firing with a baseline run when it ends (``schedule/benchmark.py``)."""
+
+    #: A run id (maelstrom-run's or MLflow's); null: no comparison.
+    baseline: str | None = None
+    #: Figures compared: ``time_to_solution_s``, ``phase.<name>.median_s``, ``throughput.samples_per_s``,
+    #: ``energy.<sensor>_J``, ``final.<metric>``.
+    metrics: list[str] = field(default_factory=lambda: ["time_to_solution_s"])
+    #: How much worse than the baseline (a fraction) a figure may be before it counts as a regression.
+    tolerance: float = 0.1
 
 
 @dataclass
@@ -521,6 +536,7 @@ class ScheduleConf:
     max_concurrent: int = 1
     #: Run this commit (in a separate worktree) instead of the repository's current state.
     commit: str | None = None
+    benchmark: BenchmarkConf = field(default_factory=BenchmarkConf)
 
 
 @dataclass

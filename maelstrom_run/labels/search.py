@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +11,10 @@ import yaml
 
 from ..config import taxonomy
 from ..core.errors import ConfigError
+from ..core.metrics import higher_is_better
 
 Label = tuple[str, str, str]  # (scope, category, value)
 Query = tuple[str | None, str, str]  # (scope or None for any, category, value)
-
-#: Metrics where larger is better; any other is a loss or an error (smaller is better).
-_HIGHER = re.compile(r"acc|f1|auc|precision|recall|r2|score|iou", re.I)
 
 
 @dataclass
@@ -37,7 +34,7 @@ class Item:
 
 
 def better(name: str, a: float, b: float) -> bool:
-    return a > b if _HIGHER.search(name) else a < b
+    return a > b if higher_is_better(name) else a < b
 
 
 def headline_metric(metrics: dict[str, Any]) -> tuple[str, float] | None:

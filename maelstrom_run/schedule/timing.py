@@ -87,6 +87,9 @@ def parse_when(value: Any, tz: Any, path: str) -> dt.datetime | None:
 def check(conf: dict[str, Any], key: str = "schedule") -> dict[str, Any]:
     """Validate a composed ``schedule`` section; returns its normalised form (cron, zone, start, end).
     Registered with the config validator in the schema."""
+    from .benchmark import check as check_benchmark
+
+    check_benchmark(conf.get("benchmark"))
     name = conf.get("name", "none")
     if name == "none":
         return dict(conf)
