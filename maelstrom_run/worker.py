@@ -12,6 +12,7 @@ function with Hydra's ``run_job`` and pickle the JobReturn beside the spec.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import signal
@@ -85,10 +86,12 @@ def _escape(value: Any) -> Any:
 def run_app(spec: RunSpec) -> int:
 
     from .tracking import mlflow_run
+    from .tracking.outbox import Outbox
 
     run_dir = RunDir(spec.run_dir)
     if _rank() > 0:
         return run_rank(spec)
+    reserve = _Reserve(run_dir.path)
     previous = run_dir.read_result() or Result()
     requeues = run_dir.requeues()
     resumed = previous.mlflow_run_id if requeues else None
@@ -96,90 +99,174 @@ def run_app(spec: RunSpec) -> int:
     if resumed:
         result.started, result.requeues = previous.started or result.started, requeues
     run_dir.write_result(result)
+    # the outbox tries again by itself; MLflow's own retries would only hold the app up
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    timeout = float(spec.tracking.get("timeout_s") or 10)
+    down = False
     try:
         uri = mlflow_run.connect(spec.tracking)
-        import mlflow
-
-        experiment_id = mlflow_run.ensure_experiment(mlflow_run.experiment_name(spec), uri)
-        if resumed:  # started again after a requeue: continue the same MLflow run
-            run = mlflow.start_run(run_id=resumed)
-            mlflow.set_tag("maelstrom.requeues", str(requeues))
-        else:
-            run = mlflow.start_run(
-                experiment_id=experiment_id,
-                tags=mlflow_run.run_tags(spec),
-                run_name=spec.config.get("run_name") or spec.run_id,
-            )
-    except Exception as exc:  # noqa: BLE001 - any tracking failure fails the run cleanly
+    except mlflow_run.TrackingUnreachable as exc:  # the run goes on; its calls wait in the run dir
+        uri, down = mlflow_run.tracking_uri(spec.tracking), True
+        _say(
+            f"maelstrom-run: {exc}".split("; start it")[0]
+            + f"; tracking waits in {run_dir.path / 'tracking'}"
+        )
+    except Exception as exc:  # noqa: BLE001 - refused credentials, a bad URI: the run fails cleanly
         message = f"tracking: {exc}".splitlines()[0]
-        print(f"maelstrom-run: {message}", file=sys.stderr)
-        _finish(run_dir, result, JobState.FAILED, EXIT_SETUP_FAILED, error=message)
+        _say(f"maelstrom-run: {message}")
+        _finish(run_dir, result, JobState.FAILED, EXIT_SETUP_FAILED, error=message, reserve=reserve)
         return EXIT_SETUP_FAILED
-
-    result.mlflow_run_id, result.experiment_id, result.tracking_uri = run.info.run_id, experiment_id, uri
+    tracking = Outbox(run_dir.path, uri)
+    tracking.lock(wait=True)
+    reopened = tracking.has_run() or bool(resumed)
+    if reopened:  # started again after a requeue: continue the same MLflow run
+        tracking.reopen(requeues)
+    else:
+        tracking.create(
+            mlflow_run.experiment_name(spec),
+            mlflow_run.run_tags(spec),
+            spec.config.get("run_name") or spec.run_id,
+        )
+    tracking.start()
+    if not down:  # the run's id in result.json while it runs (``maelstrom runs info``)
+        tracking.wait(timeout, until=lambda: tracking.run_id is not None)
+    _tracked(result, tracking)
     run_dir.write_result(result)
     history: dict[str, list[tuple[int, float]]] = {}
 
     def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items()}
-        mlflow.log_metrics(clean, step=step)
+        tracking.log_metrics(clean, step=step)
         for k, v in clean.items():
             history.setdefault(k, []).append((step if step is not None else len(history.get(k, [])), v))
 
-    ctx = _context(spec, log_metrics=log_metrics, log_artifact=mlflow.log_artifact, requeues=requeues)
+    ctx = _context(spec, log_metrics=log_metrics, log_artifact=tracking.log_artifact, requeues=requeues)
     try:
-        if not resumed:
-            params = mlflow_run.flatten(spec.config)
-            items = list(params.items())
-            for i in range(0, len(items), 100):
-                mlflow.log_params(dict(items[i : i + 100]))
-            mlflow.log_text(spec.to_yaml(), "maelstrom/spec.yaml")
-            mlflow.log_text("\n".join(spec.overrides) + "\n", "maelstrom/overrides.txt")
+        if not reopened:
+            tracking.log_params(mlflow_run.flatten(spec.config))
+            tracking.log_text(spec.to_yaml(), "maelstrom/spec.yaml")
+            tracking.log_text("\n".join(spec.overrides) + "\n", "maelstrom/overrides.txt")
             if spec.git and spec.git.get("diff"):
-                mlflow.log_text(spec.git["diff"], "maelstrom/git.diff")
+                tracking.log_text(spec.git["diff"], "maelstrom/git.diff")
         entry = load_entry(spec.entry, spec.code_dir)
         metrics = entry(ctx) or {}
         final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        mlflow.log_metrics({f"final.{k}": v for k, v in final.items()})
-        mlflow.log_metrics(ctx.timer.run_summary())
+        tracking.log_metrics({f"final.{k}": v for k, v in final.items()})
+        tracking.log_metrics(ctx.timer.run_summary())
         if spec.tracking.get("plots", True):
-            _log_plots(history, ctx.timer.samples())
+            _log_plots(tracking, history, ctx.timer.samples())
     except Requeue:
         if ctx.checkpoint_hook is not None:
             ctx.checkpoint_hook()
-        mlflow.set_tag("maelstrom.requeues", str(requeues + 1))
-        mlflow.end_run("SCHEDULED")
+        tracking.set_tags({"maelstrom.requeues": str(requeues + 1)})
+        tracking.end("SCHEDULED")
+        tracking.close(timeout)
         result.state, result.message = JobState.QUEUED, "requeued"
+        _tracked(result, tracking)
         run_dir.write_result(result)
         _requeue(run_dir)
         return EXIT_APP_FAILED
     except BaseException as exc:  # noqa: BLE001 - the app's failure is the run's failure
+        full = _no_space(exc)
+        if full:  # the space kept aside lets the report below be written
+            reserve.release()
         trace = traceback.format_exc()
         # a mistake in the config or the data that the app found: its one line, and exit code 2
         user = isinstance(exc, UserError)
-        print(f"maelstrom-run: error: {exc}" if user else trace, file=sys.stderr, flush=True)
+        _say(f"maelstrom-run: error: {exc}" if user else trace)
         message = str(exc).splitlines()[0] if user else f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if full and "No space left" not in message:
+            message = f"No space left on device: {message}"
         code = EXIT_USER_ERROR if user else EXIT_APP_FAILED
         status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
-        try:
-            mlflow.set_tag("maelstrom.error", message[:5000])
-            mlflow.log_text(trace, "maelstrom/error.txt")
-            mlflow.end_run(status)
-        finally:
-            state = JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
-            _finish(run_dir, result, state, code, error=message)
+        # nothing here may raise: the outbox keeps calls in memory when the disk is full
+        tracking.set_tags({"maelstrom.error": message[:5000]})
+        tracking.log_text(trace, "maelstrom/error.txt")
+        tracking.end(status)
+        _close_tracking(spec, result, tracking, timeout)
+        state = JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
+        _finish(run_dir, result, state, code, error=message, reserve=reserve)
         return code
-    mlflow.end_run("FINISHED")
+    tracking.end("FINISHED")
+    _close_tracking(spec, result, tracking, timeout)
     result.metrics = final
-    _finish(run_dir, result, JobState.SUCCEEDED, 0)
+    _finish(run_dir, result, JobState.SUCCEEDED, 0, reserve=reserve)
     return 0
 
 
+def _tracked(result: Result, tracking: Any) -> None:
+    if tracking.run_id:
+        result.mlflow_run_id, result.experiment_id = tracking.run_id, tracking.experiment_id
+        # a command app (interop) logs to the same run
+        os.environ.update(MLFLOW_RUN_ID=tracking.run_id, MLFLOW_EXPERIMENT_ID=tracking.experiment_id or "")
+    result.tracking_uri = tracking.uri
+
+
+def _close_tracking(spec: RunSpec, result: Result, tracking: Any, timeout: float) -> None:
+    """Deliver what is left (while the server answers); say what waits for ``maelstrom runs sync``."""
+    left = tracking.close(timeout)
+    _tracked(result, tracking)
+    if left:
+        result.message = (
+            f"tracking: {left} calls not delivered ({tracking.last_error}); "
+            f"`maelstrom runs sync {spec.run_id}` sends them"
+        )
+        _say(f"maelstrom-run: {result.message}")
+
+
+def _say(text: str) -> None:
+    """A line on stderr that never raises (stderr may be a file on a full disk)."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def _no_space(exc: BaseException) -> bool:
+    """Whether a full disk (ENOSPC, or SQLite's word for it) is behind ``exc``."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left" in str(exc) or "database or disk is full" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+class _Reserve:
+    """Space kept aside in the run directory, given back on a full disk so the failure is recorded."""
+
+    SIZE = 256 * 1024
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / ".space-reserve"
+        try:
+            with open(self.path, "wb") as fh:
+                fh.write(b"\0" * self.SIZE)
+        except OSError:
+            self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def _finish(
-    run_dir: RunDir, result: Result, state: JobState, exit_code: int, error: str | None = None
+    run_dir: RunDir,
+    result: Result,
+    state: JobState,
+    exit_code: int,
+    error: str | None = None,
+    reserve: _Reserve | None = None,
 ) -> None:
     result.state, result.exit_code, result.error, result.ended = state, exit_code, error, time.time()
-    run_dir.write_result(result)
+    if reserve is not None:
+        reserve.release()
+    try:
+        run_dir.write_result(result)
+    except OSError as exc:  # the disk filled up after the reserve was given back: say so at least
+        _say(f"maelstrom-run: error: cannot write {run_dir.result_file}: {exc}; the job {state}")
+        raise SystemExit(exit_code or EXIT_APP_FAILED) from None
 
 
 def _context(spec: RunSpec, **extra: Any) -> Any:
@@ -212,23 +299,24 @@ def run_rank(spec: RunSpec) -> int:
     return 0
 
 
-def _log_plots(history: dict[str, list[tuple[int, float]]], samples: dict[str, list[float]]) -> None:
+def _log_plots(
+    tracking: Any, history: dict[str, list[tuple[int, float]]], samples: dict[str, list[float]]
+) -> None:
     import matplotlib.pyplot as plt
-    import mlflow
 
     from .tracking.mlflow_run import plot_history, plot_phases, plot_throughput
 
     if history:
         fig = plot_history(history)
-        mlflow.log_figure(fig, "plots/training_curves.png")
+        tracking.log_figure(fig, "plots/training_curves.png")
         plt.close(fig)
     if samples:
         fig = plot_phases(samples)
-        mlflow.log_figure(fig, "plots/phase_times.png")
+        tracking.log_figure(fig, "plots/phase_times.png")
         plt.close(fig)
     if any(name.startswith("rate.") for name in history):  # an app that counts bytes read/delivered
         fig = plot_throughput(history)
-        mlflow.log_figure(fig, "plots/throughput.png")
+        tracking.log_figure(fig, "plots/throughput.png")
         plt.close(fig)
 
 

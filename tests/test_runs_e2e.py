@@ -119,7 +119,7 @@ def test_unwritable_run_dir_is_a_clear_error(run_cli, cli_env, toy_project, tmp_
     assert len(lines) == 1 and "run directory" in lines[0] and "backend.workdir" in lines[0], result.stderr
 
 
-def test_dead_tracking_server_fails_the_run_and_keeps_the_record(
+def test_dead_tracking_server_the_run_goes_on_and_keeps_its_tracking(
     run_cli, cli_env, toy_project, maelstrom_home
 ):
     with socket.socket() as s:
@@ -132,11 +132,11 @@ def test_dead_tracking_server_fails_the_run_and_keeps_the_record(
         env=env,
         timeout=60,
     )
-    assert result.returncode == 1
+    assert result.returncode == 0, result.stderr
     assert f"tracking server http://127.0.0.1:{port} does not answer" in result.stderr
     (row,) = _registry_rows(maelstrom_home)
-    assert row["state"] == "failed" and "does not answer" in row["message"]
-    assert (Path(row["run_dir"]) / "spec.yaml").exists()
+    assert row["state"] == "succeeded" and "maelstrom runs sync" in row["message"]
+    assert (Path(row["run_dir"]) / "tracking" / "journal.jsonl").exists()
 
 
 def test_sweep_has_a_parent_run_and_failed_jobs_can_be_rerun(run_cli, cli_env, toy_project, maelstrom_home):

@@ -243,6 +243,34 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from ..launch.monitor import sync_tracking
+
+    registry = _registry()
+    done = sync_tracking(registry, _selected(registry, args), timeout=args.timeout)
+    console = _console()
+    waiting = 0
+    for s in done:
+        if not s.sent and not s.left:
+            console.print(f"{s.record.run_id}: nothing waiting to be sent")
+            continue
+        run = f"; MLflow run {s.mlflow_run_id}" if s.mlflow_run_id else ""
+        if s.left:
+            waiting += 1
+            console.print(
+                f"{s.record.run_id}: sent {s.sent} call(s), {s.left} still waiting ({s.error}){run}"
+            )
+        else:
+            console.print(f"{s.record.run_id}: sent {s.sent} tracking call(s){run}")
+    if waiting:
+        console.print(
+            f"next: when the tracking server answers, maelstrom runs sync {args.id or '--sweep ' + args.sweep}"
+        )
+        return EXIT_FAILED
+    console.print("next: maelstrom runs info RUN_ID")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from ..core.states import JobRef
     from ..launch.monitor import backend_of
@@ -326,6 +354,14 @@ def add_commands(groups: Any) -> None:
     p = sub.add_parser("resume", help="submit the jobs of a sweep that an interrupted submission left out")
     p.add_argument("sweep", help="sweep id")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("sync", help="send the tracking a job kept while the MLflow server was away")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--sweep")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to keep trying while the server is away"
+    )
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("info", help="everything recorded about a run")
     p.add_argument("id")

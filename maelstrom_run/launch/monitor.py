@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..backends import get_backend
@@ -91,6 +93,48 @@ def close_sweep_if_done(registry: Registry, sweep_id: str) -> None:
         except Exception as exc:  # noqa: BLE001 - closing the parent must not lose the jobs' states
             # a warning, not output: without logging configured Python writes the bare line to stderr
             log.warning("maelstrom: could not close the sweep's MLflow parent run: %s", exc)
+
+
+@dataclass
+class Synced:
+    """What ``sync_tracking`` did for one run."""
+
+    record: RunRecord
+    sent: int
+    left: int
+    mlflow_run_id: str | None
+    error: str = ""
+
+
+def sync_tracking(registry: Registry, records: Sequence[RunRecord], timeout: float = 30.0) -> list[Synced]:
+    """Deliver the tracking calls that jobs kept in their run directories while the server was away
+    (``maelstrom runs sync``); records each run's MLflow run id once it exists."""
+    from ..core.errors import ConfigError
+    from ..tracking import mlflow_run
+    from ..tracking.outbox import has_journal, sync
+
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # the outbox tries again by itself
+    out = []
+    for record in records:
+        if not has_journal(record.run_dir):
+            out.append(Synced(record, 0, 0, record.mlflow_run_id))
+            continue
+        result = RunDir(record.run_dir).read_result()
+        tracking = dict(RunSpec.parse(record.spec).tracking)
+        tracking["uri"] = (result and result.tracking_uri) or record.tracking_uri or tracking.get("uri")
+        try:
+            uri = mlflow_run.connect(tracking)
+        except mlflow_run.TrackingError as exc:
+            raise ConfigError(f"{exc}; then `maelstrom runs sync {record.run_id}` again") from None
+        sent, left, box = sync(record.run_dir, uri, timeout=timeout)
+        values: dict[str, Any] = {"tracking_uri": uri}
+        if box.run_id:
+            values["mlflow_run_id"] = box.run_id
+        if not left and record.message and record.message.startswith("tracking:"):
+            values["message"] = None
+        registry.update(record.run_id, **values)
+        out.append(Synced(record, sent, left, box.run_id, box.last_error if left else ""))
+    return out
 
 
 class WaitView(Protocol):

@@ -32,6 +32,10 @@ class TrackingError(JobError):
     """The tracking store cannot be reached or refused a request."""
 
 
+class TrackingUnreachable(TrackingError):
+    """The tracking server does not answer (a job goes on and keeps its calls in its run directory)."""
+
+
 def tracking_uri(tracking: dict[str, Any]) -> str:
     return tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or paths.default_tracking_uri()
 
@@ -95,7 +99,7 @@ def check_reachable(uri: str, timeout: float) -> None:
             raise TrackingError(f"tracking server {uri} answered HTTP {exc.code} on {url}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TrackingError(
+        raise TrackingUnreachable(
             f"tracking server {uri} does not answer ({reason}); start it, or set tracking.uri / "
             "MLFLOW_TRACKING_URI to a server that runs"
         ) from None

@@ -1,0 +1,228 @@
+"""Faults of real components, each ending with nothing lost and nothing duplicated: a tracking
+server that goes away (a real ``mlflow server`` killed and restarted), a full disk (a small
+tmpfs), slurmctld restarted mid-sweep, many array tasks ending at once, a submitter killed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+#: A toy app that waits at gates (files) the test opens, so the test decides when each epoch runs.
+GATED_APP = '''\
+"""Epoch 0, gate 1, epochs 1-2 and an artefact, gate 2, done."""
+
+import os
+import time
+from pathlib import Path
+
+
+def _gate(name):
+    gates = Path(os.environ["FAULTS_GATES"])
+    (gates / f"at-{name}").touch()
+    while not (gates / name).exists():
+        time.sleep(0.05)
+
+
+def main(ctx):
+    loss = 1.0
+    for epoch in range(3):
+        if epoch == 1:
+            _gate("g1")
+        loss *= 0.5
+        ctx.end_epoch(epoch, {"loss": loss})
+    weights = ctx.run_dir / "weights.txt"
+    weights.write_text("trained\\n")
+    ctx.log_artifact(weights, "model")
+    _gate("g2")
+    return {"loss": loss}
+'''
+
+GATED_CONF = """\
+# @package _global_
+defaults:
+  - /dataset: ap1
+  - /loader: ap1
+  - /model: ap1_unet
+  - /labels: ap1
+  - _self_
+app:
+  name: gated
+  entry: gatedapp:main
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on loopback that the test can kill (SIGKILL) and start again."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        log = open(self.root / "mlflow-server.log", "a")  # noqa: SIM115 - the server's own
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+        deadline = time.monotonic() + 150
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                    return
+            except OSError:
+                assert self.proc.poll() is None, (self.root / "mlflow-server.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "mlflow server did not become healthy"
+                time.sleep(0.3)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+@pytest.fixture
+def gated_project(toy_project: Path, tmp_path: Path) -> Path:
+    (toy_project / "gatedapp.py").write_text(GATED_APP)
+    (toy_project / "conf" / "app" / "gated.yaml").write_text(GATED_CONF)
+    (tmp_path / "gates").mkdir()
+    return toy_project
+
+
+def _env(cli_env: dict, project: Path, **extra: str) -> dict:
+    return {**cli_env, "MAELSTROM_CONFIG_PATH": str(project / "conf"), **extra}
+
+
+def _rows(home: Path) -> dict[str, dict]:
+    from maelstrom_run.launch.registry import Registry
+
+    return {r.run_id: r.__dict__ for r in Registry(home / "registry.db").list(limit=None)}
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str] | None = None, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(
+                f"job ended before {path.name}:\n{proc.stderr.read() if proc.stderr else ''}"
+            )
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+def _run_id(text: str) -> str:
+    match = re.search(r"(gated-\d{8}-\d{6}-[0-9a-f]{6})", text)
+    assert match, text
+    return match.group(1)
+
+
+def test_tracking_server_outage_is_buffered_and_delivered(
+    run_cli, cli_env, gated_project, maelstrom_home, tmp_path
+):
+    import mlflow
+
+    gates = tmp_path / "gates"
+    server = MlflowServer(tmp_path)
+    env = _env(cli_env, gated_project, MLFLOW_TRACKING_URI=server.uri, FAULTS_GATES=str(gates))
+    try:
+        # 1. the server is not there at all: the job trains and reports through its run directory
+        (gates / "g1").touch()
+        (gates / "g2").touch()
+        alone = run_cli(
+            ["app=gated", "tracking.timeout_s=2", "tracking.experiment=outage"],
+            cwd=gated_project,
+            env=env,
+            timeout=120,
+        )
+        assert alone.returncode == 0, alone.stderr
+        offline = _run_id(alone.stderr)
+        row = _rows(maelstrom_home)[offline]
+        assert row["state"] == "succeeded" and f"maelstrom runs sync {offline}" in row["message"]
+        assert not row["mlflow_run_id"]
+
+        # 2. the server goes away in the middle of a run and comes back before it ends
+        server.start()
+        for gate in ("g1", "g2"):
+            (gates / gate).unlink()
+        job = subprocess.Popen(
+            [str(Path(sys.executable).parent / "maelstrom-run"), "app=gated", "tracking.experiment=outage"],
+            cwd=gated_project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for(gates / "at-g1", job)  # epoch 0 logged while the server answers
+        server.kill()
+        (gates / "g1").touch()  # epochs 1-2 and the artefact are logged during the outage
+        _wait_for(gates / "at-g2", job)
+        server.start()
+        (gates / "g2").touch()
+        out, err = job.communicate(timeout=180)
+        assert job.returncode == 0, err
+        outage = _run_id(err)
+
+        # 3. what the first job kept is sent now
+        sync = run_cli(["maelstrom", "runs", "sync", offline], env=env, timeout=120)
+        assert sync.returncode == 0, sync.stderr
+        assert re.search(rf"{offline}: sent \d+ tracking call", sync.stdout), sync.stdout
+        again = run_cli(["maelstrom", "runs", "sync", offline], env=env, check=True)
+        assert "nothing waiting" in again.stdout  # nothing is sent twice
+
+        client = mlflow.MlflowClient(server.uri)
+        rows = _rows(maelstrom_home)
+        experiment = client.get_experiment_by_name("outage")
+        runs = {r.data.tags["maelstrom.run_id"]: r for r in client.search_runs([experiment.experiment_id])}
+        assert set(runs) == {offline, outage}  # one MLflow run each, none created twice
+        for run_id, run in runs.items():
+            assert rows[run_id]["state"] == "succeeded" and rows[run_id]["mlflow_run_id"] == run.info.run_id
+            assert run.info.status == "FINISHED", run_id
+            history = client.get_metric_history(run.info.run_id, "loss")
+            assert sorted((m.step, m.value) for m in history) == [(0, 0.5), (1, 0.25), (2, 0.125)]
+            assert run.data.params["app.name"] == "gated"
+            assert run.data.metrics["final.loss"] == 0.125
+            files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+            assert files == {"model/weights.txt"}
+            path = client.download_artifacts(run.info.run_id, "model/weights.txt", str(tmp_path))
+            assert Path(path).read_text() == "trained\n"
+            assert "plots/training_curves.png" in {
+                a.path for a in client.list_artifacts(run.info.run_id, "plots")
+            }
+        assert not rows[outage]["message"]
+    finally:
+        server.kill()
