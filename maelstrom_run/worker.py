@@ -12,7 +12,6 @@ function with Hydra's ``run_job`` and pickle the JobReturn beside the spec.
 
 from __future__ import annotations
 
-import errno
 import importlib
 import os
 import signal
@@ -27,6 +26,7 @@ from .core.errors import EXIT_USER_ERROR, ConfigError, UserError
 from .core.rundir import Result, RunDir
 from .core.spec import RunSpec
 from .core.states import JobState
+from .core.transfer import is_disk_full
 
 EXIT_APP_FAILED, EXIT_SETUP_FAILED = 1, 3
 
@@ -167,7 +167,7 @@ def run_app(spec: RunSpec) -> int:
         _requeue(run_dir)
         return EXIT_APP_FAILED
     except BaseException as exc:  # noqa: BLE001 - the app's failure is the run's failure
-        full = _no_space(exc)
+        full = is_disk_full(exc)
         if full:  # the space kept aside lets the report below be written
             reserve.release()
         trace = traceback.format_exc()
@@ -220,18 +220,6 @@ def _say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
     except OSError:
         pass
-
-
-def _no_space(exc: BaseException) -> bool:
-    """Whether a full disk (ENOSPC, or SQLite's word for it) is behind ``exc``."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            return True
-        if "No space left" in str(exc) or "database or disk is full" in str(exc):
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
 
 
 class _Reserve:
@@ -383,7 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir.cancelled:
         run_dir.write_result(Result(run_id=spec.run_id, state=JobState.CANCELLED, ended=time.time()))
         return 0
-    return run_hydra(spec) if spec.kind == "hydra" else run_app(spec)
+    try:
+        return run_hydra(spec) if spec.kind == "hydra" else run_app(spec)
+    except OSError as exc:  # the run directory's disk is full before the job could even start
+        if not is_disk_full(exc):
+            raise
+        _say(f"maelstrom-run: error: {run_dir.path}: No space left on device ({exc}); free space there")
+        return EXIT_SETUP_FAILED
 
 
 if __name__ == "__main__":

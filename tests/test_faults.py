@@ -4,6 +4,7 @@ tmpfs), slurmctld restarted mid-sweep, many array tasks ending at once, a submit
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.slow
 GATED_APP = '''\
 """Epoch 0, gate 1, epochs 1-2 and an artefact, gate 2, done."""
 
+import json
 import os
 import time
 from pathlib import Path
@@ -48,7 +50,20 @@ def main(ctx):
     return {"loss": loss}
 '''
 
-GATED_CONF = """\
+#: A toy app that writes a checkpoint until the disk is full.
+FILLER_APP = '''\
+"""Checkpoints until the run directory's disk is full."""
+
+
+def main(ctx):
+    ctx.end_epoch(0, {"loss": 1.0})
+    with open(ctx.run_dir / "checkpoint.bin", "wb") as fh:
+        while True:
+            fh.write(b"x" * 65536)
+            fh.flush()
+'''
+
+APP_CONF = """\
 # @package _global_
 defaults:
   - /dataset: ap1
@@ -57,8 +72,8 @@ defaults:
   - /labels: ap1
   - _self_
 app:
-  name: gated
-  entry: gatedapp:main
+  name: {name}
+  entry: {name}app:main
 """
 
 
@@ -118,8 +133,9 @@ class MlflowServer:
 
 @pytest.fixture
 def gated_project(toy_project: Path, tmp_path: Path) -> Path:
-    (toy_project / "gatedapp.py").write_text(GATED_APP)
-    (toy_project / "conf" / "app" / "gated.yaml").write_text(GATED_CONF)
+    for name, code in (("gated", GATED_APP), ("filler", FILLER_APP)):
+        (toy_project / f"{name}app.py").write_text(code)
+        (toy_project / "conf" / "app" / f"{name}.yaml").write_text(APP_CONF.format(name=name))
     (tmp_path / "gates").mkdir()
     return toy_project
 
@@ -226,3 +242,60 @@ def test_tracking_server_outage_is_buffered_and_delivered(
         assert not rows[outage]["message"]
     finally:
         server.kill()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """``tmpfs(path, size)`` mounts a small tmpfs at ``path`` (unmounted after the test)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_full_run_directory_fails_the_job_saying_so(run_cli, cli_env, gated_project, maelstrom_home, tmpfs):
+    import mlflow
+
+    tmpfs(maelstrom_home / "runs", "2m")
+    env = _env(cli_env, gated_project)
+    result = run_cli(["app=filler"], cwd=gated_project, env=env, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "No space left" in result.stderr and "disk I/O error" not in result.stderr
+    (row,) = _rows(maelstrom_home).values()
+    assert row["state"] == "failed" and "No space left" in row["message"]
+    report = json.loads((Path(row["run_dir"]) / "result.json").read_text())
+    assert report["state"] == "failed" and "No space left" in report["error"]
+    client = mlflow.MlflowClient(f"sqlite:///{maelstrom_home / 'mlflow.db'}")
+    run = client.get_run(row["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "No space left" in run.data.tags["maelstrom.error"]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [1.0]
+    listing = run_cli(["maelstrom", "runs", "list"], env=env)
+    assert listing.returncode == 0 and row["run_id"] in listing.stdout
+
+
+def test_full_cache_keeps_nothing_half_written(tmp_path, tmpfs):
+    from maelstrom_run.core.errors import DataError
+    from maelstrom_run.data.cache import Cache
+
+    root = tmpfs(tmp_path / "cache", "1m")
+    big, small = tmp_path / "big.bin", tmp_path / "small.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    small.write_bytes(os.urandom(100_000))
+    cache = Cache(root)
+    with pytest.raises(DataError, match="No space left"):
+        cache.fetch(str(big))
+    assert cache.entries() == []  # the index says nothing of it
+    assert not [p for p in (root / "files").rglob("*") if p.is_file()]  # no part, no file without entry
+    served = cache.fetch(str(small))
+    assert served.read_bytes() == small.read_bytes()
+    assert [e.source for e in cache.entries()] == [str(small)]
+    assert cache.fetch(str(small)) == served
