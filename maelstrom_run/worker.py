@@ -371,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir.cancelled:
         run_dir.write_result(Result(run_id=spec.run_id, state=JobState.CANCELLED, ended=time.time()))
         return 0
+    previous = run_dir.read_result()
+    if previous is not None and previous.succeeded and _rank() == 0:
+        # started again by the cluster after it ran to the end (a controller restored from its
+        # state): the report stands, and running again could only overwrite it with a failure
+        _say(f"maelstrom-run: {spec.run_id} already succeeded; not run again")
+        return 0
     try:
         return run_hydra(spec) if spec.kind == "hydra" else run_app(spec)
     except OSError as exc:  # the run directory's disk is full before the job could even start

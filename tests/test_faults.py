@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from slurm_cluster import slurm  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -299,3 +300,108 @@ def test_full_cache_keeps_nothing_half_written(tmp_path, tmpfs):
     assert served.read_bytes() == small.read_bytes()
     assert [e.source for e in cache.entries()] == [str(small)]
     assert cache.fetch(str(small)) == served
+
+
+# -- Slurm: the submitter killed, the controller restarted -----------------------------------------
+
+CTLD_PID = Path("/run/slurm/slurmctld.pid")
+
+
+def _restart_slurmctld(while_down) -> None:
+    """Stop slurmctld (only it: slurmd and the jobs go on), call ``while_down()``, start it again and
+    wait until it answers (other tests share this cluster)."""
+    pid = int(CTLD_PID.read_text().strip())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, "slurmctld did not stop"
+        time.sleep(0.1)
+    try:
+        while_down()
+    finally:
+        subprocess.run(["/usr/sbin/slurmctld"], check=True)
+        deadline = time.monotonic() + 60
+        while subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout.count("UP") < 1:
+            assert time.monotonic() < deadline, "slurmctld did not come back"
+            time.sleep(0.3)
+
+
+def test_killed_submitter_and_restarted_controller_lose_and_duplicate_nothing(
+    run_cli,
+    cli_env,
+    gated_project,
+    maelstrom_home,
+    tmp_path,
+    slurm,  # noqa: F811
+):
+    import mlflow
+
+    from maelstrom_run.launch.registry import Registry
+
+    gates = tmp_path / "gates"
+    # an sbatch that submits for real and, after its second array, kills the submitting process
+    # before it can record the job ids: the sweep is split over three arrays (max_array_size=2)
+    shim, counter = tmp_path / "shim", tmp_path / "calls"
+    shim.mkdir()
+    (shim / "sbatch").write_text(
+        "#!/bin/bash\n"
+        f"echo x >> {counter}\n"
+        '/usr/bin/sbatch "$@" || exit $?\n'
+        f'if [ "$(wc -l < {counter})" -eq 2 ]; then kill -9 $PPID; fi\n'
+    )
+    (shim / "sbatch").chmod(0o700)
+    env = _env(cli_env, gated_project, FAULTS_GATES=str(gates))
+    killed = run_cli(
+        [
+            "-m",
+            "app=gated",
+            "backend=slurm",
+            "backend.max_array_size=2",
+            "backend.resources.cpus_per_task=1",
+            "backend.resources.memory=1G",
+            "train.seed=1,2,3,4,5",
+        ],
+        cwd=gated_project,
+        env={**env, "PATH": f"{shim}:{env['PATH']}"},
+        timeout=180,
+    )
+    assert killed.returncode == -9, killed.stderr
+    registry = Registry(maelstrom_home / "registry.db")
+    sweep_id = registry.list(limit=None)[0].sweep_id
+    resumed = run_cli(["maelstrom", "runs", "resume", sweep_id], env=env, check=True)
+    assert "2 job(s) found on the cluster and recorded, 1 submitted now" in resumed.stdout
+    records = registry.list(sweep_id=sweep_id, limit=None)
+    slurm.submitted.extend({r.job_id.split("_")[0] for r in records})
+    assert sorted(r.sweep_index for r in records) == [0, 1, 2, 3, 4]
+    assert len({r.job_id for r in records}) == 5  # exactly one cluster job per sweep index
+    assert len(slurm.jobs_named(sweep_id)) == 3
+
+    watch = subprocess.Popen(
+        [str(Path(sys.executable).parent / "maelstrom"), "runs", "watch", sweep_id, "--interval", "0.5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(gates / "at-g1", watch, timeout=180)  # jobs are running
+
+    def finish_jobs_while_down() -> None:
+        (gates / "g1").touch()
+        (gates / "g2").touch()
+        time.sleep(8)  # the jobs end (or come near it) while no controller hears of it
+
+    _restart_slurmctld(finish_jobs_while_down)
+    _, err = watch.communicate(timeout=240)
+    assert watch.returncode == 0, err
+    assert "5 succeeded" in err
+    rows = registry.list(sweep_id=sweep_id, limit=None)
+    assert [r.state for r in rows] == ["succeeded"] * 5
+    assert len({r.job_id for r in rows}) == 5
+    client = mlflow.MlflowClient(f"sqlite:///{maelstrom_home / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("gated")
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(int(r.data.tags["maelstrom.sweep_index"]) for r in children) == [0, 1, 2, 3, 4]
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs.succeeded"] == 5

@@ -57,10 +57,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     registry = _registry()
     sweep_id = registry.sweep(args.sweep).sweep_id if args.sweep else None
-    records = refresh(
-        registry,
-        registry.list(sweep_id=sweep_id, limit=args.limit, states=[args.state] if args.state else None),
-    )
+    states = [args.state] if args.state else None
+    # a sweep is listed whole unless a limit is asked for; all runs, the newest 50
+    limit = args.limit if args.limit is not None else (None if sweep_id else 50)
+    records = refresh(registry, registry.list(sweep_id=sweep_id, limit=limit, states=states))
+    total = registry.count(sweep_id=sweep_id, states=states) if limit and len(records) >= limit else None
     table = Table(title=f"runs in {registry.path}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("run id", "app", "backend", "state", "sweep", "created", "MLflow"):
         table.add_column(
@@ -82,7 +83,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not records:
         console.print("no runs yet: start one with `maelstrom-run app=ap1`")
     else:
-        console.print(f"{len(records)} run(s); details: maelstrom runs info RUN_ID")
+        shown = f"{len(records)} of {total}" if total and total > len(records) else str(len(records))
+        more = "; all of them: --limit 0" if total and total > len(records) else ""
+        console.print(f"{shown} run(s){more}; details: maelstrom runs info RUN_ID")
     return 0
 
 
@@ -334,7 +337,9 @@ def add_commands(groups: Any) -> None:
     p = sub.add_parser("list", help="runs in the registry (newest first)")
     p.add_argument("--sweep", help="only the jobs of this sweep")
     p.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled", "unknown"])
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument(
+        "--limit", type=int, default=None, help="at most this many (0: all; default 50, a whole --sweep)"
+    )
     p.set_defaults(func=cmd_list)
 
     for name, func, text in (

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..backends import get_backend
+from ..core.errors import BackendError
 from ..core.rundir import RunDir
 from ..core.spec import RunSpec
 from ..core.states import JobRef, JobState
@@ -167,9 +168,21 @@ def wait(
     records = registry.get_many(list(run_ids))
     if view is not None:
         view.start(records)
+    outage = 0
     try:
         while True:
-            records = refresh(registry, records)
+            try:
+                records = refresh(registry, records)
+            except BackendError as exc:
+                if not getattr(exc, "transient", False):
+                    raise
+                # a controller restarting: the jobs go on, so watching does too (less often)
+                if not outage:
+                    log.warning("maelstrom: %s; still watching", exc)
+                outage += 1
+                time.sleep(min(30.0, poll_s * 2**outage))
+                continue
+            outage = 0
             if view is not None:
                 view.update(records)
             if all(r.state in TERMINAL for r in records):

@@ -103,6 +103,18 @@ class SweepRecord:
 _RUN_FIELDS = [f.name for f in fields(RunRecord)]
 
 
+def _where(sweep_id: str | None, states: list[str] | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its arguments) of a listing by sweep and states."""
+    where, args = [], []
+    if sweep_id:
+        where.append("sweep_id = ?")
+        args.append(sweep_id)
+    if states:
+        where.append(f"state IN ({', '.join('?' * len(states))})")
+        args.extend(states)
+    return (" WHERE " + " AND ".join(where)) if where else "", args
+
+
 class Registry:
     def __init__(self, path: Path | None = None) -> None:
         self.path = Path(path or paths.registry_path())
@@ -213,6 +225,14 @@ class Registry:
                     cols = ", ".join(f"{k} = ?" for k in values)
                     db.execute(f"UPDATE runs SET {cols} WHERE run_id = ?", (*values.values(), run_id))
 
+    def set_parent(self, sweep_id: str, parent_run_id: str, tracking_uri: str) -> None:
+        """Record the sweep's MLflow parent run (created once the sweep itself was recorded)."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE sweeps SET mlflow_parent_run_id = ?, tracking_uri = ? WHERE sweep_id = ?",
+                (parent_run_id, tracking_uri, sweep_id),
+            )
+
     def close_parent(self, sweep_id: str) -> bool:
         """Mark a sweep's parent run closed; True for the one caller that closed it."""
         with self._connect() as db:
@@ -260,21 +280,19 @@ class Registry:
     def list(
         self, sweep_id: str | None = None, limit: int | None = 50, states: list[str] | None = None
     ) -> list[RunRecord]:
-        query, args = "SELECT * FROM runs", []
-        where = []
-        if sweep_id:
-            where.append("sweep_id = ?")
-            args.append(sweep_id)
-        if states:
-            where.append(f"state IN ({', '.join('?' * len(states))})")
-            args.extend(states)
-        if where:
-            query += " WHERE " + " AND ".join(where)
+        where, args = _where(sweep_id, states)
+        query = "SELECT * FROM runs" + where
         query += " ORDER BY sweep_index, created" if sweep_id else " ORDER BY created DESC"
         if limit:
             query += f" LIMIT {int(limit)}"
         with self._connect() as db:
             return [RunRecord(**dict(r)) for r in db.execute(query, args).fetchall()]
+
+    def count(self, sweep_id: str | None = None, states: list[str] | None = None) -> int:
+        """How many runs ``list`` would return without a limit."""
+        where, args = _where(sweep_id, states)
+        with self._connect() as db:
+            return int(db.execute("SELECT COUNT(*) FROM runs" + where, args).fetchone()[0])
 
     def sweep(self, sweep_id: str) -> SweepRecord:
         with self._connect() as db:

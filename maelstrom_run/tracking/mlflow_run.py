@@ -199,6 +199,13 @@ def end_parent_run(parent_run_id: str, uri: str, states: dict[str, str], metrics
     client.set_terminated(parent_run_id, "FINISHED" if ok else "FAILED")
 
 
+def kill_parent_run(parent_run_id: str, uri: str) -> None:
+    """Close the parent run of a sweep whose submission died before any job was recorded."""
+    import mlflow
+
+    mlflow.MlflowClient(uri).set_terminated(parent_run_id, "KILLED")
+
+
 def reopen_parent_run(parent_run_id: str, uri: str) -> None:
     """Mark a closed sweep parent run RUNNING again (failed jobs are being re-run)."""
     import mlflow
