@@ -405,3 +405,79 @@ def test_killed_submitter_and_restarted_controller_lose_and_duplicate_nothing(
     assert sorted(int(r.data.tags["maelstrom.sweep_index"]) for r in children) == [0, 1, 2, 3, 4]
     assert {r.info.status for r in children} == {"FINISHED"}
     assert parent.info.status == "FINISHED" and parent.data.metrics["jobs.succeeded"] == 5
+
+
+def test_hundreds_of_results_at_once_all_reach_the_registry(
+    cli_env,
+    maelstrom_home,
+    tmp_path,
+    slurm,  # noqa: F811
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from maelstrom_run.core.rundir import Result, RunDir
+    from maelstrom_run.core.spec import RunSpec
+    from maelstrom_run.core.states import JobState
+    from maelstrom_run.launch.registry import Registry
+
+    n, sweep_id = 300, "sweep-faults-burst"
+    specs = [
+        RunSpec(
+            run_id=f"{sweep_id}-{i:03d}",
+            kind="app",
+            app="toy",
+            entry="toyapp:main",
+            config={
+                "app": {"name": "toy", "entry": "toyapp:main"},
+                "backend": {"name": "slurm", "kind": "slurm", "resources": {"time": "10m"}},
+                "tracking": {"uri": None},
+            },
+            overrides=[f"train.seed={i}"],
+            run_dir=str(tmp_path / "runs" / f"{sweep_id}-{i:03d}"),
+            config_hash="0" * 64,
+            sweep_id=sweep_id,
+            sweep_index=i,
+        )
+        for i in range(n)
+    ]
+    registry = Registry(maelstrom_home / "registry.db")
+    registry.add_sweep(sweep_id, "toy", n, "slurm", [[s.overrides[0]] for s in specs], None, None)
+    registry.add_runs(specs)
+    # a real array of the sweep's size, held: Slurm says queued, the workers' reports say ended
+    array = slurm.submit("--hold", f"--array=0-{n - 1}", "-J", sweep_id, "-o", "/dev/null", "--wrap=true")
+    try:
+        registry.update_many([(s.run_id, {"job_id": f"{array}_{i}"}) for i, s in enumerate(specs)])
+        for spec in specs:
+            Path(spec.run_dir).mkdir(parents=True)
+
+        def report(spec: RunSpec) -> None:  # what each worker writes when it ends
+            RunDir(spec.run_dir).write_result(
+                Result(run_id=spec.run_id, state=JobState.SUCCEEDED, exit_code=0, ended=time.time())
+            )
+
+        maelstrom = str(Path(sys.executable).parent / "maelstrom")
+        commands = [[maelstrom, "runs", "status", "--sweep", sweep_id]] * 4 + [
+            [maelstrom, "runs", "list", "--sweep", sweep_id]
+        ] * 2
+        watchers = [
+            subprocess.Popen(c, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for c in commands
+        ]
+        start = time.monotonic()
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(report, specs))
+        written_s = time.monotonic() - start
+        outputs = [w.communicate(timeout=120) for w in watchers]
+        for w, (_out, err) in zip(watchers, outputs, strict=True):
+            assert w.returncode == 0, err
+            assert "locked" not in err and "Traceback" not in err, err
+        final = subprocess.run(
+            [maelstrom, "runs", "list", "--sweep", sweep_id], env=cli_env, capture_output=True, text=True
+        )
+        assert final.returncode == 0, final.stderr
+        assert f"{n} run(s)" in final.stdout  # the whole sweep, not the first 50
+        rows = registry.list(sweep_id=sweep_id, limit=None)
+        assert len(rows) == n and {r.state for r in rows} == {"succeeded"}, written_s
+        assert len({r.job_id for r in rows}) == n
+    finally:
+        slurm.cancel(array)

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..core import paths
 from ..core.errors import ConfigError
+from ..core.retry import RetryPolicy
 from ..core.states import JobState
 
 _SCHEMA = """
@@ -102,6 +103,14 @@ class SweepRecord:
 
 
 _RUN_FIELDS = [f.name for f in fields(RunRecord)]
+#: Tries of a statement that SQLite refuses at once while another connection holds the file.
+_LOCKED = RetryPolicy(retries=50, delay=0.02, backoff=1.5, max_delay=1.0)
+
+
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
 #: A listing's columns: every field, the spec only of jobs that have not ended (``refresh`` needs it).
 _ENDED = ", ".join(f"'{s.value}'" for s in JobState if s.terminal)
 _LIGHT_COLUMNS = [
@@ -143,8 +152,10 @@ class Registry:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             db.execute("PRAGMA busy_timeout=30000")
-            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # switching needs the only lock
-                db.execute("PRAGMA journal_mode=WAL")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                # switching needs the only connection and SQLite does not wait for it (no busy
+                # timeout): commands opening a new registry together try again
+                _LOCKED.call(lambda: db.execute("PRAGMA journal_mode=WAL"), transient=_locked)
             db.row_factory = sqlite3.Row
             db.execute("BEGIN IMMEDIATE")
             try:
