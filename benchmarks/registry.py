@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from submit_overhead import APP, APP_CONF, _cancel_all, _timed  # noqa: E402
+from submit_overhead import _cancel_all, _timed, bench_project  # noqa: E402
 
 BIN = Path(sys.executable).parent
 #: (target seconds, seconds measured before, on this machine's local Slurm).
@@ -62,18 +62,6 @@ def _command_s(cmd: list[str], env: dict[str, str], repeat: int = 3, key: str = 
             sys.exit(f"{' '.join(cmd)} failed: {proc.stderr[-2000:]}")
     CPU[key] = statistics.median(cpu)
     return statistics.median(times)
-
-
-def _project(root: Path) -> Path:
-    project = root / "project"
-    (project / "conf" / "app").mkdir(parents=True)
-    (project / "benchapp.py").write_text(APP)
-    (project / "conf" / "app" / "bench.yaml").write_text(APP_CONF)
-    identity = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    subprocess.run(["git", *identity, "add", "-A"], cwd=project, check=True)
-    subprocess.run(["git", *identity, "commit", "-qm", "bench"], cwd=project, check=True)
-    return project
 
 
 def _clone_runs(db_path: Path, n: int) -> int:
@@ -174,7 +162,7 @@ def main() -> int:
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="mr-registry-bench-") as tmp:
         root = Path(tmp)
-        project = _project(root)
+        project = bench_project(root)
         home = root / "home"
         env = {
             **os.environ,

@@ -118,7 +118,9 @@ def run_app(spec: RunSpec) -> int:
         return EXIT_SETUP_FAILED
     tracking = Outbox(run_dir.path, uri)
     tracking.lock(wait=True)
-    reopened = tracking.has_run() or bool(resumed)
+    if resumed and not tracking.has_run():  # a run directory from before the outbox
+        tracking.state.update(run_id=resumed, experiment_id=previous.experiment_id)
+    reopened = tracking.has_run()
     if reopened:  # started again after a requeue: continue the same MLflow run
         tracking.reopen(requeues)
     else:
@@ -198,7 +200,11 @@ def _tracked(result: Result, tracking: Any) -> None:
     if tracking.run_id:
         result.mlflow_run_id, result.experiment_id = tracking.run_id, tracking.experiment_id
         # a command app (interop) logs to the same run
-        os.environ.update(MLFLOW_RUN_ID=tracking.run_id, MLFLOW_EXPERIMENT_ID=tracking.experiment_id or "")
+        os.environ.update(
+            MLFLOW_RUN_ID=tracking.run_id,
+            MLFLOW_EXPERIMENT_ID=tracking.experiment_id or "",
+            MLFLOW_TRACKING_URI=tracking.uri,
+        )
     result.tracking_uri = tracking.uri
 
 

@@ -8,14 +8,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import TOY_CONF
+from mlflow_server import MlflowServer
 from slurm_cluster import slurm  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
@@ -64,79 +64,13 @@ def main(ctx):
             fh.flush()
 '''
 
-APP_CONF = """\
-# @package _global_
-defaults:
-  - /dataset: ap1
-  - /loader: ap1
-  - /model: ap1_unet
-  - /labels: ap1
-  - _self_
-app:
-  name: {name}
-  entry: {name}app:main
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """A real ``mlflow server`` on loopback that the test can kill (SIGKILL) and start again."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, _free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        log = open(self.root / "mlflow-server.log", "a")  # noqa: SIM115 - the server's own
-        self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "mlflow"),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--backend-store-uri",
-                f"sqlite:///{self.root / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(self.root / "artifacts"),
-                "--workers",
-                "1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
-        deadline = time.monotonic() + 150
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                    return
-            except OSError:
-                assert self.proc.poll() is None, (self.root / "mlflow-server.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "mlflow server did not become healthy"
-                time.sleep(0.3)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self.proc = None
-
 
 @pytest.fixture
 def gated_project(toy_project: Path, tmp_path: Path) -> Path:
     for name, code in (("gated", GATED_APP), ("filler", FILLER_APP)):
         (toy_project / f"{name}app.py").write_text(code)
-        (toy_project / "conf" / "app" / f"{name}.yaml").write_text(APP_CONF.format(name=name))
+        conf = TOY_CONF.replace("name: toy", f"name: {name}").replace("toyapp:", f"{name}app:")
+        (toy_project / "conf" / "app" / f"{name}.yaml").write_text(conf)
     (tmp_path / "gates").mkdir()
     return toy_project
 
@@ -205,7 +139,7 @@ def test_tracking_server_outage_is_buffered_and_delivered(
             text=True,
         )
         _wait_for(gates / "at-g1", job)  # epoch 0 logged while the server answers
-        server.kill()
+        server.stop()
         (gates / "g1").touch()  # epochs 1-2 and the artefact are logged during the outage
         _wait_for(gates / "at-g2", job)
         server.start()
@@ -242,7 +176,7 @@ def test_tracking_server_outage_is_buffered_and_delivered(
             }
         assert not rows[outage]["message"]
     finally:
-        server.kill()
+        server.stop()
 
 
 @pytest.fixture

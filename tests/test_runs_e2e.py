@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import git
+from mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.slow
 
@@ -265,47 +266,10 @@ def test_unknown_run_id_is_a_clear_error(run_cli, cli_env):
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store = tmp_path / "server"
-    store.mkdir()
-    log = open(tmp_path / "mlflow-server.log", "w")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(store / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            assert proc.poll() is None, (tmp_path / "mlflow-server.log").read_text()
-            assert time.monotonic() < deadline, "mlflow server did not become healthy"
-            time.sleep(0.5)
-    yield uri
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
-    log.close()
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server.uri
+    server.stop(signal.SIGTERM)
 
 
 def test_remote_tracking_server(run_cli, cli_env, toy_project, maelstrom_home, mlflow_server):
