@@ -81,6 +81,19 @@ hydra:
 """
 
 
+def bench_project(root: Path) -> Path:
+    """A committed git project under ``root`` with the tiny ``bench`` app."""
+    project = root / "project"
+    (project / "conf" / "app").mkdir(parents=True)
+    (project / "benchapp.py").write_text(APP)
+    (project / "conf" / "app" / "bench.yaml").write_text(APP_CONF)
+    identity = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run(["git", *identity, "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", *identity, "commit", "-qm", "bench"], cwd=project, check=True)
+    return project
+
+
 def _queued(name_prefix: str) -> int:
     out = subprocess.run(
         ["squeue", "-h", "-r", "-o", "%j"], capture_output=True, text=True, check=True
@@ -142,14 +155,7 @@ def main() -> int:
     rates = ",".join(f"{0.0001 * (i + 1):.4f}" for i in range(args.jobs))
     with tempfile.TemporaryDirectory(prefix="mr-submit-bench-") as tmp:
         root = Path(tmp)
-        project = root / "project"
-        (project / "conf" / "app").mkdir(parents=True)
-        (project / "benchapp.py").write_text(APP)
-        (project / "conf" / "app" / "bench.yaml").write_text(APP_CONF)
-        identity = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
-        subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-        subprocess.run(["git", *identity, "add", "-A"], cwd=project, check=True)
-        subprocess.run(["git", *identity, "commit", "-qm", "bench"], cwd=project, check=True)
+        project = bench_project(root)
         baseline_dir = root / "baseline"
         baseline_dir.mkdir()
         (baseline_dir / "my_app.py").write_text(HYDRA_APP)

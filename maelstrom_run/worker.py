@@ -26,6 +26,7 @@ from .core.errors import EXIT_USER_ERROR, ConfigError, UserError
 from .core.rundir import Result, RunDir
 from .core.spec import RunSpec
 from .core.states import JobState
+from .core.transfer import is_disk_full
 
 EXIT_APP_FAILED, EXIT_SETUP_FAILED = 1, 3
 
@@ -84,11 +85,13 @@ def _escape(value: Any) -> Any:
 
 def run_app(spec: RunSpec) -> int:
 
-    from .tracking import mlflow_run
+    from .tracking import benchmarking, mlflow_run
+    from .tracking.outbox import Outbox
 
     run_dir = RunDir(spec.run_dir)
     if _rank() > 0:
         return run_rank(spec)
+    reserve = _Reserve(run_dir.path)
     previous = run_dir.read_result() or Result()
     requeues = run_dir.requeues()
     resumed = previous.mlflow_run_id if requeues else None
@@ -96,95 +99,110 @@ def run_app(spec: RunSpec) -> int:
     if resumed:
         result.started, result.requeues = previous.started or result.started, requeues
     run_dir.write_result(result)
+    # the outbox tries again by itself; MLflow's own retries would only hold the app up
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    timeout = float(spec.tracking.get("timeout_s") or 10)
+    down = False
     try:
         uri = mlflow_run.connect(spec.tracking)
-        import mlflow
-
-        from .tracking import benchmarking
-
-        benchmarking.before_start(spec.tracking)
-
-        experiment_id = mlflow_run.ensure_experiment(mlflow_run.experiment_name(spec), uri)
-        if resumed:  # started again after a requeue: continue the same MLflow run
-            run = mlflow.start_run(run_id=resumed)
-            mlflow.set_tag("maelstrom.requeues", str(requeues))
-        else:
-            run = mlflow.start_run(
-                experiment_id=experiment_id,
-                tags=mlflow_run.run_tags(spec),
-                run_name=mlflow_run.run_name(spec, mlflow_run.sweep_varying_keys(spec.parent_run_id)),
-            )
-    except Exception as exc:  # noqa: BLE001 - any tracking failure fails the run cleanly
+    except mlflow_run.TrackingUnreachable as exc:  # the run goes on; its calls wait in the run dir
+        uri, down = mlflow_run.tracking_uri(spec.tracking), True
+        _say(
+            f"maelstrom-run: {exc}".split("; start it")[0]
+            + f"; tracking waits in {run_dir.path / 'tracking'}"
+        )
+    except Exception as exc:  # noqa: BLE001 - refused credentials, a bad URI: the run fails cleanly
         message = f"tracking: {exc}".splitlines()[0]
-        print(f"maelstrom-run: {message}", file=sys.stderr)
-        _finish(run_dir, result, JobState.FAILED, EXIT_SETUP_FAILED, error=message)
+        _say(f"maelstrom-run: {message}")
+        _finish(run_dir, result, JobState.FAILED, EXIT_SETUP_FAILED, error=message, reserve=reserve)
         return EXIT_SETUP_FAILED
-
-    result.mlflow_run_id, result.experiment_id, result.tracking_uri = run.info.run_id, experiment_id, uri
+    tracking = Outbox(run_dir.path, uri)
+    tracking.lock(wait=True)
+    if resumed and not tracking.has_run():  # a run directory from before the outbox
+        tracking.state.update(run_id=resumed, experiment_id=previous.experiment_id)
+    reopened = tracking.has_run()
+    if reopened:  # started again after a requeue: continue the same MLflow run
+        tracking.reopen(requeues)
+    else:
+        tracking.create(
+            mlflow_run.experiment_name(spec),
+            mlflow_run.run_tags(spec),
+            mlflow_run.run_name(spec, [] if down else mlflow_run.sweep_varying_keys(spec.parent_run_id, uri)),
+        )
+    tracking.start()
+    if not down:  # the run's id in result.json while it runs (``maelstrom runs info``)
+        tracking.wait(timeout, until=lambda: tracking.run_id is not None)
+    _tracked(result, tracking)
     run_dir.write_result(result)
     epochs = mlflow_run.EpochLog()  # the history for the plots, the phase statistics for their table
 
     def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items()}
-        mlflow.log_metrics(epochs.add(clean, step), step=step)
+        tracking.log_metrics(epochs.add(clean, step), step=step)
 
-    ctx = _context(spec, log_metrics=log_metrics, log_artifact=mlflow.log_artifact, requeues=requeues)
+    ctx = _context(spec, log_metrics=log_metrics, log_artifact=tracking.log_artifact, requeues=requeues)
     try:
-        if not resumed:
-            params = mlflow_run.run_params(spec.config)
-            items = list(params.items())
-            for i in range(0, len(items), 100):
-                mlflow.log_params(dict(items[i : i + 100]))
-            mlflow.log_text(spec.to_yaml(), "maelstrom/spec.yaml")
-            mlflow.log_text("\n".join(spec.overrides) + "\n", "maelstrom/overrides.txt")
+        if not reopened:
+            tracking.log_params(mlflow_run.run_params(spec.config))
+            tracking.log_text(spec.to_yaml(), "maelstrom/spec.yaml")
+            tracking.log_text("\n".join(spec.overrides) + "\n", "maelstrom/overrides.txt")
             if spec.git and spec.git.get("diff"):
-                mlflow.log_text(spec.git["diff"], "maelstrom/git.diff")
+                tracking.log_text(spec.git["diff"], "maelstrom/git.diff")
         entry = load_entry(spec.entry, spec.code_dir)
-        session = benchmarking.Session.start(spec, run_dir.path)
+        session = benchmarking.Session.start(spec, run_dir.path, tracking)
         metrics = entry(ctx) or {}
         session.finish(ctx.timer.samples())
         final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        mlflow.log_metrics({f"final.{k}": v for k, v in final.items()})
-        _log_outputs(spec, ctx, epochs)
+        tracking.log_metrics({f"final.{k}": v for k, v in final.items()})
+        _log_outputs(spec, ctx, epochs, tracking)
     except Requeue:
         if ctx.checkpoint_hook is not None:
             ctx.checkpoint_hook()
-        mlflow.set_tag("maelstrom.requeues", str(requeues + 1))
-        mlflow.end_run("SCHEDULED")
+        tracking.set_tags({"maelstrom.requeues": str(requeues + 1)})
+        tracking.end("SCHEDULED")
+        tracking.close(timeout)
         result.state, result.message = JobState.QUEUED, "requeued"
+        _tracked(result, tracking)
         run_dir.write_result(result)
         _requeue(run_dir)
         return EXIT_APP_FAILED
     except BaseException as exc:  # noqa: BLE001 - the app's failure is the run's failure
+        full = is_disk_full(exc)
+        if full:  # the space kept aside lets the report below be written
+            reserve.release()
         # a mistake in the config or the data that the app found: its one line, and exit code 2;
         # anything else: the app's traceback (from its entry point on) in stderr.log, and for the
         # run's record the error line and where in the app it was raised
         user = isinstance(exc, UserError)
         if user:
-            print(f"maelstrom-run: error: {exc}", file=sys.stderr, flush=True)
+            _say(f"maelstrom-run: error: {exc}")
             trace = traceback.format_exc()
         else:
-            trace = print_app_error(exc)
+            trace = _quietly(print_app_error, exc) or traceback.format_exc()
         message = str(exc).splitlines()[0] if user else f"{type(exc).__name__}: {exc}".splitlines()[0]
-        error = message if user else app_error(exc)
+        error = message if user else (_quietly(app_error, exc) or message)
+        if full and "No space left" not in message:
+            message = f"No space left on device: {message}"
         code = EXIT_USER_ERROR if user else EXIT_APP_FAILED
         status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
-        try:
-            mlflow.set_tag("maelstrom.error", message[:5000])
-            mlflow.log_text(trace, "maelstrom/error.txt")
-            mlflow.end_run(status)
-        finally:
-            state = JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
-            _finish(run_dir, result, state, code, error=error)
+        # nothing here may raise: the outbox keeps calls in memory when the disk is full
+        tracking.set_tags({"maelstrom.error": message[:5000]})
+        tracking.log_text(trace, "maelstrom/error.txt")
+        tracking.end(status)
+        _close_tracking(spec, result, tracking, timeout)
+        state = JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
+        _finish(run_dir, result, state, code, error=error if not full else message, reserve=reserve)
         return code
-    _judge_benchmark(spec, run.info.run_id)
-    mlflow.end_run("FINISHED")
+    tracking.end("FINISHED")
+    _close_tracking(spec, result, tracking, timeout)
+    if tracking.run_id and not tracking.pending:
+        _judge_benchmark(spec, tracking.run_id, uri)
     result.metrics = final
-    _finish(run_dir, result, JobState.SUCCEEDED, 0)
+    _finish(run_dir, result, JobState.SUCCEEDED, 0, reserve=reserve)
     return 0
 
 
-def _judge_benchmark(spec: RunSpec, mlflow_run_id: str) -> None:
+def _judge_benchmark(spec: RunSpec, mlflow_run_id: str, uri: str) -> None:
     """``schedule.benchmark.baseline`` set: tag the run with its verdict against the baseline."""
     conf = (spec.config.get("schedule") or {}).get("benchmark") or {}
     if not conf.get("baseline"):
@@ -193,22 +211,91 @@ def _judge_benchmark(spec: RunSpec, mlflow_run_id: str) -> None:
 
     from .schedule.benchmark import evaluate
 
+    client = mlflow.MlflowClient(uri)
     try:
-        verdict = evaluate(mlflow.MlflowClient(), mlflow_run_id, conf)
+        verdict = evaluate(client, mlflow_run_id, conf)
     except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say why it was not judged
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        mlflow.set_tag("benchmark.regression", "unknown")
+        _quietly(client.set_tag, mlflow_run_id, "benchmark.regression", "unknown")
         print(f"maelstrom-run: benchmark not compared with {conf['baseline']}: {message}", file=sys.stderr)
         return
     what = "; ".join(verdict.offending) if verdict.regression else "no regression"
     print(f"maelstrom-run: benchmark against {conf['baseline']}: {what}", flush=True)
 
 
+def _quietly(call: Any, *args: Any) -> Any:
+    """``call(*args)``, or None where it raises (on a full disk, say): a report must not fail the report."""
+    try:
+        return call(*args)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _tracked(result: Result, tracking: Any) -> None:
+    if tracking.run_id:
+        result.mlflow_run_id, result.experiment_id = tracking.run_id, tracking.experiment_id
+        # a command app (interop) logs to the same run
+        os.environ.update(
+            MLFLOW_RUN_ID=tracking.run_id,
+            MLFLOW_EXPERIMENT_ID=tracking.experiment_id or "",
+            MLFLOW_TRACKING_URI=tracking.uri,
+        )
+    result.tracking_uri = tracking.uri
+
+
+def _close_tracking(spec: RunSpec, result: Result, tracking: Any, timeout: float) -> None:
+    """Deliver what is left (while the server answers); say what waits for ``maelstrom runs sync``."""
+    left = tracking.close(timeout)
+    _tracked(result, tracking)
+    if left:
+        result.message = (
+            f"tracking: {left} calls not delivered ({tracking.last_error}); "
+            f"`maelstrom runs sync {spec.run_id}` sends them"
+        )
+        _say(f"maelstrom-run: {result.message}")
+
+
+def _say(text: str) -> None:
+    """A line on stderr that never raises (stderr may be a file on a full disk)."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+class _Reserve:
+    """Space kept aside in the run directory, given back on a full disk so the failure is recorded."""
+
+    SIZE = 256 * 1024
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / ".space-reserve"
+        try:
+            with open(self.path, "wb") as fh:
+                fh.write(b"\0" * self.SIZE)
+        except OSError:
+            self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def _finish(
-    run_dir: RunDir, result: Result, state: JobState, exit_code: int, error: str | None = None
+    run_dir: RunDir,
+    result: Result,
+    state: JobState,
+    exit_code: int,
+    error: str | None = None,
+    reserve: _Reserve | None = None,
 ) -> None:
     result.state, result.exit_code, result.error, result.ended = state, exit_code, error, time.time()
-    run_dir.write_result(result)
+    if reserve is not None:
+        reserve.release()
+    try:
+        run_dir.write_result(result)
+    except OSError as exc:  # the disk filled up after the reserve was given back: say so at least
+        _say(f"maelstrom-run: error: cannot write {run_dir.result_file}: {exc}; the job {state}")
+        raise SystemExit(exit_code or EXIT_APP_FAILED) from None
 
 
 def _context(spec: RunSpec, **extra: Any) -> Any:
@@ -241,27 +328,26 @@ def run_rank(spec: RunSpec) -> int:
     return 0
 
 
-def _log_outputs(spec: RunSpec, ctx: Any, epochs: Any) -> None:
+def _log_outputs(spec: RunSpec, ctx: Any, epochs: Any, tracking: Any) -> None:
     """What a run logs at its end besides its final metrics: seconds per phase, the phase table, the
     dataset as an input, the plots."""
-    import mlflow
-
     from .tracking import mlflow_run
 
     summary = ctx.timer.run_summary()
-    mlflow.log_metrics(mlflow_run.run_totals(summary))
+    tracking.log_metrics(mlflow_run.run_totals(summary))
     if epochs.phase_rows or summary:
-        mlflow.log_text(epochs.phase_table(summary), mlflow_run.PHASE_TABLE)
+        tracking.log_text(epochs.phase_table(summary), mlflow_run.PHASE_TABLE)
     dataset = mlflow_run.dataset_input(spec.config, ctx.cache_dir)
     if dataset is not None:
-        mlflow.log_input(dataset, context="training")
+        tracking.log_input(dataset, context="training")
     if spec.tracking.get("plots", True):
-        _log_plots(spec, epochs, ctx.timer.samples(), ctx.units)
+        _log_plots(spec, epochs, ctx.timer.samples(), ctx.units, tracking)
 
 
-def _log_plots(spec: RunSpec, epochs: Any, samples: dict[str, list[float]], units: dict[str, str]) -> None:
+def _log_plots(
+    spec: RunSpec, epochs: Any, samples: dict[str, list[float]], units: dict[str, str], tracking: Any
+) -> None:
     import matplotlib.pyplot as plt
-    import mlflow
 
     from .tracking import plots
     from .tracking.mlflow_run import streams_data
@@ -276,7 +362,7 @@ def _log_plots(spec: RunSpec, epochs: Any, samples: dict[str, list[float]], unit
     if streams_data(spec.config) and any(name.startswith("rate.") for name in history):
         figures.append((plots.throughput(history, **who), "plots/throughput.png"))
     for fig, name in figures:
-        mlflow.log_figure(fig, name)
+        tracking.log_figure(fig, name)
         plt.close(fig)
 
 
@@ -488,7 +574,19 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir.cancelled:
         run_dir.write_result(Result(run_id=spec.run_id, state=JobState.CANCELLED, ended=time.time()))
         return 0
-    return run_hydra(spec) if spec.kind == "hydra" else run_app(spec)
+    previous = run_dir.read_result()
+    if previous is not None and previous.succeeded and _rank() == 0:
+        # started again by the cluster after it ran to the end (a controller restored from its
+        # state): the report stands, and running again could only overwrite it with a failure
+        _say(f"maelstrom-run: {spec.run_id} already succeeded; not run again")
+        return 0
+    try:
+        return run_hydra(spec) if spec.kind == "hydra" else run_app(spec)
+    except OSError as exc:  # the run directory's disk is full before the job could even start
+        if not is_disk_full(exc):
+            raise
+        _say(f"maelstrom-run: error: {run_dir.path}: No space left on device ({exc}); free space there")
+        return EXIT_SETUP_FAILED
 
 
 if __name__ == "__main__":

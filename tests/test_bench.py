@@ -130,7 +130,7 @@ def known_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str,
         run = client.create_run(experiment, tags={"maelstrom.run_id": label, **group})
         batch = list(rng.normal(0.1, 0.01, 80))  # the same distribution in every run: within noise
         timers = [{"group": "1.0", "label": "CPU", "times": {"BATCH": batch}}]
-        record.log(record.build({"io": io_samples}, timers, tts), run.info.run_id, client)
+        record.log(record.build({"io": io_samples}, timers, tts), record.ClientSink(client, run.info.run_id))
         for epoch in range(3):
             client.log_metric(run.info.run_id, "count.samples", 100, step=epoch)
             client.log_metric(run.info.run_id, "val_acc", 0.5 + 0.1 * epoch, step=epoch)

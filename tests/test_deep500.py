@@ -236,7 +236,6 @@ def test_mlproject_using_deep500_runs_and_reaches_mlflow(
 @pytest.mark.slow
 def test_keras_timer_callback(d500: Any) -> None:
     import tensorflow as tf
-
     from deep500.utils import timer_tf
 
     tmr = timer_tf.CPUGPUTimer()

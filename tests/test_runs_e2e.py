@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import git
+from mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +123,7 @@ def test_unwritable_run_dir_is_a_clear_error(run_cli, cli_env, toy_project, tmp_
     assert len(lines) == 1 and "run directory" in lines[0] and "backend.workdir" in lines[0], result.stderr
 
 
-def test_dead_tracking_server_fails_the_run_and_keeps_the_record(
+def test_dead_tracking_server_the_run_goes_on_and_keeps_its_tracking(
     run_cli, cli_env, toy_project, maelstrom_home
 ):
     with socket.socket() as s:
@@ -135,11 +136,11 @@ def test_dead_tracking_server_fails_the_run_and_keeps_the_record(
         env=env,
         timeout=60,
     )
-    assert result.returncode == 1
+    assert result.returncode == 0, result.stderr
     assert f"tracking server http://127.0.0.1:{port} does not answer" in result.stderr
     (row,) = _registry_rows(maelstrom_home)
-    assert row["state"] == "failed" and "does not answer" in row["message"]
-    assert (Path(row["run_dir"]) / "spec.yaml").exists()
+    assert row["state"] == "succeeded" and "maelstrom runs sync" in row["message"]
+    assert (Path(row["run_dir"]) / "tracking" / "journal.jsonl").exists()
 
 
 def test_sweep_has_a_parent_run_and_failed_jobs_can_be_rerun(run_cli, cli_env, toy_project, maelstrom_home):
@@ -268,47 +269,10 @@ def test_unknown_run_id_is_a_clear_error(run_cli, cli_env):
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store = tmp_path / "server"
-    store.mkdir()
-    log = open(tmp_path / "mlflow-server.log", "w")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(store / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            assert proc.poll() is None, (tmp_path / "mlflow-server.log").read_text()
-            assert time.monotonic() < deadline, "mlflow server did not become healthy"
-            time.sleep(0.5)
-    yield uri
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
-    log.close()
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server.uri
+    server.stop(signal.SIGTERM)
 
 
 def test_remote_tracking_server(run_cli, cli_env, toy_project, maelstrom_home, mlflow_server):

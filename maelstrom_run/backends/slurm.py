@@ -95,10 +95,13 @@ def slurm_error(backend: str, conf: SlurmConf, what: str, text: str, partitions:
     message = " ".join(line.strip() for line in text.strip().splitlines() if line.strip()) or "failed"
     res = conf.resources
     if "Unable to contact slurm controller" in message or "Connection refused" in message:
-        return SlurmError(
+        cut = "; a sweep that was cut short continues with `maelstrom runs resume SWEEP_ID`"
+        error = SlurmError(
             f"backend {backend}: the Slurm controller cannot be reached ({message}); check `sinfo` "
-            "and retry; a sweep that was cut short continues with `maelstrom runs resume SWEEP_ID`"
+            "and retry" + (cut if what.startswith("sbatch") else "")
         )
+        error.transient = True  # the controller restarts: watching goes on, see launch.monitor.wait
+        return error
     if "Invalid partition" in message:
         return SlurmError(
             f"backend.resources.queue: partition {res.queue!r} does not exist on this cluster "
@@ -188,9 +191,9 @@ class SlurmCommands(SlurmTransport):
                 "cluster, or use a REST backend (slurmrest, unicore, firecrest)"
             ) from None
         except subprocess.TimeoutExpired:
-            raise SlurmError(
-                f"backend {self.name}: `{args[0]}` did not answer in 120 s; is slurmctld up?"
-            ) from None
+            error = SlurmError(f"backend {self.name}: `{args[0]}` did not answer in 120 s; is slurmctld up?")
+            error.transient = True
+            raise error from None
         if check and proc.returncode != 0:
             raise self.error(" ".join(args[:2]), proc.stderr or proc.stdout)
         return proc
@@ -221,7 +224,8 @@ class SlurmCommands(SlurmTransport):
         return lines + (proc.stdout.splitlines() if proc.returncode == 0 else [])
 
     def query(self, job_ids: Sequence[str]) -> States:
-        """One squeue and (for the rest) one sacct call."""
+        """One squeue and one sacct call. A terminal state in accounting is trusted over squeue's:
+        after a controller restart squeue may show a job that had ended as running again."""
         bases = sorted({base_id(j) for j in job_ids})
         found: States = {}
         proc = self.run(["squeue", "-h", "-r", "-o", "%i|%T|%r", f"--jobs={','.join(bases)}"], check=False)
@@ -230,9 +234,10 @@ class SlurmCommands(SlurmTransport):
         for line in proc.stdout.splitlines():
             job_id, state, reason = (line.split("|") + ["", ""])[:3]
             found[job_id.strip()] = (state.strip(), reason.strip(), "")
-        rest = sorted({base_id(j) for j in job_ids if j not in found})
-        if rest:
-            found.update(self._accounting(rest))
+        accounting = self._accounting(bases)
+        for job_id, entry in accounting.items():
+            if job_id not in found or STATES.get(entry[0], JobState.UNKNOWN).terminal:
+                found[job_id] = entry
         return found
 
     def _accounting(self, bases: Sequence[str]) -> States:

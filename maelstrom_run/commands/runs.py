@@ -9,6 +9,7 @@ import argparse
 import datetime as dt
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,18 @@ def _selected(registry: Any, args: argparse.Namespace) -> list[Any]:
     return [registry.get(args.id)]
 
 
+#: Listings longer than this are written as plain aligned text.
+_RICH_ROWS = 200
+
+
+def _plain_table(console: Any, title: str, columns: Sequence[str], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    lines = [title, "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    console.file.write("\n".join(lines) + "\n")
+    console.file.flush()
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
@@ -61,32 +74,44 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         raise ConfigError("--html writes a sweep's page: give --sweep SWEEP_ID too")
     sweep_id = registry.sweep(args.sweep).sweep_id if args.sweep else None
-    records = refresh(
-        registry,
-        registry.list(sweep_id=sweep_id, limit=args.limit, states=[args.state] if args.state else None),
-    )
-    table = Table(title=f"runs in {registry.path}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("run id", "app", "backend", "state", "sweep", "created", "MLflow"):
-        table.add_column(
-            column, no_wrap=column != "sweep", overflow="fold" if column == "sweep" else "ellipsis"
-        )
-    for r in records:
-        sweep = f"{r.sweep_id}[{r.sweep_index}]" if r.sweep_id else "-"
-        table.add_row(
+    states = [args.state] if args.state else None
+    # a sweep is listed whole unless a limit is asked for; all runs, the newest 50
+    limit = args.limit if args.limit is not None else (None if sweep_id else 50)
+    records = refresh(registry, registry.list(sweep_id=sweep_id, limit=limit, states=states, specs=False))
+    total = registry.count(sweep_id=sweep_id, states=states) if limit and len(records) >= limit else None
+    columns = ("run id", "app", "backend", "state", "sweep", "created", "MLflow")
+    rows = [
+        (
             r.run_id,
             r.app,
             r.backend,
-            _state(r.state),
-            sweep,
+            r.state,
+            f"{r.sweep_id}[{r.sweep_index}]" if r.sweep_id else "-",
             _when(r.created)[5:16],
             (r.mlflow_run_id or "-")[:8],
         )
+        for r in records
+    ]
     console = _console()
-    console.print(table)
+    if len(rows) > _RICH_ROWS:  # rich lays a table out cell by cell: 10,000 rows would take a minute
+        _plain_table(console, f"runs in {registry.path}", columns, rows)
+    else:
+        table = Table(
+            title=f"runs in {registry.path}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+        )
+        for column in columns:
+            table.add_column(
+                column, no_wrap=column != "sweep", overflow="fold" if column == "sweep" else "ellipsis"
+            )
+        for row in rows:
+            table.add_row(*row[:3], _state(row[3]), *row[4:])
+        console.print(table)
     if not records:
         console.print("no runs yet: start one with `maelstrom-run app=ap1`")
     else:
-        console.print(f"{len(records)} run(s); details: maelstrom runs info RUN_ID")
+        shown = f"{len(records)} of {total}" if total and total > len(records) else str(len(records))
+        more = "; all of them: --limit 0" if total and total > len(records) else ""
+        console.print(f"{shown} run(s){more}; details: maelstrom runs info RUN_ID")
     if args.html:
         _write_page(registry, sweep_id, Path(args.html))
         console.print(f"sweep page: {Path(args.html).resolve()}\nnext: open it in a browser")
@@ -111,13 +136,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ..launch.monitor import refresh
 
     registry = _registry()
-    records = refresh(registry, _selected(registry, args))
+    if getattr(args, "sweep", None):  # specs only of the jobs that have not ended
+        selected = registry.list(sweep_id=registry.sweep(args.sweep).sweep_id, limit=None, specs=False)
+    else:
+        selected = _selected(registry, args)
+    records = refresh(registry, selected)
     console = _console()
+    lines = []
     for r in records:
         extra = f" ({r.message})" if r.message else ""
         job = f"  job {r.job_id}" if r.job_id else "  never submitted"
         requeued = f"  requeued {r.requeues}x" if r.requeues else ""
-        console.print(f"{r.run_id}  {_state(r.state)}{extra}{job}{requeued}")
+        lines.append((r.run_id, r.state, f"{extra}{job}{requeued}"))
+    if len(lines) > _RICH_ROWS:  # one write, not a rich render per line
+        console.file.write("".join(f"{run}  {state}{rest}\n" for run, state, rest in lines))
+    else:
+        for run, state, rest in lines:
+            console.print(f"{run}  {_state(state)}{rest}")
     if len(records) > 1:
         counts = Counter(r.state for r in records)
         console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
@@ -319,6 +354,34 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from ..launch.monitor import sync_tracking
+
+    registry = _registry()
+    done = sync_tracking(registry, _selected(registry, args), timeout=args.timeout)
+    console = _console()
+    waiting = 0
+    for s in done:
+        if not s.sent and not s.left:
+            console.print(f"{s.record.run_id}: nothing waiting to be sent")
+            continue
+        run = f"; MLflow run {s.mlflow_run_id}" if s.mlflow_run_id else ""
+        if s.left:
+            waiting += 1
+            console.print(
+                f"{s.record.run_id}: sent {s.sent} call(s), {s.left} still waiting ({s.error}){run}"
+            )
+        else:
+            console.print(f"{s.record.run_id}: sent {s.sent} tracking call(s){run}")
+    if waiting:
+        console.print(
+            f"next: when the tracking server answers, maelstrom runs sync {args.id or '--sweep ' + args.sweep}"
+        )
+        return EXIT_FAILED
+    console.print("next: maelstrom runs info RUN_ID")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from ..core.states import JobRef
     from ..launch.monitor import backend_of
@@ -417,7 +480,9 @@ def add_commands(groups: Any) -> None:
     p = sub.add_parser("list", help="runs in the registry (newest first)")
     p.add_argument("--sweep", help="only the jobs of this sweep")
     p.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled", "unknown"])
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument(
+        "--limit", type=int, default=None, help="at most this many (0: all; default 50, a whole --sweep)"
+    )
     p.add_argument(
         "--html",
         metavar="FILE",
@@ -442,6 +507,14 @@ def add_commands(groups: Any) -> None:
     p = sub.add_parser("resume", help="submit the jobs of a sweep that an interrupted submission left out")
     p.add_argument("sweep", help="sweep id")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("sync", help="send the tracking a job kept while the MLflow server was away")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--sweep")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to keep trying while the server is away"
+    )
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("info", help="everything recorded about a run")
     p.add_argument("id")

@@ -60,7 +60,7 @@ def reconcile(
     ended = result is not None and result.terminal
     if ended and result.succeeded:  # it ran to the end, whatever the target says afterwards
         code = result.exit_code if result.exit_code is not None else exit_code
-        return status(JobState.SUCCEEDED, code, "")
+        return status(JobState.SUCCEEDED, code, result.message or "")  # e.g. tracking left to sync
     if rd.cancelled and (ended or native is None or native.terminal or native is JobState.UNKNOWN):
         return status(JobState.CANCELLED, exit_code, "cancelled")
     if ended and native is not JobState.FAILED:

@@ -18,6 +18,21 @@ Progress = Callable[[int], None]
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether a full disk is behind ``exc`` or what it wraps (SQLite says "disk is full")."""
+    for _ in range(10):
+        if exc is None:
+            return False
+        if (
+            getattr(exc, "errno", None) in DISK_FULL
+            or "disk is full" in str(exc)
+            or "No space left" in str(exc)
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class Meter(Protocol):
     """How a long transfer shows its progress: the command layer hands one in (a terminal bar);
     libraries draw nothing themselves."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from ..core import paths
 from ..core.errors import DataError
 from ..core.retry import RetryPolicy
-from ..core.transfer import Meter
+from ..core.transfer import Meter, is_disk_full
 from .sources import DOWNLOADS, download, is_url
 
 _SCHEMA = """
@@ -227,6 +227,23 @@ class Cache:
     def _download(self, request: Request, progress: Callable[[int], None] | None) -> Path:
         path = self.path_for(request.source)
         part = path.with_name(path.name + ".part")
+        try:
+            return self._fetch_into(request, path, part, progress)
+        except (OSError, sqlite3.OperationalError, DataError) as exc:
+            if not is_disk_full(exc):
+                raise
+            # a full disk: keep nothing half-written, neither the part nor a file without its entry
+            part.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            raise DataError(
+                f"{self.root}: No space left on device while fetching {request.source}; nothing of it "
+                "was kept. Free space there, or set MAELSTROM_CACHE to a larger disk "
+                "(MAELSTROM_CACHE_LIMIT keeps the cache under a size)"
+            ) from None
+
+    def _fetch_into(
+        self, request: Request, path: Path, part: Path, progress: Callable[[int], None] | None
+    ) -> Path:
         for attempt in range(2):
             download(request.source, part, retry=self.retry, progress=progress)
             checksum = sha256(part)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..backends import get_backend
+from ..core.errors import BackendError
 from ..core.rundir import RunDir
 from ..core.spec import RunSpec
 from ..core.states import JobRef, JobState
@@ -65,7 +68,9 @@ def refresh(registry: Registry, records: Sequence[RunRecord]) -> list[RunRecord]
     registry.update_many(changes)
     for sweep_id in sweeps:
         close_sweep_if_done(registry, sweep_id)
-    return registry.get_many([r.run_id for r in records])
+    # read back only what changed: a listing of 10,000 ended runs is not read twice
+    fresh = {r.run_id: r for r in registry.get_many([run_id for run_id, _ in changes])} if changes else {}
+    return [fresh.get(r.run_id, r) for r in records]
 
 
 def close_sweep_if_done(registry: Registry, sweep_id: str) -> None:
@@ -93,6 +98,48 @@ def close_sweep_if_done(registry: Registry, sweep_id: str) -> None:
         except Exception as exc:  # noqa: BLE001 - closing the parent must not lose the jobs' states
             # a warning, not output: without logging configured Python writes the bare line to stderr
             log.warning("maelstrom: could not close the sweep's MLflow parent run: %s", exc)
+
+
+@dataclass
+class Synced:
+    """What ``sync_tracking`` did for one run."""
+
+    record: RunRecord
+    sent: int
+    left: int
+    mlflow_run_id: str | None
+    error: str = ""
+
+
+def sync_tracking(registry: Registry, records: Sequence[RunRecord], timeout: float = 30.0) -> list[Synced]:
+    """Deliver the tracking calls that jobs kept in their run directories while the server was away
+    (``maelstrom runs sync``); records each run's MLflow run id once it exists."""
+    from ..core.errors import ConfigError
+    from ..tracking import mlflow_run
+    from ..tracking.outbox import has_journal, sync
+
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # the outbox tries again by itself
+    out = []
+    for record in records:
+        if not has_journal(record.run_dir):
+            out.append(Synced(record, 0, 0, record.mlflow_run_id))
+            continue
+        result = RunDir(record.run_dir).read_result()
+        tracking = dict(RunSpec.parse(record.spec).tracking)
+        tracking["uri"] = (result and result.tracking_uri) or record.tracking_uri or tracking.get("uri")
+        try:
+            uri = mlflow_run.connect(tracking)
+        except mlflow_run.TrackingError as exc:
+            raise ConfigError(f"{exc}; then `maelstrom runs sync {record.run_id}` again") from None
+        sent, left, box = sync(record.run_dir, uri, timeout=timeout)
+        values: dict[str, Any] = {"tracking_uri": uri}
+        if box.run_id:
+            values["mlflow_run_id"] = box.run_id
+        if not left and record.message and record.message.startswith("tracking:"):
+            values["message"] = None
+        registry.update(record.run_id, **values)
+        out.append(Synced(record, sent, left, box.run_id, box.last_error if left else ""))
+    return out
 
 
 class WaitView(Protocol):
@@ -125,9 +172,21 @@ def wait(
     records = registry.get_many(list(run_ids))
     if view is not None:
         view.start(records)
+    outage = 0
     try:
         while True:
-            records = refresh(registry, records)
+            try:
+                records = refresh(registry, records)
+            except BackendError as exc:
+                if not getattr(exc, "transient", False):
+                    raise
+                # a controller restarting: the jobs go on, so watching does too (less often)
+                if not outage:
+                    log.warning("maelstrom: %s; still watching", exc)
+                outage += 1
+                time.sleep(min(30.0, poll_s * 2**outage))
+                continue
+            outage = 0
             if view is not None:
                 view.update(records)
             if all(r.state in TERMINAL for r in records):

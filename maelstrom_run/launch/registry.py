@@ -17,6 +17,8 @@ from typing import Any
 
 from ..core import paths
 from ..core.errors import ConfigError
+from ..core.retry import RetryPolicy
+from ..core.states import JobState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -101,6 +103,31 @@ class SweepRecord:
 
 
 _RUN_FIELDS = [f.name for f in fields(RunRecord)]
+#: Tries of a statement that SQLite refuses at once while another connection holds the file.
+_LOCKED = RetryPolicy(retries=50, delay=0.02, backoff=1.5, max_delay=1.0)
+
+
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+#: A listing's columns: every field, the spec only of jobs that have not ended (``refresh`` needs it).
+_ENDED = ", ".join(f"'{s.value}'" for s in JobState if s.terminal)
+_LIGHT_COLUMNS = [
+    f if f != "spec" else f"CASE WHEN state IN ({_ENDED}) THEN '' ELSE spec END AS spec" for f in _RUN_FIELDS
+]
+
+
+def _where(sweep_id: str | None, states: list[str] | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its arguments) of a listing by sweep and states."""
+    where, args = [], []
+    if sweep_id:
+        where.append("sweep_id = ?")
+        args.append(sweep_id)
+    if states:
+        where.append(f"state IN ({', '.join('?' * len(states))})")
+        args.extend(states)
+    return (" WHERE " + " AND ".join(where)) if where else "", args
 
 
 class Registry:
@@ -125,8 +152,10 @@ class Registry:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             db.execute("PRAGMA busy_timeout=30000")
-            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # switching needs the only lock
-                db.execute("PRAGMA journal_mode=WAL")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                # switching needs the only connection and SQLite does not wait for it (no busy
+                # timeout): commands opening a new registry together try again
+                _LOCKED.call(lambda: db.execute("PRAGMA journal_mode=WAL"), transient=_locked)
             db.row_factory = sqlite3.Row
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -213,6 +242,14 @@ class Registry:
                     cols = ", ".join(f"{k} = ?" for k in values)
                     db.execute(f"UPDATE runs SET {cols} WHERE run_id = ?", (*values.values(), run_id))
 
+    def set_parent(self, sweep_id: str, parent_run_id: str, tracking_uri: str) -> None:
+        """Record the sweep's MLflow parent run (created once the sweep itself was recorded)."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE sweeps SET mlflow_parent_run_id = ?, tracking_uri = ? WHERE sweep_id = ?",
+                (parent_run_id, tracking_uri, sweep_id),
+            )
+
     def close_parent(self, sweep_id: str) -> bool:
         """Mark a sweep's parent run closed; True for the one caller that closed it."""
         with self._connect() as db:
@@ -258,23 +295,29 @@ class Registry:
         return [RunRecord(**dict(rows[r])) for r in run_ids]
 
     def list(
-        self, sweep_id: str | None = None, limit: int | None = 50, states: list[str] | None = None
+        self,
+        sweep_id: str | None = None,
+        limit: int | None = 50,
+        states: list[str] | None = None,
+        *,
+        specs: bool = True,
     ) -> list[RunRecord]:
-        query, args = "SELECT * FROM runs", []
-        where = []
-        if sweep_id:
-            where.append("sweep_id = ?")
-            args.append(sweep_id)
-        if states:
-            where.append(f"state IN ({', '.join('?' * len(states))})")
-            args.extend(states)
-        if where:
-            query += " WHERE " + " AND ".join(where)
+        """Runs newest first (a sweep's in index order); ``specs=False`` leaves each ``spec`` empty
+        for the jobs that have ended (a listing of 10,000 runs need not read 50 MB of specs)."""
+        where, args = _where(sweep_id, states)
+        columns = "*" if specs else ", ".join(_LIGHT_COLUMNS)
+        query = f"SELECT {columns} FROM runs" + where
         query += " ORDER BY sweep_index, created" if sweep_id else " ORDER BY created DESC"
         if limit:
             query += f" LIMIT {int(limit)}"
         with self._connect() as db:
             return [RunRecord(**dict(r)) for r in db.execute(query, args).fetchall()]
+
+    def count(self, sweep_id: str | None = None, states: list[str] | None = None) -> int:
+        """How many runs ``list`` would return without a limit."""
+        where, args = _where(sweep_id, states)
+        with self._connect() as db:
+            return int(db.execute("SELECT COUNT(*) FROM runs" + where, args).fetchone()[0])
 
     def sweep(self, sweep_id: str) -> SweepRecord:
         with self._connect() as db:

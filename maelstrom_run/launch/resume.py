@@ -28,6 +28,10 @@ def resume_sweep(registry: Registry, sweep_id: str) -> tuple[list[str], list[str
     sweep = registry.sweep(sweep_id)
     jobs = registry.list(sweep_id=sweep.sweep_id, limit=None)
     if not jobs:
+        if sweep.mlflow_parent_run_id and sweep.tracking_uri and registry.close_parent(sweep.sweep_id):
+            from ..tracking.mlflow_run import kill_parent_run
+
+            kill_parent_run(sweep.mlflow_parent_run_id, sweep.tracking_uri)  # not left RUNNING
         raise ConfigError(
             f"sweep {sweep.sweep_id} has no recorded jobs (the submission stopped before recording them); "
             "run the sweep again"

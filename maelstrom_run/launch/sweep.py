@@ -111,6 +111,17 @@ def _launch_apps(
         if index == 0 and not spec.config.get("dry_run"):
             backends = connect([spec])  # refused credentials: nothing recorded, no MLflow run
             if parent is None:
+                # recorded before its parent run exists, so a submitter killed from now on leaves a
+                # sweep that `maelstrom runs resume` finds (and with it the parent run, by its tag)
+                registry.add_sweep(
+                    sweep_id,
+                    spec.app,
+                    size,
+                    spec.backend.get("name", ""),
+                    [list(o) for o in job_overrides],
+                    None,
+                    None,
+                )
                 # in parallel with composing the others; the parent records what the sweep varies
                 pending = start_parent_run_async(spec, size, varying(job_overrides))
     app, sweep_id = specs[0].app, specs[0].sweep_id
@@ -129,14 +140,17 @@ def _launch_apps(
             parent = pending()
         except TrackingError as exc:
             error = exc
-    registry.add_sweep(
-        sweep_id,
-        app,
-        size,
-        specs[0].backend.get("name", ""),
-        [list(o) for o in job_overrides],
-        *(parent or (None, None)),
-    )
+        else:
+            registry.set_parent(sweep_id, *parent)
+    else:
+        registry.add_sweep(
+            sweep_id,
+            app,
+            size,
+            specs[0].backend.get("name", ""),
+            [list(o) for o in job_overrides],
+            *(parent or (None, None)),
+        )
     if error is not None:  # recorded as failed, nothing submitted
         registry.add_runs(specs, state="failed", message=str(error))
         raise error

@@ -1,9 +1,10 @@
 """What the worker records for benchmarking, around the entry point of every run.
 
-``before_start(tracking)`` switches MLflow's system metrics on (before the run starts);
-``Session.start(spec, run_dir)`` tags the run with where it runs and starts the energy sensors and
-the Deep500 capture; ``session.finish(samples)`` logs the one timing record of the run (the phase
-timer's samples and the Deep500 timers), the time to solution and the energy measured.
+``Session.start(spec, run_dir, tracking)`` tags the run with where it runs and starts MLflow's
+system metrics, the energy sensors and the Deep500 capture; ``session.finish(samples)`` logs the one
+timing record of the run (the phase timer's samples and the Deep500 timers), the time to solution
+and the energy measured. ``tracking`` is the run's outbox: what is logged waits there while the
+tracking server is away.
 """
 
 from __future__ import annotations
@@ -19,47 +20,49 @@ from typing import Any
 from . import deep500_capture, energy, hardware, record
 
 
-def before_start(tracking: dict[str, Any]) -> None:
-    """MLflow system metrics (CPU, memory, GPU with nvidia-ml-py) every
-    ``tracking.system_metrics_interval_s`` seconds; null switches them off."""
+def system_metrics(tracking: dict[str, Any], run_id: str | None, uri: str) -> Any:
+    """MLflow's system metrics monitor (CPU, memory, GPU with nvidia-ml-py) of run ``run_id`` every
+    ``tracking.system_metrics_interval_s`` seconds, started; None when switched off (null), without
+    psutil, or before the run exists (the server away at the start)."""
     interval = tracking.get("system_metrics_interval_s", 10.0)
-    if not interval:
-        return
+    if not interval or not run_id:
+        return None
     try:
         import psutil  # noqa: F401 - MLflow's monitor needs it
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     except ImportError:
-        return
-    import mlflow
-
-    # the monitor's start and stop lines are MLflow's business, not the run's output
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    mlflow.set_system_metrics_sampling_interval(float(interval))
-    mlflow.set_system_metrics_samples_before_logging(1)
-    mlflow.enable_system_metrics_logging()
+        return None
+    # the monitor's start and stop lines (and its failures while the server is away) are MLflow's
+    # business, not the run's output
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=float(interval), samples_before_logging=1, tracking_uri=uri
+    )
+    monitor.start()
+    return monitor
 
 
 @dataclass
 class Session:
     run_id: str
     capture_dir: Path
+    tracking: Any
     started: float = field(default_factory=time.perf_counter)
     meter: Any = None
+    monitor: Any = None
 
     @classmethod
-    def start(cls, spec: Any, run_dir: Path | str) -> Session:
-        import mlflow
-
-        run = mlflow.active_run()
-        # the run's monitor runs; the processes the job starts must not start monitors of their own
-        mlflow.disable_system_metrics_logging()
-        session = cls(run.info.run_id if run else "", deep500_capture.prepare(run_dir))
+    def start(cls, spec: Any, run_dir: Path | str, tracking: Any) -> Session:
+        session = cls(tracking.run_id or "", deep500_capture.prepare(run_dir), tracking)
+        try:
+            session.monitor = system_metrics(spec.tracking, tracking.run_id, tracking.uri)
+        except Exception as exc:  # noqa: BLE001 - an odd machine must not fail the training
+            print(f"maelstrom-run: system metrics not recorded: {exc}".splitlines()[0], file=sys.stderr)
         session._start_hardware(spec)
         session.started = time.perf_counter()
         return session
 
     def _start_hardware(self, spec: Any) -> None:
-        import mlflow
-
         try:
             nvml = hardware.load_nvml()
             self.meter = energy.Meter(nvml)
@@ -69,11 +72,14 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - an odd machine must not fail the training
             print(f"maelstrom-run: hardware not recorded: {exc}".splitlines()[0], file=sys.stderr)
             self.meter, tags = None, {"energy.sensors": "none"}
-        mlflow.set_tags(tags)
+        self.tracking.set_tags(tags)
 
     def finish(self, samples: dict[str, list[float]]) -> record.TimingRecord:
-        import mlflow
-
+        if self.monitor is not None:
+            try:
+                self.monitor.finish()
+            except Exception:  # noqa: BLE001 - the last sample lost at most
+                pass
         elapsed = time.perf_counter() - self.started
         try:
             readings = self.meter.stop() if self.meter is not None else []
@@ -84,10 +90,8 @@ class Session:
             slurm = energy.slurm_energy(os.environ["SLURM_JOB_ID"])
             readings += [slurm] if slurm is not None else []
         timing = record.build(samples, deep500_capture.collect(self.capture_dir), elapsed)
-        if self.run_id:
-            client = mlflow.MlflowClient()
-            record.log(timing, self.run_id, client)
-            if readings:
-                mlflow.log_metrics(energy.metrics(readings))
-                mlflow.set_tag("energy.sensors", ",".join(sorted({r.sensor for r in readings})))
+        record.log(timing, self.tracking)
+        if readings:
+            self.tracking.log_metrics(energy.metrics(readings))
+            self.tracking.set_tags({"energy.sensors": ",".join(sorted({r.sensor for r in readings}))})
         return timing

@@ -41,6 +41,10 @@ class TrackingError(JobError):
     """The tracking store cannot be reached or refused a request."""
 
 
+class TrackingUnreachable(TrackingError):
+    """The tracking server does not answer (a job goes on and keeps its calls in its run directory)."""
+
+
 def tracking_uri(tracking: dict[str, Any]) -> str:
     return tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or paths.default_tracking_uri()
 
@@ -104,7 +108,7 @@ def check_reachable(uri: str, timeout: float) -> None:
             raise TrackingError(f"tracking server {uri} answered HTTP {exc.code} on {url}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TrackingError(
+        raise TrackingUnreachable(
             f"tracking server {uri} does not answer ({reason}); start it, or set tracking.uri / "
             "MLFLOW_TRACKING_URI to a server that runs"
         ) from None
@@ -190,13 +194,17 @@ def run_name(spec: Any, varying_keys: Iterable[str] | None = None) -> str:
     return name if len(name) <= 120 else name[:117] + "..."
 
 
-def sweep_varying_keys(parent_run_id: str | None) -> list[str]:
-    """The keys a sweep varies, as its parent run recorded them (for its children's names)."""
+def sweep_varying_keys(parent_run_id: str | None, uri: str | None = None) -> list[str]:
+    """The keys a sweep varies, as its parent run recorded them (for its children's names); none
+    where the parent cannot be read (a run name is never a reason to fail a run)."""
     if not parent_run_id:
         return []
     import mlflow
 
-    tag = mlflow.MlflowClient().get_run(parent_run_id).data.tags.get("maelstrom.sweep.varying")
+    try:
+        tag = mlflow.MlflowClient(uri).get_run(parent_run_id).data.tags.get("maelstrom.sweep.varying")
+    except Exception:  # noqa: BLE001 - the server away: the name without the swept values
+        return []
     return list(json.loads(tag)) if tag else []
 
 
@@ -443,6 +451,13 @@ def _log_bytes(client: Any, run_id: str, data: bytes, artifact_file: str) -> Non
         path = Path(tmp) / Path(artifact_file).name
         path.write_bytes(data)
         client.log_artifact(run_id, str(path), str(Path(artifact_file).parent))
+
+
+def kill_parent_run(parent_run_id: str, uri: str) -> None:
+    """Close the parent run of a sweep whose submission died before any job was recorded."""
+    import mlflow
+
+    mlflow.MlflowClient(uri).set_terminated(parent_run_id, "KILLED")
 
 
 def reopen_parent_run(parent_run_id: str, uri: str) -> None:

@@ -94,20 +94,38 @@ def stats_metrics(record: TimingRecord) -> dict[str, float]:
     return out
 
 
-def log(record: TimingRecord, run_id: str, client: Any) -> None:
-    """Log the record, its statistics and the Deep500 sample histories to the MLflow run."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, v, now, 0) for k, v in stats_metrics(record).items()]
+def log(record: TimingRecord, tracking: Any) -> None:
+    """Log the record, its statistics and the Deep500 sample histories to the run ``tracking`` logs
+    to (the worker's outbox, or :class:`ClientSink`): ``log_metrics(metrics, step)``, ``log_text``."""
+    tracking.log_metrics(stats_metrics(record))
+    steps: dict[int, dict[str, float]] = {}
     for phase in record.phases.values():
         if phase.source == DEEP500:
-            metrics += [Metric(phase.name, s, now, i) for i, s in enumerate(phase.samples)]
-    for i in range(0, len(metrics), BATCH):
-        client.log_batch(run_id, metrics=metrics[i : i + BATCH])
-    client.log_text(run_id, record.to_json(), RECORD_PATH)
+            for i, s in enumerate(phase.samples):
+                steps.setdefault(i, {})[phase.name] = s
+    for i, metrics in sorted(steps.items()):
+        tracking.log_metrics(metrics, step=i)
+    tracking.log_text(record.to_json(), RECORD_PATH)
     if record.deep500_report:
-        client.log_text(run_id, record.deep500_report, REPORT_PATH)
+        tracking.log_text(record.deep500_report, REPORT_PATH)
+
+
+class ClientSink:
+    """:func:`log`'s calls sent straight to run ``run_id`` with an ``MlflowClient``."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        rows = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()]
+        for i in range(0, len(rows), BATCH):
+            self.client.log_batch(self.run_id, metrics=rows[i : i + BATCH])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
 
 
 def load(client: Any, run_id: str) -> TimingRecord | None:
