@@ -148,6 +148,9 @@ def run_params(config: dict[str, Any]) -> dict[str, str]:
         if isinstance(remote, dict) and isinstance(remote.get("tiers"), dict):
             dataset["remote"] = {**remote, "tiers": {k: v for k, v in remote["tiers"].items() if k == tier}}
         kept["dataset"] = dataset
+    schedule = kept.get("schedule")
+    if isinstance(schedule, dict) and schedule.get("name") in (None, "none"):
+        del kept["schedule"]  # a run on no schedule: the schedule group's defaults say nothing of it
     return flatten(_pruned(kept))
 
 
