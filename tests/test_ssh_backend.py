@@ -8,6 +8,7 @@ is unknown or changed, a refused key and a dead host are each one line with noth
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from maelstrom_run.launch.registry import Registry
 
 pytestmark = pytest.mark.slow
 
+VENV = str(Path(sys.executable).parent.parent)
+
 
 def _conf(server: SSHServer, **ssh: Any) -> dict[str, Any]:
     return {
@@ -31,6 +34,8 @@ def _conf(server: SSHServer, **ssh: Any) -> dict[str, Any]:
         "max_parallel": 1,
         "retries": 1,
         "resources": {"time": "10m"},
+        # the cluster's venv with maelstrom-run (this one: the "cluster" is this machine)
+        "environment": {"venv": VENV},
         "ssh": server.conf(**ssh),
     }
 
@@ -161,6 +166,7 @@ def test_a_sweep_from_the_command_line_over_ssh(
             "backend=slurm",
             "backend.resources.cpus_per_task=1",
             "backend.max_parallel=1",  # two jobs creating one fresh MLflow database would race
+            f"backend.environment.venv={VENV}",
             f"++backend.ssh={{{fields}}}",
             "model.learning_rate=0.01,0.1",
             "train.epochs=1",

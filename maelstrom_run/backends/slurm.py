@@ -340,7 +340,8 @@ class SlurmBackend(Backend):
     # -- rendering -------------------------------------------------------------------------------
 
     def _python(self) -> str:
-        return worker_python(self.conf, sys.executable)
+        # over SSH this machine's interpreter is not there: the cluster's python3 (or the venv's)
+        return worker_python(self.conf, "python3" if self.transport.mirror else sys.executable)
 
     def _staging(self, spec: RunSpec) -> tuple[Path | None, list[str], str]:
         """(repository root, files to stage, code dir relative to the snapshot) of a spec."""
@@ -424,6 +425,8 @@ class SlurmBackend(Backend):
 
     def _chunks(self, specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
         """Jobs with the same backend config go in one array, at most ``MaxArraySize`` tasks each."""
+        if not specs:  # no sweep: the cluster need not be asked (a dry run of one job stays here)
+            return []
         groups: dict[str, list[RunSpec]] = {}
         for spec in specs:
             groups.setdefault(repr(sorted(spec.backend.items())), []).append(spec)
@@ -510,6 +513,7 @@ class SlurmBackend(Backend):
         root, files, _ = self._staging(spec)
         if root is not None and share not in done:
             stage(root, files, share / "code")
+            (share / "code").mkdir(parents=True, exist_ok=True)  # the job cds there, even when empty
             done.add(share)
         spec.code_dir = self._code_dir(spec, share)
 
