@@ -210,3 +210,59 @@ def test_a_sweep_from_the_command_line_over_ssh(
     assert any(e.path.endswith("/result.json") and e.size > 0 for e in entries)
     files.download(str(sshd_server.workdir / ok / "result.json"), tmp_path / "copy.json", offset=0)
     assert (tmp_path / "copy.json").read_bytes() == (sshd_server.workdir / ok / "result.json").read_bytes()
+
+
+HYDRA_APP = """\
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base=None, config_path=None)
+def main(cfg: DictConfig) -> int:
+    print("x is", cfg.x, flush=True)
+    return 2 * int(cfg.x)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_a_hydra_app_sweeps_over_ssh(
+    sshd_server: SSHServer,  # noqa: F811
+    slurm: SlurmCluster,  # noqa: F811
+    tmp_path: Path,
+    cli_env: dict[str, str],
+) -> None:
+    """Any Hydra app through ``hydra/launcher=maelstrom`` to the cluster over SSH: its directory (no
+    git repository) is staged, the pickled task runs there, the return values come back."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "my_app.py").write_text(HYDRA_APP)
+    fields = ", ".join(
+        f"{k}: '{v}'" if isinstance(v, str) else f"{k}: {v}" for k, v in sshd_server.conf().items()
+    )
+    backend = (
+        "{name: cluster, kind: slurm, max_parallel: 1, resources: {time: 10m}, "
+        f"environment: {{venv: '{VENV}'}}, ssh: {{{fields}}}}}"
+    )
+    command = [sys.executable, "app/my_app.py", "-m", "hydra/launcher=maelstrom", "hydra.launcher.wait=true"]
+    result = subprocess.run(
+        [*command, f"++hydra.launcher.backend={backend}", "+x=1,2"],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2/2 succeeded" in result.stdout + result.stderr
+    records = Registry().list(limit=None)
+    slurm.submitted.extend({r.job_id.split("_")[0] for r in records})
+    assert len(records) == 2
+    for record in records:
+        remote = sshd_server.workdir / record.run_id
+        assert (remote / "payload.pkl").exists() and (Path(record.run_dir) / "job_return.pkl").exists()
+        assert "x is" in (remote / "stdout.log").read_text()
+    shared = sshd_server.workdir / records[0].sweep_id / "code"
+    assert (shared / "app" / "my_app.py").exists()
+    assert not (shared / "maelstrom-home").exists()  # maelstrom-run's own state is never staged

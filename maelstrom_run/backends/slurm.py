@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..config.schema import SlurmConf
 from ..config.secrets import job_environment
+from ..core import paths
 from ..core.errors import BackendError, ConfigError
 from ..core.rundir import CANCELLED, RunDir, write_atomic
 from ..core.spec import SPEC_FILE, RunSpec
@@ -354,8 +355,12 @@ class SlurmBackend(Backend):
 
     def _snapshot(self, code: Path) -> tuple[Path | None, list[str], str]:
         root = repository_root(code)
-        if root is None and self.transport.mirror:  # not a git repository: the directory itself
+        if root is None and self.transport.mirror:
+            # not a git repository: the directory itself, but never maelstrom-run's own state in it
             root = code.absolute()
+            state = os.path.relpath(paths.home(), root)
+            files = [f for f in snapshot_files(root, self.conf.exclude) if not f.startswith(state + os.sep)]
+            return root, files, "."
         if root is None:  # not a git repository: nothing to snapshot, the job runs in place
             return None, [], ""
         return root, snapshot_files(root, self.conf.exclude), os.path.relpath(code, root)
