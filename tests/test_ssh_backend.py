@@ -8,23 +8,23 @@ is unknown or changed, a refused key and a dead host are each one line with noth
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from backend_contract import BackendContract, wait_all
+from backend_contract import BackendContract
 from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (fixture)
 from ssh_server import SSHServer, free_port, keygen, sshd_server  # noqa: F401  (fixture)
 
 from maelstrom_run.backends import get_backend
-from maelstrom_run.backends.slurm import SlurmSSH
 from maelstrom_run.core.errors import BackendError
-from maelstrom_run.core.spec import RunSpec
-from maelstrom_run.core.states import JobRef, JobState
 from maelstrom_run.launch.registry import Registry
 
 pytestmark = pytest.mark.slow
+
+VENV = str(Path(sys.executable).parent.parent)
 
 
 def _conf(server: SSHServer, **ssh: Any) -> dict[str, Any]:
@@ -34,6 +34,8 @@ def _conf(server: SSHServer, **ssh: Any) -> dict[str, Any]:
         "max_parallel": 1,
         "retries": 1,
         "resources": {"time": "10m"},
+        # the cluster's venv with maelstrom-run (this one: the "cluster" is this machine)
+        "environment": {"venv": VENV},
         "ssh": server.conf(**ssh),
     }
 
@@ -43,46 +45,19 @@ class TestSSHBackend(BackendContract):
     def backend_conf(self, sshd_server: SSHServer, slurm: SlurmCluster) -> dict:  # noqa: F811
         return _conf(sshd_server)
 
-    def test_the_run_lives_on_the_cluster_and_comes_back(
+    def test_render_names_the_paths_on_the_cluster(
         self,
         backend: Any,
         make_spec: Any,
         sshd_server: SSHServer,  # noqa: F811
-        slurm: SlurmCluster,  # noqa: F811
-        tmp_path: Path,
     ) -> None:
-        """Staged over SSH into ssh.workdir (not the local run directory), run there by Slurm, the
-        result fetched into the local mirror; the spec there is the worker's relative form."""
-        assert isinstance(backend.transport, SlurmSSH)
-        specs: list[RunSpec] = [make_spec("ok", index=i) for i in range(2)]
-        rendered = backend.render_many(specs)
-        assert all(f.startswith(str(sshd_server.workdir)) for r in rendered for f in r.files)
-        assert f"cd {sshd_server.workdir}/sweep-contract/code/tests" in rendered[0].text
-        ids = backend.submit_many(specs)
-        slurm.submitted.extend({i.split("_")[0] for i in ids})
-        refs = [JobRef(s.run_id, j, s.run_dir) for s, j in zip(specs, ids, strict=True)]
-        assert set(wait_all(backend, refs).values()) == {JobState.SUCCEEDED}
-        for spec in specs:
-            remote = sshd_server.workdir / spec.run_id
-            there = yaml.safe_load((remote / "spec.yaml").read_text())
-            assert there["run_dir"] == "." and there["code_dir"] == "../sweep-contract/code/tests"
-            assert (remote / "result.json").exists() and (Path(spec.run_dir) / "result.json").exists()
-            assert Path(spec.run_dir).resolve() != remote.resolve()
-        # the map file names the run directories on the cluster
-        map_file = sshd_server.workdir / "sweep-contract" / "arrays" / "000.txt"
-        assert map_file.read_text().split() == [str(sshd_server.workdir / s.run_id) for s in specs]
-        # the jobs' MLflow store is the cluster's own
-        assert (sshd_server.remote_home / "mlflow.db").exists()
-        # adopting finds the array by its name, through the same connection
-        share = Path(specs[0].run_dir).parent / "sweep-contract"
-        assert ids[0].split("_")[0] in backend.existing_arrays(share)[str(share / "arrays" / "000.txt")]
-        # the cluster's files (maelstrom data copy)
-        files = backend.files()
-        entries = files.walk(str(sshd_server.workdir / specs[0].run_id))
-        assert any(e.path.endswith("/result.json") and e.size > 0 for e in entries)
-        local = tmp_path / "copy.json"
-        files.download(str(sshd_server.workdir / specs[0].run_id / "result.json"), local)
-        assert local.read_bytes() == (sshd_server.workdir / specs[0].run_id / "result.json").read_bytes()
+        specs = [make_spec("ok", index=i) for i in range(2)]
+        (rendered,) = backend.render_many(specs)
+        assert rendered.files and all(f.startswith(f"{sshd_server.workdir}/") for f in rendered.files)
+        assert f"cd {sshd_server.workdir}/sweep-contract/code/tests" in rendered.text
+        assert f"MAP={sshd_server.workdir}/sweep-contract/arrays/000.txt" in rendered.text
+        assert f"--output={sshd_server.workdir}/sweep-contract/slurm/%A_%a.out" in rendered.text
+        assert not any(Path(s.run_dir).exists() for s in specs)
 
 
 def _run(run_cli: Any, env: dict[str, str], project: Path, server: SSHServer, **ssh: Any) -> Any:
@@ -168,3 +143,126 @@ def test_ssh_reaches_only_through_the_shared_connection(sshd_server: SSHServer) 
     check = subprocess.run(["ssh", *ssh.options(), "-O", "check", ssh.host], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     ssh.close()
+
+
+def test_a_sweep_from_the_command_line_over_ssh(
+    run_cli: Any,
+    cli_env: dict[str, str],
+    toy_project: Path,
+    sshd_server: SSHServer,  # noqa: F811
+    slurm: SlurmCluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`maelstrom-run -m` to a cluster reached over SSH, then `maelstrom runs` watch, logs and
+    download: each rebuilds the backend from the recorded config and goes through the connection."""
+    env = {**cli_env, "MAELSTROM_CONFIG_PATH": str(toy_project / "conf")}
+    fields = ", ".join(
+        f"{k}: '{v}'" if isinstance(v, str) else f"{k}: {v}" for k, v in sshd_server.conf().items()
+    )
+    result = run_cli(
+        [
+            "-m",
+            "app=toy",
+            "backend=slurm",
+            "backend.resources.cpus_per_task=1",
+            "backend.max_parallel=1",  # two jobs creating one fresh MLflow database would race
+            f"backend.environment.venv={VENV}",
+            f"++backend.ssh={{{fields}}}",
+            "model.learning_rate=0.01,0.1",
+            "train.epochs=1",
+        ],
+        toy_project,
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    records = Registry().list(limit=None)
+    assert len(records) == 2
+    slurm.submitted.extend({r.job_id.split("_")[0] for r in records})
+    sweep = records[0].sweep_id
+    watched = run_cli(["maelstrom", "runs", "watch", sweep], toy_project, env, timeout=240)
+    states = {r.run_id: r.state for r in Registry().list(limit=None)}
+    assert sorted(states.values()) == ["failed", "succeeded"], watched.stdout + watched.stderr
+    failed = next(r for r, s in states.items() if s == "failed")
+    logs = run_cli(["maelstrom", "runs", "logs", failed, "--stderr"], toy_project, env)
+    assert "RuntimeError: diverged" in logs.stdout + logs.stderr
+    ok = next(r for r, s in states.items() if s == "succeeded")
+    download = run_cli(["maelstrom", "runs", "download", ok, str(tmp_path / "dl")], toy_project, env)
+    assert download.returncode == 0, download.stderr
+    assert (tmp_path / "dl" / ok / "result.json").exists()
+    assert not (tmp_path / "dl" / ok / "code").exists()
+    # the runs live on the cluster (ssh.workdir), the local run directories are their mirror
+    records = Registry().list(limit=None)
+    for record in records:
+        remote = sshd_server.workdir / record.run_id
+        there = yaml.safe_load((remote / "spec.yaml").read_text())
+        assert there["run_dir"] == "." and there["code_dir"] == f"../{sweep}/code"
+        assert (remote / "result.json").exists() and (Path(record.run_dir) / "result.json").exists()
+        assert Path(record.run_dir).resolve() != remote.resolve()
+    # the map file names the run directories there; the jobs' MLflow store is the cluster side's
+    map_file = sshd_server.workdir / sweep / "arrays" / "000.txt"
+    assert sorted(map_file.read_text().split()) == sorted(
+        str(sshd_server.workdir / r.run_id) for r in records
+    )
+    assert (sshd_server.remote_home / "mlflow.db").exists()
+    # the cluster's files (maelstrom data copy) through the same connection
+    files = get_backend(_conf(sshd_server)).files()
+    entries = files.walk(str(sshd_server.workdir / ok))
+    assert any(e.path.endswith("/result.json") and e.size > 0 for e in entries)
+    files.download(str(sshd_server.workdir / ok / "result.json"), tmp_path / "copy.json", offset=0)
+    assert (tmp_path / "copy.json").read_bytes() == (sshd_server.workdir / ok / "result.json").read_bytes()
+
+
+HYDRA_APP = """\
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base=None, config_path=None)
+def main(cfg: DictConfig) -> int:
+    print("x is", cfg.x, flush=True)
+    return 2 * int(cfg.x)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_a_hydra_app_sweeps_over_ssh(
+    sshd_server: SSHServer,  # noqa: F811
+    slurm: SlurmCluster,  # noqa: F811
+    tmp_path: Path,
+    cli_env: dict[str, str],
+) -> None:
+    """Any Hydra app through ``hydra/launcher=maelstrom`` to the cluster over SSH: its directory (no
+    git repository) is staged, the pickled task runs there, the return values come back."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "my_app.py").write_text(HYDRA_APP)
+    fields = ", ".join(
+        f"{k}: '{v}'" if isinstance(v, str) else f"{k}: {v}" for k, v in sshd_server.conf().items()
+    )
+    backend = (
+        "{name: cluster, kind: slurm, max_parallel: 1, resources: {time: 10m}, "
+        f"environment: {{venv: '{VENV}'}}, ssh: {{{fields}}}}}"
+    )
+    command = [sys.executable, "app/my_app.py", "-m", "hydra/launcher=maelstrom", "hydra.launcher.wait=true"]
+    result = subprocess.run(
+        [*command, f"++hydra.launcher.backend={backend}", "+x=1,2"],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2/2 succeeded" in result.stdout + result.stderr
+    records = Registry().list(limit=None)
+    slurm.submitted.extend({r.job_id.split("_")[0] for r in records})
+    assert len(records) == 2
+    for record in records:
+        remote = sshd_server.workdir / record.run_id
+        assert (remote / "payload.pkl").exists() and (Path(record.run_dir) / "job_return.pkl").exists()
+        assert "x is" in (remote / "stdout.log").read_text()
+    shared = sshd_server.workdir / records[0].sweep_id / "code"
+    assert (shared / "app" / "my_app.py").exists()
+    assert not (shared / "maelstrom-home").exists()  # maelstrom-run's own state is never staged

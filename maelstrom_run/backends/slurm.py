@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..config.schema import SlurmConf
 from ..config.secrets import job_environment
+from ..core import paths
 from ..core.errors import BackendError, ConfigError
 from ..core.rundir import CANCELLED, RunDir, write_atomic
 from ..core.spec import SPEC_FILE, RunSpec
@@ -345,7 +346,8 @@ class SlurmBackend(Backend):
     # -- rendering -------------------------------------------------------------------------------
 
     def _python(self) -> str:
-        return worker_python(self.conf, sys.executable)
+        # over SSH this machine's interpreter is not there: the cluster's python3 (or the venv's)
+        return worker_python(self.conf, "python3" if self.transport.mirror else sys.executable)
 
     def _staging(self, spec: RunSpec) -> tuple[Path | None, list[str], str]:
         """(repository root, files to stage, code dir relative to the snapshot) of a spec."""
@@ -358,8 +360,12 @@ class SlurmBackend(Backend):
 
     def _snapshot(self, code: Path) -> tuple[Path | None, list[str], str]:
         root = repository_root(code)
-        if root is None and self.transport.mirror:  # not a git repository: the directory itself
+        if root is None and self.transport.mirror:
+            # not a git repository: the directory itself, but never maelstrom-run's own state in it
             root = code.absolute()
+            state = os.path.relpath(paths.home(), root)
+            files = [f for f in snapshot_files(root, self.conf.exclude) if not f.startswith(state + os.sep)]
+            return root, files, "."
         if root is None:  # not a git repository: nothing to snapshot, the job runs in place
             return None, [], ""
         return root, snapshot_files(root, self.conf.exclude), os.path.relpath(code, root)
@@ -429,6 +435,8 @@ class SlurmBackend(Backend):
 
     def _chunks(self, specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
         """Jobs with the same backend config go in one array, at most ``MaxArraySize`` tasks each."""
+        if not specs:  # no sweep: the cluster need not be asked (a dry run of one job stays here)
+            return []
         groups: dict[str, list[RunSpec]] = {}
         for spec in specs:
             groups.setdefault(repr(sorted(spec.backend.items())), []).append(spec)
@@ -515,6 +523,7 @@ class SlurmBackend(Backend):
         root, files, _ = self._staging(spec)
         if root is not None and share not in done:
             stage(root, files, share / "code")
+            (share / "code").mkdir(parents=True, exist_ok=True)  # the job cds there, even when empty
             done.add(share)
         spec.code_dir = self._code_dir(spec, share)
 

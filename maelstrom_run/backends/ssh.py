@@ -344,25 +344,41 @@ class Mirror:
         """Files and directories below ``root`` (and ``data``: relative path -> content, written in
         their place) to the same places on the cluster, as one tar stream; modes are kept."""
         data = dict(data or {})
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for path in paths:
-                relative = os.path.relpath(path, root)
-                tar.add(str(path), arcname=relative, filter=lambda info: None if info.name in data else info)
-            for name, content in data.items():
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = len(content), 0o644
-                tar.addfile(info, io.BytesIO(content))
         remote = shlex.quote(self.remote_root())
-        proc = self.ssh.run(
-            f"mkdir -p {remote} && tar -x -m -f - -C {remote}",
-            input=buffer.getvalue(),
-            what="staging the run",
-        )
-        if proc.returncode != 0:
+        self.ssh.open()
+        # streamed (a large snapshot never sits in memory); the answer goes to a file, so a full
+        # pipe on that side cannot block the writing on this one
+        with tempfile.TemporaryFile() as answer:
+            proc = subprocess.Popen(
+                self.ssh.command(f"mkdir -p {remote} && tar -x -m -f - -C {remote}"),
+                stdin=subprocess.PIPE,
+                stdout=answer,
+                stderr=answer,
+            )
+            assert proc.stdin is not None
+            try:
+                with tarfile.open(fileobj=proc.stdin, mode="w|") as tar:
+                    for path in paths:
+                        relative = os.path.relpath(path, root)
+                        tar.add(str(path), arcname=relative, filter=lambda i: None if i.name in data else i)
+                    for name, content in data.items():
+                        info = tarfile.TarInfo(name)
+                        info.size, info.mode = len(content), 0o644
+                        tar.addfile(info, io.BytesIO(content))
+            except BrokenPipeError:  # the other side ended early: its answer says why
+                pass
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+                status = proc.wait()
+            answer.seek(0)
+            text = answer.read().decode(errors="replace")
+        if status == SSH_FAILED:
+            raise self.ssh.error(text, "staging the run")
+        if status != 0:
             raise SSHError(
                 f"backend {self.ssh.backend}: staging into {self.remote_root()} on {self.ssh.where()} failed: "
-                f"{first_line(proc.stderr) or proc.returncode}; check backend.ssh.workdir (and the quota there)"
+                f"{first_line(text) or status}; check backend.ssh.workdir (and the quota there)"
             )
 
     def fetch(self, root: Path, patterns: Sequence[str], *, exclude: Sequence[str] = ()) -> None:
