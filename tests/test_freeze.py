@@ -199,6 +199,14 @@ def test_freeze_round_trips_on_a_fresh_clone(
     strict = run_cli(["+experiment=toy_run", "--config-dir", "conf", "--strict-env"], cwd=clone, env=env)
     assert strict.returncode == 2 and f"numpy 1.0.0 -> {recorded['numpy']}" in strict.stderr, strict.stderr
     assert len(strict.stderr.strip().splitlines()) == 1 and len(registry.list(limit=None)) == before
+    sweep_file = clone / "conf" / "experiment" / "toy_sweep.yaml"
+    sweep_file.write_text(
+        sweep_file.read_text().replace(f'"numpy": "{recorded["numpy"]}"', '"numpy": "1.0.0"')
+    )
+    clone_env = {**env, "MAELSTROM_CONFIG_PATH": str(clone / "conf")}
+    strict = run_cli(["-m", "+experiment=toy_sweep", "--strict-env"], cwd=clone, env=clone_env)
+    assert strict.returncode == 2 and f"sweep {sweep_id} (experiment toy_sweep): numpy 1.0.0" in strict.stderr
+    assert len(registry.list(limit=None)) == before
     # a commit only the clone has: the run made from it cannot be frozen or imported elsewhere later
     (clone / "notes.txt").write_text("clone only\n")
     git(clone, "add", "notes.txt")
