@@ -32,6 +32,39 @@ def _sweep_id(output: str) -> str:
     return match.group(1)
 
 
+@pytest.fixture
+def maelstrom_here(monkeypatch, capsys):
+    """``run_cli`` for ``maelstrom ...`` in this process (the same ``main``, no interpreter start-up):
+    ``MAELSTROM_HOME`` and ``MAELSTROM_CONFIG_PATH`` from ``env``, in ``cwd``."""
+    import subprocess
+
+    from maelstrom_run.commands.main import main
+
+    def call(args, cwd=None, env=None, check=False):
+        with monkeypatch.context() as patch:
+            if cwd is not None:
+                patch.chdir(cwd)
+            for key in ("MAELSTROM_HOME", "MAELSTROM_CONFIG_PATH"):
+                if key in (env or {}):
+                    patch.setenv(key, env[key])
+                elif key == "MAELSTROM_CONFIG_PATH":
+                    patch.delenv(key, raising=False)
+            patch.setenv("COLUMNS", "200")
+            patch.setenv("NO_COLOR", "1")
+            capsys.readouterr()
+            try:
+                main([str(a) for a in args[1:]])
+                code = 0
+            except SystemExit as exc:
+                code = exc.code or 0
+            out = capsys.readouterr()
+        if check and code:
+            raise AssertionError(f"{args} exited with {code}\n{out.out}\n{out.err}")
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return call
+
+
 def _hydra_compose(overrides: list[str], config_dir: Path | None = None) -> tuple[dict, dict]:
     """Hydra's own composition (not maelstrom-run's): the resolved job config and the hydra node."""
     import os
@@ -88,7 +121,9 @@ def test_sweep_grid_is_recovered_from_the_jobs_overrides():
 
 
 @pytest.mark.slow
-def test_freeze_round_trips_on_a_fresh_clone(run_cli, cli_env, toy_project, tmp_path, maelstrom_home):
+def test_freeze_round_trips_on_a_fresh_clone(
+    run_cli, maelstrom_here, cli_env, toy_project, tmp_path, maelstrom_home
+):
     """A run with overrides and a secret (user config dir by --config-dir), a sweep (user config dir
     by MAELSTROM_CONFIG_PATH) and one of its jobs: frozen, committed, cloned, run again: same hashes."""
     env = {**cli_env, "MY_TOKEN": "s3cr3t-value"}
@@ -119,7 +154,9 @@ def test_freeze_round_trips_on_a_fresh_clone(run_cli, cli_env, toy_project, tmp_
     assert len(jobs) == 2
 
     maelstrom = ["maelstrom", "runs", "freeze"]
-    out = run_cli([*maelstrom, run_id, "--config-dir", "conf", "--name", "toy_run"], cwd=toy_project, env=env)
+    out = maelstrom_here(
+        [*maelstrom, run_id, "--config-dir", "conf", "--name", "toy_run"], cwd=toy_project, env=env
+    )
     assert out.returncode == 0, out.stderr
     assert "maelstrom-run +experiment=toy_run --config-dir conf" in out.stdout
     frozen = (toy_project / "conf" / "experiment" / "toy_run.yaml").read_text()
@@ -128,11 +165,13 @@ def test_freeze_round_trips_on_a_fresh_clone(run_cli, cli_env, toy_project, tmp_
     body = yaml.safe_load(frozen)
     assert {"override /app": "toy"} in body["defaults"]
     assert body["model"] == {"learning_rate": 0.002} and body["tags"] == {"who": "me"}
-    out = run_cli([*maelstrom, "--sweep", sweep_id, "--name", "toy_sweep"], cwd=toy_project, env=sweep_env)
+    out = maelstrom_here(
+        [*maelstrom, "--sweep", sweep_id, "--name", "toy_sweep"], cwd=toy_project, env=sweep_env
+    )
     assert out.returncode == 0, out.stderr
-    out = run_cli([*maelstrom, jobs[1].run_id, "--name", "toy_job"], cwd=toy_project, env=sweep_env)
+    out = maelstrom_here([*maelstrom, jobs[1].run_id, "--name", "toy_job"], cwd=toy_project, env=sweep_env)
     assert out.returncode == 0, out.stderr
-    again = run_cli(
+    again = maelstrom_here(
         [*maelstrom, run_id, "--config-dir", "conf", "--name", "toy_run"], cwd=toy_project, env=env
     )
     assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
@@ -160,6 +199,14 @@ def test_freeze_round_trips_on_a_fresh_clone(run_cli, cli_env, toy_project, tmp_
     strict = run_cli(["+experiment=toy_run", "--config-dir", "conf", "--strict-env"], cwd=clone, env=env)
     assert strict.returncode == 2 and f"numpy 1.0.0 -> {recorded['numpy']}" in strict.stderr, strict.stderr
     assert len(strict.stderr.strip().splitlines()) == 1 and len(registry.list(limit=None)) == before
+    sweep_file = clone / "conf" / "experiment" / "toy_sweep.yaml"
+    sweep_file.write_text(
+        sweep_file.read_text().replace(f'"numpy": "{recorded["numpy"]}"', '"numpy": "1.0.0"')
+    )
+    clone_env = {**env, "MAELSTROM_CONFIG_PATH": str(clone / "conf")}
+    strict = run_cli(["-m", "+experiment=toy_sweep", "--strict-env"], cwd=clone, env=clone_env)
+    assert strict.returncode == 2 and f"sweep {sweep_id} (experiment toy_sweep): numpy 1.0.0" in strict.stderr
+    assert len(registry.list(limit=None)) == before
     # a commit only the clone has: the run made from it cannot be frozen or imported elsewhere later
     (clone / "notes.txt").write_text("clone only\n")
     git(clone, "add", "notes.txt")
@@ -172,7 +219,7 @@ def test_freeze_round_trips_on_a_fresh_clone(run_cli, cli_env, toy_project, tmp_
     )
     again_id = _run_id(result.stderr)
     assert registry.get(again_id).config_hash == run.config_hash
-    info = run_cli(["maelstrom", "runs", "info", again_id], env=env, check=True).stdout
+    info = maelstrom_here(["maelstrom", "runs", "info", again_id], env=env, check=True).stdout
     assert re.search(
         rf"environment differs from run {run_id} .*numpy 1.0.0 -> {re.escape(recorded['numpy'])}",
         " ".join(info.split()),
@@ -190,27 +237,27 @@ def test_freeze_round_trips_on_a_fresh_clone(run_cli, cli_env, toy_project, tmp_
     # runs env: pip's requirements format (read by packaging, pip's parser), Python as a comment
     from packaging.requirements import Requirement
 
-    text = run_cli(["maelstrom", "runs", "env", run_id], env=env, check=True).stdout
+    text = maelstrom_here(["maelstrom", "runs", "env", run_id], env=env, check=True).stdout
     assert f"# python=={recorded['python']}" in text.splitlines()
     parsed = {str(Requirement(line)) for line in text.splitlines() if line and not line.startswith("#")}
     assert parsed == {f"{k}=={v}" for k, v in recorded.items() if k != "python"}
 
     # export, import into another MAELSTROM_HOME: info and rerun work there
     archive = tmp_path / "run.tar.gz"
-    run_cli(["maelstrom", "runs", "export", run_id, archive], env=env, check=True)
+    maelstrom_here(["maelstrom", "runs", "export", run_id, archive], env=env, check=True)
     lost_archive = tmp_path / "lost.tar.gz"
-    run_cli(["maelstrom", "runs", "export", again_id, lost_archive], env=env, check=True)
+    maelstrom_here(["maelstrom", "runs", "export", again_id, lost_archive], env=env, check=True)
     other = tmp_path / "other-home"
     other_env = {**env, "MAELSTROM_HOME": str(other)}
-    result = run_cli(["maelstrom", "runs", "import", archive], cwd=tmp_path, env=other_env, check=True)
+    result = maelstrom_here(["maelstrom", "runs", "import", archive], cwd=tmp_path, env=other_env, check=True)
     assert f"imported run {run_id} (succeeded)" in result.stdout
-    info = run_cli(["maelstrom", "runs", "info", run_id], env=other_env, check=True).stdout
+    info = maelstrom_here(["maelstrom", "runs", "info", run_id], env=other_env, check=True).stdout
     assert run.config_hash in info and "loss=" in info and str(other / "runs" / run_id) in info
     result = run_cli(["maelstrom", "runs", "rerun", run_id], cwd=tmp_path, env=other_env, check=True)
     assert f"environment: the same package versions as run {run_id}" in result.stderr
     (copy,) = [r for r in _registry(other).list(limit=None) if r.rerun_of == run_id]
     assert copy.state == "succeeded" and copy.config_hash == run.config_hash
-    again = run_cli(["maelstrom", "runs", "import", archive], cwd=tmp_path, env=other_env)
+    again = maelstrom_here(["maelstrom", "runs", "import", archive], cwd=tmp_path, env=other_env)
     assert again.returncode == 2 and "already in the registry" in again.stderr
     assert len(_registry(other).list(limit=None)) == 2
 
@@ -222,7 +269,7 @@ def test_freeze_round_trips_on_a_fresh_clone(run_cli, cli_env, toy_project, tmp_
         ([*maelstrom, run_id, "--name", "a b"], "--name"),
         (["maelstrom", "runs", "export", "toy-nope", tmp_path / "x.tar.gz"], "not in the registry"),
     ):
-        bad = run_cli(args, cwd=toy_project, env=env)
+        bad = maelstrom_here(args, cwd=toy_project, env=env)
         assert bad.returncode == 2 and what in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, (
             bad.stderr
         )
@@ -236,10 +283,10 @@ def test_freeze_round_trips_on_a_fresh_clone(run_cli, cli_env, toy_project, tmp_
 
     # the clone is gone: its commit is in no repository here
     shutil.rmtree(clone)
-    bad = run_cli([*maelstrom, again_id, "--name", "lost"], cwd=toy_project, env=env)
+    bad = maelstrom_here([*maelstrom, again_id, "--name", "lost"], cwd=toy_project, env=env)
     assert bad.returncode == 2 and "is not in the repository" in bad.stderr, bad.stderr
     assert not (toy_project / "conf" / "experiment" / "lost.yaml").exists()
-    bad = run_cli(["maelstrom", "runs", "import", lost_archive], cwd=toy_project, env=other_env)
+    bad = maelstrom_here(["maelstrom", "runs", "import", lost_archive], cwd=toy_project, env=other_env)
     assert bad.returncode == 2 and "is not in the repository" in bad.stderr, bad.stderr
     assert len(_registry(other).list(limit=None)) == 2
 

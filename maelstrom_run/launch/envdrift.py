@@ -127,17 +127,22 @@ def _experiment(overrides: list[str]) -> str | None:
 def _search_dirs() -> list[Path]:
     """Config directories as the current composition searched them (Hydra's), else maelstrom-run's."""
     shipped = Path(__file__).resolve().parents[1] / "conf"
+    sources: list[tuple[str, str]] = []
     try:
+        from hydra.core.global_hydra import GlobalHydra
         from hydra.core.hydra_config import HydraConfig
 
-        sources = HydraConfig.get().runtime.config_sources if HydraConfig.initialized() else []
+        if HydraConfig.initialized():  # a single run: the job's own record of its search path
+            sources = [(s.schema, s.path) for s in HydraConfig.get().runtime.config_sources]
+        elif GlobalHydra.instance().is_initialized():  # a sweep's launcher: Hydra's config loader
+            sources = [(s.scheme(), s.path) for s in GlobalHydra.instance().config_loader().get_sources()]
     except Exception:  # noqa: BLE001 - no Hydra state: the fallback below
         sources = []
     dirs = []
-    for source in sources:
-        if source.schema == "file":
-            dirs.append(Path(source.path))
-        elif source.schema == "pkg" and source.path.startswith("maelstrom_run.conf"):
+    for schema, path in sources:
+        if schema == "file":
+            dirs.append(Path(path))
+        elif schema == "pkg" and path.startswith("maelstrom_run.conf"):
             dirs.append(shipped)
     return dirs or [*paths.user_config_dirs(), shipped]
 
