@@ -130,8 +130,8 @@ def run_app(spec: RunSpec) -> int:
             mlflow_run.run_name(spec, [] if down else mlflow_run.sweep_varying_keys(spec.parent_run_id, uri)),
         )
     tracking.start()
-    if not down:  # the run's id in result.json while it runs (``maelstrom runs info``)
-        tracking.wait(timeout, until=lambda: tracking.run_id is not None)
+    if not down:  # the run's id in result.json while it runs, unless the server fails meanwhile
+        tracking.wait(600, until=lambda: tracking.run_id is not None or tracking.failures > 0)
     _tracked(result, tracking)
     run_dir.write_result(result)
     epochs = mlflow_run.EpochLog()  # the history for the plots, the phase statistics for their table

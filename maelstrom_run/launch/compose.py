@@ -12,7 +12,6 @@ unusual, so the outcome is always what Hydra itself would compose.
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -68,6 +67,16 @@ def _has(config: dict[str, Any], key: str) -> bool:
     return not isinstance(node, dict)
 
 
+def _copy(node: Any) -> Any:
+    """A copy of plain config data (dicts, lists, scalars): several times faster than ``deepcopy``,
+    which a 5,000-job sweep would call for every job."""
+    if isinstance(node, dict):
+        return {k: _copy(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_copy(v) for v in node]
+    return node
+
+
 def _set(config: dict[str, Any], key: str, value: Any) -> None:
     *parents, last = key.split(".")
     node = config
@@ -92,6 +101,12 @@ def compose_jobs(config_loader: Any, master: Any, job_overrides: Sequence[Sequen
 
     repository = getattr(config_loader, "repository", None)
     bases: dict[tuple[str, ...], _Base] = {}
+    groups: dict[str, bool] = {}
+
+    def is_group(key: str) -> bool:
+        if key not in groups:  # a search of every config source; the same keys recur in every job
+            groups[key] = repository.group_exists(key)
+        return groups[key]
 
     def base_of(structural: list[str]) -> _Base:
         key = tuple(structural)
@@ -110,7 +125,7 @@ def compose_jobs(config_loader: Any, master: Any, job_overrides: Sequence[Sequen
         values: dict[str, Any] = {}
         for text in overrides:
             number = _NUMBER.match(text)
-            if number and repository is not None and not repository.group_exists(number["key"]):
+            if number and repository is not None and not is_group(number["key"]):
                 values[number["key"]] = _number(number["value"])
                 continue
             o = parse(text)
@@ -120,7 +135,7 @@ def compose_jobs(config_loader: Any, master: Any, job_overrides: Sequence[Sequen
                 and not (o.is_add() or o.is_delete() or o.is_force_add() or o.is_hydra_override())
                 and not o.is_sweep_override()
                 and o.package is None
-                and not repository.group_exists(o.key_or_group)
+                and not is_group(o.key_or_group)
                 and not isinstance(value, dict)
                 and not (isinstance(value, str) and "${" in value)
             )
@@ -139,9 +154,9 @@ def compose_jobs(config_loader: Any, master: Any, job_overrides: Sequence[Sequen
             validate(config)
             yield Job(overrides, config, cfg, {})
             continue
-        config = copy.deepcopy(base.config)
+        config = _copy(base.config)
         for key, value in values.items():
-            _set(config, key, copy.deepcopy(value))
+            _set(config, key, _copy(value))
         validate_changes(config, values)
         yield Job(overrides, config, base.cfg, values)
 

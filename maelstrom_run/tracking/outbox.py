@@ -66,6 +66,8 @@ class Outbox:
         self._progress = time.monotonic()
         #: The last delivery failure (shown when calls are left undelivered).
         self.last_error = ""
+        #: Deliveries that failed (the server away) since this process started.
+        self.failures = 0
         #: Whether the journal lost calls (a full disk): only this process can deliver them.
         self.journal_broken = False
         self.state = self._read_state()
@@ -318,6 +320,7 @@ class Outbox:
                     self._set_aside(ops, exc)
                 else:
                     self.last_error = first_line(exc)
+                    self.failures += 1
                     attempt += 1
                     if until is not None and until():
                         return self.pending
