@@ -157,22 +157,45 @@ def run_app(spec: RunSpec) -> int:
         trace = traceback.format_exc()
         # a mistake in the config or the data that the app found: its one line, and exit code 2
         user = isinstance(exc, UserError)
-        print(f"maelstrom-run: error: {exc}" if user else trace, file=sys.stderr, flush=True)
+        killed = isinstance(exc, KeyboardInterrupt | SystemExit)  # cancelled (SIGTERM) or interrupted
+        if killed:
+            print("maelstrom-run: cancelled", file=sys.stderr, flush=True)
+        else:
+            print(f"maelstrom-run: error: {exc}" if user else trace, file=sys.stderr, flush=True)
         message = str(exc).splitlines()[0] if user else f"{type(exc).__name__}: {exc}".splitlines()[0]
+        message = "cancelled" if killed else message
         code = EXIT_USER_ERROR if user else EXIT_APP_FAILED
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         try:
-            mlflow.set_tag("maelstrom.error", message[:5000])
-            mlflow.log_text(trace, "maelstrom/error.txt")
-            mlflow.end_run(status)
+            if killed:  # closed first (the canceller kills it after a grace time), then its plots
+                mlflow.MlflowClient().set_terminated(run.info.run_id, "KILLED")
+                _finish(run_dir, result, _ended_state(run_dir), code, error=message)
+                _log_plots_quietly(spec, history, ctx)
+            else:
+                mlflow.set_tag("maelstrom.error", message[:5000])
+                mlflow.log_text(trace, "maelstrom/error.txt")
+            mlflow.end_run("KILLED" if killed else "FAILED")
         finally:
-            state = JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
-            _finish(run_dir, result, state, code, error=message)
+            _finish(run_dir, result, _ended_state(run_dir), code, error=message)
         return code
     mlflow.end_run("FINISHED")
     result.metrics = final
     _finish(run_dir, result, JobState.SUCCEEDED, 0)
     return 0
+
+
+def _ended_state(run_dir: RunDir) -> JobState:
+    """Cancelled when asked to stop (the cancel marker), else failed (also a time limit's SIGTERM)."""
+    return JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
+
+
+def _log_plots_quietly(spec: RunSpec, history: dict[str, list[tuple[int, float]]], ctx: Any) -> None:
+    """The plots of a cancelled run, if they can be drawn in the moments it has left."""
+    if not spec.tracking.get("plots", True):
+        return
+    try:
+        _log_plots(history, ctx.timer.samples())
+    except Exception as exc:  # noqa: BLE001 - closing the run as KILLED matters more than its plots
+        print(f"maelstrom-run: plots of the cancelled run: {exc}", file=sys.stderr)
 
 
 def _finish(
@@ -289,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         spec.code_dir = os.path.normpath(here / spec.code_dir)
     # cancel (local process group, scancel) sends SIGTERM: unwind so the MLflow run is closed as KILLED
     signal.signal(signal.SIGTERM, _terminate)
+    # the job's log files keep MLflow's own lines (store set-up); the console leaves them off
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO")
     if "SLURM_JOB_ID" in os.environ:  # Slurm's warning before the time limit or preemption
         signal.signal(signal.SIGUSR1, _warned)
     run_dir = RunDir(spec.run_dir)

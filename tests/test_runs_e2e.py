@@ -63,8 +63,8 @@ def test_local_run_is_tracked_in_the_embedded_store(run_cli, cli_env, toy_projec
     assert run.data.tags["mlflow.source.git.commit"] == git(toy_project, "rev-parse", "HEAD").strip()
     assert run.data.tags["maelstrom.git.dirty"] == "true"
     history = client.get_metric_history(run.info.run_id, "loss")
-    assert [m.step for m in history] == [0, 1, 2]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "phase.io.total_s")] == [0, 1, 2]
+    assert [m.step for m in history] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "phase.io.total_s")] == [1, 2, 3]
     assert "phase_total.forward.p90_ms" in run.data.metrics and "final.loss" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "maelstrom")}
     assert {"maelstrom/spec.yaml", "maelstrom/overrides.txt", "maelstrom/git.diff"} <= artifacts
