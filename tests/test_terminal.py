@@ -384,7 +384,8 @@ def test_search_text_matches_words_not_parts_of_names():
 
     train = Item("run", "toy-1", [], "toy-1 toy toy train.epochs=3 model.learning_rate=0.01")
     rain = Item("run", "ap1-2", [], "ap1-2 ap1 ap1 rain-rate precipitation")
-    assert search([train, rain], [], ["rain"]) == [rain]
+    raining = Item("app", "ap2", [], "ap2 will it be raining tomorrow")
+    assert search([train, rain, raining], [], ["rain"]) == [rain, raining]
     assert search([train, rain], [], ["train"]) == [train]
     assert search([train, rain], [], ["Epochs"]) == [train]
     assert search([train, rain], [], ["learning_rate=0.01"]) == [train]

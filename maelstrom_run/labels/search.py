@@ -188,9 +188,9 @@ def matches(item: Item, query: Query) -> bool:
 
 
 def search(items: Sequence[Item], labels: Sequence[Query], words: Sequence[str]) -> list[Item]:
-    """Items with every label of ``labels`` and every word of ``words`` (case-insensitive, whole words:
-    ``rain`` finds "rain" and "rain-rate", not ``train.epochs``)."""
-    patterns = [re.compile(rf"(?<![^\W_]){re.escape(w.lower())}(?![^\W_])") for w in words]
+    """Items with every label of ``labels`` and every word of ``words`` (case-insensitive, at the start
+    of a word: ``rain`` finds "rain-rate" and "raining", not ``train.epochs``)."""
+    patterns = [re.compile(rf"(?<![^\W_]){re.escape(w.lower())}") for w in words]
     out = []
     for item in items:
         text = item.text.lower()
