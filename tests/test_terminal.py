@@ -144,12 +144,11 @@ def _wait_for(path_glob: str, home: Path, text: str, count: int = 1, timeout: fl
         time.sleep(0.2)
 
 
-@pytest.mark.slow
-def test_ctrl_c_on_a_run_names_it_cancelled_and_keeps_its_mlflow_record(noisy_project, maelstrom_home):
-    project, env = noisy_project
+def _interrupt(project: Path, env: dict, home: Path, args: list[str], line: str, jobs: int):
+    """Start a long run of the noisy app, press Ctrl-C (SIGINT) once ``jobs`` job logs show ``line``."""
+    command = [str(Path(sys.executable).parent / "maelstrom-run"), *args, "app=toy", "app.entry=noisy:main"]
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "maelstrom-run"), "app=toy", "app.entry=noisy:main"]
-        + ["train.epochs=200", "+app.params.pause=0.3"],
+        [*command, "train.epochs=200", "+app.params.pause=0.3"],
         cwd=project,
         env=env,
         stdout=subprocess.PIPE,
@@ -157,12 +156,19 @@ def test_ctrl_c_on_a_run_names_it_cancelled_and_keeps_its_mlflow_record(noisy_pr
         text=True,
     )
     try:
-        _wait_for("runs/*/stdout.log", maelstrom_home, "epoch 2/200")
+        _wait_for("runs/*/stdout.log", home, line, count=jobs)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return proc, stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_run_names_it_cancelled_and_keeps_its_mlflow_record(noisy_project, maelstrom_home):
+    project, env = noisy_project
+    proc, stderr = _interrupt(project, env, maelstrom_home, [], "epoch 2/200", 1)
     assert proc.returncode == 130
     assert re.search(r"toy-\d{8}-\d{6}-[0-9a-f]{6} cancelled after \d+s", stderr), stderr
     assert "SystemExit" not in stderr and "Traceback" not in stderr
@@ -178,22 +184,8 @@ def test_ctrl_c_on_a_run_names_it_cancelled_and_keeps_its_mlflow_record(noisy_pr
 @pytest.mark.slow
 def test_ctrl_c_on_a_sweep_kills_its_parent_run(noisy_project, maelstrom_home):
     project, env = noisy_project
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "maelstrom-run"), "--multirun", "app=toy", "app.entry=noisy:main"]
-        + ["train.epochs=200", "+app.params.pause=0.3", "train.seed=1,2", "backend.max_parallel=2"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_for("runs/*/stdout.log", maelstrom_home, "epoch 1/200", count=2)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    args = ["--multirun", "train.seed=1,2", "backend.max_parallel=2"]
+    proc, stderr = _interrupt(project, env, maelstrom_home, args, "epoch 1/200", 2)
     assert proc.returncode == 130, stderr
     assert "2 jobs: 2 cancelled" in stderr and "train.seed=1" in stderr and "SystemExit" not in stderr
     client = _mlflow(maelstrom_home)
