@@ -64,7 +64,7 @@ def main(ctx):
     absl_logging.warning("absl says hello")
     for epoch in range(int(ctx.cfg.train.epochs)):
         with ctx.timer.phase("io"):
-            time.sleep(float(ctx.cfg.app.params.get("pause", 0.0)))
+            time.sleep(float((ctx.cfg.app.get("params") or {}).get("pause", 0.0)))
         ctx.timer.count("samples", 32)
         ctx.end_epoch(epoch, {"loss": 1.0 / (epoch + 1)})
     return {"loss": 1.0 / max(1, int(ctx.cfg.train.epochs))}
@@ -132,10 +132,6 @@ def test_a_run_shows_its_own_output_and_a_summary(noisy_project, run_cli, maelst
     verbose = run_cli([*args, "--verbose"], cwd=project, env=env, check=True)
     assert "absl says hello" in verbose.stderr and "FutureWarning" in verbose.stderr
 
-    rerun = run_cli(["maelstrom", "runs", "rerun", run_id], cwd=project, env=env, check=True)
-    steps = [line for line in rerun.stderr.splitlines() if line.startswith("next:")]
-    assert len(steps) == 1 and "RUN_ID" not in steps[0] and re.search(r"runs info toy-\d{8}", steps[0])
-
 
 def _wait_for(path_glob: str, home: Path, text: str, count: int = 1, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
@@ -169,7 +165,7 @@ def _interrupt(project: Path, env: dict, home: Path, args: list[str], line: str,
 def test_ctrl_c_on_a_run_names_it_cancelled_and_keeps_its_mlflow_record(noisy_project, maelstrom_home):
     project, env = noisy_project
     proc, stderr = _interrupt(project, env, maelstrom_home, [], "epoch 2/200", 1)
-    assert proc.returncode == 130
+    assert proc.returncode == 130 and "cancelling the unfinished jobs" in stderr
     assert re.search(r"toy-\d{8}-\d{6}-[0-9a-f]{6} cancelled after \d+s", stderr), stderr
     assert "SystemExit" not in stderr and "Traceback" not in stderr
     assert re.search(r"^next: maelstrom runs rerun toy-", stderr, re.M)
