@@ -255,7 +255,8 @@ def print_sweep_summary(summary: SweepSummary) -> None:
     if len(shown) > _SUMMARY_ROWS:  # a large sweep: its first jobs, then the counts
         shown = shown[: _SUMMARY_ROWS // 2]
     for record, job, result in shown:
-        detail = metric_text(result.metrics, 3) if result.metrics else (record.message or "")[:60]
+        message = "" if record.message == record.state else (record.message or "")[:60]
+        detail = metric_text(result.metrics, 3) if result.metrics else message
         table.add_row(str(record.sweep_index), record.run_id, " ".join(job), record.state, detail)
     console.print(table)
     counts = Counter(r.state for r in records)
