@@ -158,13 +158,14 @@ def run_app(spec: RunSpec) -> int:
         # a mistake in the config or the data that the app found: its one line, and exit code 2
         user = isinstance(exc, UserError)
         killed = isinstance(exc, KeyboardInterrupt | SystemExit)  # cancelled (SIGTERM) or interrupted
+        message = str(exc).splitlines()[0] if user else f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if killed:  # a time limit's SIGTERM, without the cancel marker, is named by the target
+            message = "cancelled" if run_dir.cancelled else f"stopped by a signal ({_signal_name(exc)})"
+        code = EXIT_USER_ERROR if user else EXIT_APP_FAILED
         if killed:
-            print("maelstrom-run: cancelled", file=sys.stderr, flush=True)
+            print(f"maelstrom-run: {message}", file=sys.stderr, flush=True)
         else:
             print(f"maelstrom-run: error: {exc}" if user else trace, file=sys.stderr, flush=True)
-        message = str(exc).splitlines()[0] if user else f"{type(exc).__name__}: {exc}".splitlines()[0]
-        message = "cancelled" if killed else message
-        code = EXIT_USER_ERROR if user else EXIT_APP_FAILED
         try:
             if killed:  # closed first (the canceller kills it after a grace time), then its plots
                 mlflow.MlflowClient().set_terminated(run.info.run_id, "KILLED")
@@ -181,6 +182,15 @@ def run_app(spec: RunSpec) -> int:
     result.metrics = final
     _finish(run_dir, result, JobState.SUCCEEDED, 0)
     return 0
+
+
+def _signal_name(exc: BaseException) -> str:
+    """``SIGTERM`` for the SystemExit our handler raises (128 + signal), ``SIGINT`` for Ctrl-C."""
+    code = exc.code if isinstance(exc, SystemExit) else 128 + signal.SIGINT
+    try:
+        return signal.Signals(int(code or 0) - 128).name
+    except (TypeError, ValueError):
+        return f"exit {code}"
 
 
 def _ended_state(run_dir: RunDir) -> JobState:
