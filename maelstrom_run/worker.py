@@ -174,24 +174,35 @@ def run_app(spec: RunSpec) -> int:
         # anything else: the app's traceback (from its entry point on) in stderr.log, and for the
         # run's record the error line and where in the app it was raised
         user = isinstance(exc, UserError)
+        killed = isinstance(exc, KeyboardInterrupt | SystemExit)  # cancelled (SIGTERM) or interrupted
         if user:
             _say(f"maelstrom-run: error: {exc}")
+            trace = traceback.format_exc()
+        elif killed:
             trace = traceback.format_exc()
         else:
             trace = _quietly(print_app_error, exc) or traceback.format_exc()
         message = str(exc).splitlines()[0] if user else f"{type(exc).__name__}: {exc}".splitlines()[0]
         error = message if user else (_quietly(app_error, exc) or message)
+        if killed:  # a time limit's SIGTERM, without the cancel marker, is named by the target
+            message = error = (
+                "cancelled" if run_dir.cancelled else f"stopped by a signal ({_signal_name(exc)})"
+            )
+            _say(f"maelstrom-run: {message}")
         if full and "No space left" not in message:
-            message = f"No space left on device: {message}"
+            message = error = f"No space left on device: {message}"
         code = EXIT_USER_ERROR if user else EXIT_APP_FAILED
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         # nothing here may raise: the outbox keeps calls in memory when the disk is full
-        tracking.set_tags({"maelstrom.error": message[:5000]})
-        tracking.log_text(trace, "maelstrom/error.txt")
-        tracking.end(status)
+        if killed:  # closed first (the canceller kills it after a grace time), then its plots
+            tracking.end("KILLED")
+            _finish(run_dir, result, _ended_state(run_dir), code, error=error)
+            _log_plots_quietly(spec, epochs, ctx, tracking)
+        else:
+            tracking.set_tags({"maelstrom.error": message[:5000]})
+            tracking.log_text(trace, "maelstrom/error.txt")
+            tracking.end("FAILED")
         _close_tracking(spec, result, tracking, timeout)
-        state = JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
-        _finish(run_dir, result, state, code, error=error if not full else message, reserve=reserve)
+        _finish(run_dir, result, _ended_state(run_dir), code, error=error, reserve=reserve)
         return code
     tracking.end("FINISHED")
     _close_tracking(spec, result, tracking, timeout)
@@ -278,6 +289,30 @@ class _Reserve:
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _signal_name(exc: BaseException) -> str:
+    """``SIGTERM`` for the SystemExit our handler raises (128 + signal), ``SIGINT`` for Ctrl-C."""
+    code = exc.code if isinstance(exc, SystemExit) else 128 + signal.SIGINT
+    try:
+        return signal.Signals(int(code or 0) - 128).name
+    except (TypeError, ValueError):
+        return f"exit {code}"
+
+
+def _ended_state(run_dir: RunDir) -> JobState:
+    """Cancelled when asked to stop (the cancel marker), else failed (also a time limit's SIGTERM)."""
+    return JobState.CANCELLED if run_dir.cancelled else JobState.FAILED
+
+
+def _log_plots_quietly(spec: RunSpec, epochs: Any, ctx: Any, tracking: Any) -> None:
+    """The plots of a cancelled run, if they can be drawn in the moments it has left."""
+    if not spec.tracking.get("plots", True):
+        return
+    try:
+        _log_plots(spec, epochs, ctx.timer.samples(), ctx.units, tracking)
+    except Exception as exc:  # noqa: BLE001 - closing the run as KILLED matters more than its plots
+        _say(f"maelstrom-run: plots of the cancelled run: {exc}")
 
 
 def _finish(
@@ -568,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         spec.code_dir = os.path.normpath(here / spec.code_dir)
     # cancel (local process group, scancel) sends SIGTERM: unwind so the MLflow run is closed as KILLED
     signal.signal(signal.SIGTERM, _terminate)
+    # the job's log files keep MLflow's own lines (store set-up); the console leaves them off
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO")
     if "SLURM_JOB_ID" in os.environ:  # Slurm's warning before the time limit or preemption
         signal.signal(signal.SIGUSR1, _warned)
     run_dir = RunDir(spec.run_dir)

@@ -46,7 +46,7 @@ def run_entry(tmp_path: Path, cfg: Any) -> tuple[dict[str, float], list, list[Pa
 
 def check_epochs(metrics: list, epochs: int, keys: tuple[str, ...]) -> None:
     """Every epoch logged the keys (finite) and the four standard phases."""
-    assert [step for step, _ in metrics] == list(range(epochs))
+    assert [step for step, _ in metrics] == list(range(1, epochs + 1))  # epochs counted from 1
     for _, values in metrics:
         for key in keys:
             assert math.isfinite(values[key]), key

@@ -35,7 +35,7 @@ def run_app(app: str, tmp_path: Path, **overrides: Any) -> tuple[dict[str, float
 
 
 def check_epochs(metrics: list, keys: tuple[str, ...]) -> None:
-    assert [step for step, _ in metrics] == [0, 1]
+    assert [step for step, _ in metrics] == [1, 2]  # epochs counted from 1
     for _, values in metrics:
         for key in keys:
             assert math.isfinite(values[key]), key

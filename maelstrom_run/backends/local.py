@@ -32,7 +32,8 @@ from ..core.status import JobStatus, reconcile
 from .base import Backend, Rendered, Submitted
 
 QUEUE, JOB = "queue.json", "job.json"
-_GRACE_S = 5.0
+#: Seconds a cancelled job has to close its MLflow run and draw its plots before it is killed.
+_GRACE_S = 20.0
 
 
 def _start_ticks(pid: int) -> int | None:

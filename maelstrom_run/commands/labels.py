@@ -152,9 +152,14 @@ def add_commands(groups: Any) -> None:
         "`maelstrom search --label framework=pytorch --label task=classification --text rain`.",
     )
     p.add_argument("--label", action="append", metavar="CATEGORY=VALUE", help="also SCOPE.CATEGORY=VALUE")
-    p.add_argument("--text", nargs="+", metavar="WORD", help="words in names, descriptions, overrides")
+    p.add_argument(
+        "--text",
+        nargs="+",
+        metavar="WORD",
+        help="whole words in names, descriptions, overrides (all must match)",
+    )
     p.add_argument("--kind", action="append", choices=kinds, help="only apps, experiments or runs")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="show at most this many results (default: 50)")
     p.set_defaults(func=cmd_search)
 
     p = groups.add_parser(
@@ -165,7 +170,12 @@ def add_commands(groups: Any) -> None:
         "metric. The query is --label CATEGORY=VALUE ... or app=NAME (that app's labels).",
     )
     p.add_argument("target", nargs="*", metavar="app=NAME", help="recommend for this app's labels")
-    p.add_argument("--label", action="append", metavar="CATEGORY=VALUE")
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="CATEGORY=VALUE",
+        help="recommend for this label (also SCOPE.CATEGORY=VALUE)",
+    )
     p.add_argument("--kind", action="append", choices=kinds, help="only apps, experiments or runs")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=int, default=20, help="show at most this many results (default: 20)")
     p.set_defaults(func=cmd_recommend)

@@ -1,4 +1,4 @@
-"""``maelstrom``: manage runs, data, schedules and labels.
+"""maelstrom: manage runs, data, schedules and labels.
 
     maelstrom runs list [--sweep ID] [--state STATE] [--limit N]
     maelstrom runs status ID | --sweep ID
@@ -25,7 +25,8 @@
     maelstrom bench history SCHEDULE_ID
 
 IDs may be abbreviated to a unique prefix. State lives in $MAELSTROM_HOME (default ~/.maelstrom).
-Each command has its own --help.
+Each command has its own --help. Tab completion (commands, options, run, sweep and schedule ids):
+    eval "$(register-python-argcomplete maelstrom)"    (in ~/.bashrc; zsh: autoload bashcompinit first)
 """
 
 from __future__ import annotations
@@ -53,7 +54,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    root = parser()
+    from .completion import complete
+
+    complete(root)  # a Tab in the shell: answer and exit
+    args = root.parse_args(argv)
     try:
         code = args.func(args)
     except KeyboardInterrupt:

@@ -1,6 +1,6 @@
-"""``maelstrom-run``: compose configs with Hydra, validate, and run or submit.
+"""maelstrom-run: compose configs with Hydra, validate, and run or submit.
 
-Examples::
+Examples:
 
     maelstrom-run app=ap1                                  # train AP1 locally, tracked in MLflow
     maelstrom-run app=ap2 backend=juwels loader.threads=96 --cfg job
@@ -26,6 +26,10 @@ def _exit_for(exc: BaseException) -> None:
         code, message = known
         print(f"maelstrom-run: error: {message}", file=sys.stderr)
         sys.exit(code)
+
+
+#: ``--verbose``: show the frameworks' own start-up lines too (they are in the job's log files anyway).
+_VERBOSE = False
 
 
 def task(cfg: Any) -> Any:
@@ -59,7 +63,7 @@ def _run_single(cfg: Any) -> Any:
         print_dry_run([spec])
         return None
     wait = default_wait(spec.backend, hydra_cfg.launcher.get("wait") if "launcher" in hydra_cfg else None)
-    (record,) = submit([spec], wait=wait, view=wait_view(follow=True))
+    (record,) = submit([spec], wait=wait, view=wait_view(follow=True, verbose=_VERBOSE))
     print_run_summary(record)
     if record.state in ("failed", "cancelled"):
         # the app found a mistake in the config or the data (its one line is in the summary): 2
@@ -100,11 +104,14 @@ Examples:
 
 Options:
   hydra.launcher.wait=BOOL    wait for the jobs to end (default: yes locally, no on clusters)
+  --verbose                   also show the frameworks' own log lines (TensorFlow, MLflow, warnings);
+                              they are always in the job's log files (maelstrom runs logs ID --stderr)
   --config-dir DIR            add a config directory (also MAELSTROM_CONFIG_PATH=DIR1:DIR2, searched first)
   +experiment=NAME            compose conf/experiment/NAME.yaml (a frozen run: `maelstrom runs freeze`)
   --strict-env                refuse to run when packages differ from the frozen experiment's record
   --hydra-help                Hydra's own options
 
+Tab completion of config groups and keys (Hydra's): eval "$(maelstrom-run -sc install=bash)"
 State: runs, the run registry and the embedded MLflow store live in $MAELSTROM_HOME (default ~/.maelstrom).
 Manage runs with: maelstrom runs list | info | status | watch | logs | cancel | download | rerun | resume
 Schedules (schedule=hourly|daily|weekly|monthly|quarterly|cron, schedule.timezone=Europe/Berlin,
@@ -163,6 +170,10 @@ def main() -> None:
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
         print(help_text(sys.argv[1:]), end="")
         return
+    global _VERBOSE
+    if "--verbose" in sys.argv[1:]:  # ours, not Hydra's
+        _VERBOSE = True
+        sys.argv.remove("--verbose")
     if "--strict-env" in sys.argv[1:]:  # ours, not Hydra's: for every spec this process builds
         sys.argv.remove("--strict-env")
         from ..launch.envdrift import STRICT_ENV

@@ -427,20 +427,24 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         registry=registry,
         view=wait_view(follow=len(specs) == 1 and not args.no_wait),
     )
-    if len(records) == 1 and not args.no_wait:
-        from .console import print_run_summary
-
-        print_run_summary(records[0])
     console = _console(stderr=True)
     for spec, record in zip(specs, records, strict=True):
         console.print(
             f"{record.run_id} (re-run of {spec.rerun_of}, config hash {spec.config_hash[:12]}) "
             f"{_state(record.state)}"
         )
-    console.print(
-        "next: maelstrom runs info RUN_ID   or   maelstrom runs list"
-        + (f" --sweep {specs[0].sweep_id}" if specs[0].sweep_id else "")
-    )
+    if len(records) == 1 and not args.no_wait:  # the run's summary ends with the next step
+        from .console import print_run_summary
+
+        print_run_summary(records[0])
+        return 0 if records[0].state == "succeeded" else EXIT_FAILED
+    if args.no_wait:
+        step = f"maelstrom runs watch {specs[0].sweep_id or records[0].run_id}"
+    elif specs[0].sweep_id:
+        step = f"maelstrom runs list --sweep {specs[0].sweep_id}"
+    else:
+        step = f"maelstrom runs info {records[0].run_id}"
+    console.print(f"next: {step}", soft_wrap=True)
     return 0 if args.no_wait or all(r.state == "succeeded" for r in records) else EXIT_FAILED
 
 
@@ -474,12 +478,18 @@ def cmd_freeze(args: argparse.Namespace) -> int:
 
 def add_commands(groups: Any) -> None:
     """Add the ``runs`` command group to the ``maelstrom`` parser."""
+    from .completion import run_ids, run_or_sweep_ids, sweep_ids
+
     runs = groups.add_parser("runs", help="list, inspect, cancel and re-run runs")
     sub = runs.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="runs in the registry (newest first)")
-    p.add_argument("--sweep", help="only the jobs of this sweep")
-    p.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled", "unknown"])
+    p.add_argument("--sweep", help="only the jobs of this sweep").completer = sweep_ids  # type: ignore[attr-defined]
+    p.add_argument(
+        "--state",
+        choices=["queued", "running", "succeeded", "failed", "cancelled", "unknown"],
+        help="only runs in this state",
+    )
     p.add_argument(
         "--limit", type=int, default=None, help="at most this many (0: all; default 50, a whole --sweep)"
     )
@@ -495,45 +505,45 @@ def add_commands(groups: Any) -> None:
         ("cancel", cmd_cancel, "cancel a run or every unfinished job of a sweep"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("id", nargs="?")
-        p.add_argument("--sweep")
+        p.add_argument("id", nargs="?", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
+        p.add_argument("--sweep", help="every job of this sweep instead").completer = sweep_ids  # type: ignore[attr-defined]
         p.set_defaults(func=func)
 
     p = sub.add_parser("watch", help="live progress of a sweep or run until every job ends")
-    p.add_argument("id", help="sweep id or run id (a unique prefix will do)")
+    p.add_argument("id", help="sweep id or run id (a unique prefix will do)").completer = run_or_sweep_ids  # type: ignore[attr-defined]
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("resume", help="submit the jobs of a sweep that an interrupted submission left out")
-    p.add_argument("sweep", help="sweep id")
+    p.add_argument("sweep", help="sweep id").completer = sweep_ids  # type: ignore[attr-defined]
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("sync", help="send the tracking a job kept while the MLflow server was away")
-    p.add_argument("id", nargs="?")
-    p.add_argument("--sweep")
+    p.add_argument("id", nargs="?", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
+    p.add_argument("--sweep", help="every job of this sweep").completer = sweep_ids  # type: ignore[attr-defined]
     p.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to keep trying while the server is away"
     )
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("info", help="everything recorded about a run")
-    p.add_argument("id")
+    p.add_argument("id", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("logs", help="a run's output")
-    p.add_argument("id")
+    p.add_argument("id", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
     p.add_argument("--stderr", action="store_true", help="show stderr instead of stdout")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("download", help="copy a run's directory here")
-    p.add_argument("id")
-    p.add_argument("dest", nargs="?", default=".")
+    p.add_argument("id", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
+    p.add_argument("dest", nargs="?", default=".", help="where to put it (default: here)")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("rerun", help="run again with the recorded code and config (same config hash)")
-    p.add_argument("id", nargs="?")
-    p.add_argument("--sweep", help="re-run jobs of this sweep (with --failed)")
+    p.add_argument("id", nargs="?", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
+    p.add_argument("--sweep", help="re-run jobs of this sweep (with --failed)").completer = sweep_ids  # type: ignore[attr-defined]
     p.add_argument("--failed", action="store_true", help="only failed, cancelled or never-submitted jobs")
     p.add_argument(
         "--current-code", action="store_true", help="use today's working tree, not the recorded commit"
@@ -547,8 +557,10 @@ def add_commands(groups: Any) -> None:
     p = sub.add_parser(
         "freeze", help="write a run's or sweep's config as an experiment file (+experiment=NAME)"
     )
-    p.add_argument("id", nargs="?", help="run id (or --sweep SWEEP_ID)")
-    p.add_argument("--sweep", help="freeze a whole sweep (its swept values as hydra.sweeper.params)")
+    p.add_argument("id", nargs="?", help="run id (or --sweep SWEEP_ID)").completer = run_ids  # type: ignore[attr-defined]
+    p.add_argument(
+        "--sweep", help="freeze a whole sweep (its swept values as hydra.sweeper.params)"
+    ).completer = sweep_ids  # type: ignore[attr-defined]
     p.add_argument("--name", help="experiment name (default: the run or sweep id)")
     p.add_argument("--out", help="config directory to write experiment/NAME.yaml into (default: ./conf)")
     p.add_argument(
@@ -561,11 +573,11 @@ def add_commands(groups: Any) -> None:
     p.set_defaults(func=cmd_freeze)
 
     p = sub.add_parser("env", help="a run's package versions as a pip requirements file")
-    p.add_argument("id")
+    p.add_argument("id", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("export", help="write a run's record (spec, diff, packages, result) as one .tar.gz")
-    p.add_argument("id")
+    p.add_argument("id", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
     p.add_argument("file", help="FILE.tar.gz to write")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_export)

@@ -215,6 +215,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def add_commands(groups: Any) -> None:
     """Add ``schedules`` and ``scheduler`` to the ``maelstrom`` parser."""
+    from .completion import schedule_ids
+
     schedules = groups.add_parser(
         "schedules",
         help="list, inspect, pause, resume, remove and export schedules",
@@ -226,12 +228,12 @@ def add_commands(groups: Any) -> None:
     p = sub.add_parser("list", help="every schedule with its next firing")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("show", help="a schedule and its firings")
-    p.add_argument("id")
-    p.add_argument("--limit", type=int, default=20, help="firings shown")
+    p.add_argument("id", help="schedule id (a unique prefix will do)").completer = schedule_ids  # type: ignore[attr-defined]
+    p.add_argument("--limit", type=int, default=20, help="firings shown (default: 20)")
     p.set_defaults(func=cmd_show)
     p = sub.add_parser("next", help="the next firing times of a schedule")
-    p.add_argument("id")
-    p.add_argument("-n", "--count", type=int, default=5)
+    p.add_argument("id", help="schedule id (a unique prefix will do)").completer = schedule_ids  # type: ignore[attr-defined]
+    p.add_argument("-n", "--count", type=int, default=5, help="how many firing times (default: 5)")
     p.add_argument("--now", metavar="ISO", help="from this time instead of now")
     p.set_defaults(func=cmd_next)
     for name, func, text in (
@@ -240,7 +242,7 @@ def add_commands(groups: Any) -> None:
         ("remove", cmd_remove, "delete a schedule (its runs stay in the registry)"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("id")
+        p.add_argument("id", help="schedule id (a unique prefix will do)").completer = schedule_ids  # type: ignore[attr-defined]
         p.set_defaults(func=func)
     p = sub.add_parser(
         "export",
@@ -248,8 +250,15 @@ def add_commands(groups: Any) -> None:
         description="Print entries that run `maelstrom scheduler run --once --schedule ID` at each schedule's "
         "firing times, for sites where the system's scheduler should drive them.",
     )
-    p.add_argument("id", nargs="*", help="schedules to export (default: every active one)")
-    p.add_argument("--format", choices=["crontab", "scrontab", "systemd"], default="crontab")
+    p.add_argument(
+        "id", nargs="*", help="schedules to export (default: every active one)"
+    ).completer = schedule_ids  # type: ignore[attr-defined]
+    p.add_argument(
+        "--format",
+        choices=["crontab", "scrontab", "systemd"],
+        default="crontab",
+        help="crontab lines, Slurm scrontab lines, or systemd timer units (default: crontab)",
+    )
     p.set_defaults(func=cmd_export)
 
     scheduler = groups.add_parser("scheduler", help="fire due schedules (a loop, or --once)")
@@ -263,7 +272,7 @@ def add_commands(groups: Any) -> None:
     )
     p.add_argument("--once", action="store_true", help="fire what is due now and stop (for cron / systemd)")
     p.add_argument("--interval", type=float, default=30.0, help="seconds between checks of the loop")
-    p.add_argument("--schedule", metavar="ID", help="only this schedule")
+    p.add_argument("--schedule", metavar="ID", help="only this schedule").completer = schedule_ids  # type: ignore[attr-defined]
     p.add_argument(
         "--grace",
         type=float,

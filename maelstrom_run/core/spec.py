@@ -43,8 +43,15 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
+#: Top-level keys that change how a run is shown or started, not what it computes: a dry run, its
+#: name and tags, the schedule that fires it have the hash of the run itself.
+NOT_HASHED = ("dry_run", "run_name", "tags", "schedule")
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """The identity of what a run computes (the resolved config without :data:`NOT_HASHED`)."""
+    kept = {k: v for k, v in config.items() if k not in NOT_HASHED}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,11 +186,13 @@ def matches(item: Item, query: Query) -> bool:
 
 
 def search(items: Sequence[Item], labels: Sequence[Query], words: Sequence[str]) -> list[Item]:
-    """Items with every label of ``labels`` and every word of ``words`` (case-insensitive substring)."""
-    words = [w.lower() for w in words]
+    """Items with every label of ``labels`` and every word of ``words`` (case-insensitive, at the start
+    of a word: ``rain`` finds "rain-rate" and "raining", not ``train.epochs``)."""
+    patterns = [re.compile(rf"(?<![^\W_]){re.escape(w.lower())}") for w in words]
     out = []
     for item in items:
-        if all(matches(item, q) for q in labels) and all(w in item.text.lower() for w in words):
+        text = item.text.lower()
+        if all(matches(item, q) for q in labels) and all(p.search(text) for p in patterns):
             item.matched = [
                 label for label in item.labels if any(matches(Item("", "", [label], ""), q) for q in labels)
             ]

@@ -64,21 +64,30 @@ def check_cron(expr: Any, path: str = "schedule.cron") -> str:
     return " ".join(fields)
 
 
-def parse_when(value: Any, tz: Any, path: str) -> dt.datetime | None:
-    """An ISO date or date-time (in ``tz`` unless it carries an offset) as an aware UTC datetime."""
+def parse_when(value: Any, tz: Any, path: str, whole_day: bool = False) -> dt.datetime | None:
+    """An ISO date or date-time (in ``tz`` unless it carries an offset) as an aware UTC datetime.
+
+    ``whole_day``: a bare day (``2026-12-31``) stands for its last moment, so that an end date
+    includes that day; a start date is the day's first moment."""
     if value is None or value == "":
         return None
+    day_only = isinstance(value, dt.date) and not isinstance(value, dt.datetime)
     if isinstance(value, dt.datetime):
         when = value
     elif isinstance(value, dt.date):
         when = dt.datetime.combine(value, dt.time())
     else:
+        text = str(value).strip()
+        day_only = len(text) == 10  # YYYY-MM-DD: no time of day given
         try:
-            when = dt.datetime.fromisoformat(str(value).strip().replace(" ", "T", 1))
+            when = dt.datetime.fromisoformat(text.replace(" ", "T", 1))
         except ValueError:
             raise ConfigError(
                 f"{path}: {value!r} is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM"
             ) from None
+    if whole_day and day_only:  # the first moment of the next day, less one: the day's last
+        next_day = _aware(dt.datetime.combine(when.date() + dt.timedelta(days=1), dt.time()), tz)
+        return (next_day - dt.timedelta(microseconds=1)).astimezone(UTC)
     if when.tzinfo is None:
         when = _aware(when, tz)
     return when.astimezone(UTC)
@@ -96,7 +105,7 @@ def check(conf: dict[str, Any], key: str = "schedule") -> dict[str, Any]:
     cron = check_cron(conf.get("cron"))
     tz = zone(str(conf.get("timezone") or ""))
     start = parse_when(conf.get("start"), tz, "schedule.start")
-    end = parse_when(conf.get("end"), tz, "schedule.end")
+    end = parse_when(conf.get("end"), tz, "schedule.end", whole_day=True)
     if start and end and end <= start:
         raise ConfigError(
             f"schedule.end: {conf.get('end')} is not after schedule.start {conf.get('start')}; "

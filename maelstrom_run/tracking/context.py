@@ -45,13 +45,16 @@ class RunContext:
         self.checkpoint_hook = hook
 
     def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Log an epoch's metrics together with the phase timer's epoch summary, and print one line
-        of progress (the job's output: shown live for local runs, in the log file on clusters)."""
+        """Log the metrics of epoch ``epoch`` (counted from 0 by the app's loop) with the phase timer's
+        epoch summary, and print one line of progress (the job's output: shown live for local runs,
+        in the log file on clusters). Epochs are counted from 1 on the console, in MLflow and in plots."""
+        seconds, samples = self.timer.epoch_elapsed(), self.timer.counted("samples")
         phases = self.timer.epoch_metrics()
-        self.log_metrics({**metrics, **phases}, epoch)
+        self.log_metrics({**metrics, **phases}, epoch + 1)
         epochs = self.cfg.train.epochs if self.cfg is not None and "train" in self.cfg else "?"
         values = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         shares = " ".join(
             f"{name.split('.')[1]} {value:.0%}" for name, value in phases.items() if name.endswith(".share")
         )
-        print(f"epoch {epoch + 1}/{epochs}  {values}  [time: {shares}]", flush=True)
+        rate = f", {samples / max(seconds, 1e-9):,.0f} samples/s" if samples else ""
+        print(f"epoch {epoch + 1}/{epochs}  {values}  [{seconds:.2f} s{rate}; {shares}]", flush=True)

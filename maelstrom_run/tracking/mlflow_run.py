@@ -74,8 +74,6 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
 
 def connect(tracking: dict[str, Any]) -> str:
     """Point MLflow at the configured store, with credentials resolved in memory; returns the URI."""
-    # store creation and migrations are MLflow's business, not the output of a run or a sweep
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
     uri = tracking_uri(tracking)
     for name, value in (tracking.get("credentials") or {}).items():
         if name not in _CREDENTIAL_ENV:
@@ -90,6 +88,10 @@ def connect(tracking: dict[str, Any]) -> str:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     import mlflow
 
+    # store creation and migrations are MLflow's business, not the output of a sweep (set after the
+    # import, which configures MLflow's loggers); MLFLOW_LOGGING_LEVEL, when set, decides instead
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -392,7 +394,8 @@ def start_parent_run_async(
 def end_parent_run(
     parent_run_id: str, uri: str, states: dict[str, str], metrics: dict[str, dict], page: Any = None
 ) -> None:
-    """Close a sweep's parent run: FINISHED when every job succeeded, else FAILED. Logged on it: the
+    """Close a sweep's parent run: FINISHED when every job succeeded, KILLED when the others were
+    cancelled, else FAILED. Logged on it: the
     jobs' states and metrics (``sweep_summary.json``); with ``page`` (a
     :class:`~maelstrom_run.tracking.sweep_page.SweepPage`) also the best job and its metric, the
     summary table (``sweep_summary.csv``), the sweep's plots and the summary page
@@ -406,8 +409,10 @@ def end_parent_run(
         client.log_metric(parent_run_id, f"jobs.{state}", sum(s == state for s in states.values()))
     if page is not None:
         log_sweep_page(client, parent_run_id, page)
-    ok = all(s == "succeeded" for s in states.values())
-    client.set_terminated(parent_run_id, "FINISHED" if ok else "FAILED")
+    # cancelled children (and no failed one) make the parent KILLED, as they are
+    ended = set(states.values()) - {"succeeded"}
+    status = "FINISHED" if not ended else "KILLED" if ended == {"cancelled"} else "FAILED"
+    client.set_terminated(parent_run_id, status)
 
 
 def fill_sweep_page(client: Any, page: Any) -> None:

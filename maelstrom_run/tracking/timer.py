@@ -68,6 +68,14 @@ class PhaseTimer:
             )
         return out
 
+    def epoch_elapsed(self) -> float:
+        """Wall-clock seconds since the current epoch began."""
+        return time.perf_counter() - self._epoch_start
+
+    def counted(self, name: str) -> float:
+        """This epoch's counter ``name`` so far (0 when nothing was counted)."""
+        return self._counters.get(name, 0.0)
+
     def epoch_metrics(self) -> dict[str, float]:
         """Metrics of the epoch that just ended (phases and counters); resets the epoch."""
         out = self._summary(self._epoch, "phase.")
