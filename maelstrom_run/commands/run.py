@@ -142,6 +142,33 @@ def _mode_from_the_command_line(argv: list[str]) -> None:
     Hydra.get_mode = lambda self, config_name, overrides: None  # type: ignore[method-assign]
 
 
+def _validate_shown_config() -> None:
+    """Make ``--cfg job`` (Hydra prints the config and never calls the task) check the config as a run
+    does, so a value a run would refuse is refused there too."""
+    from hydra._internal.hydra import Hydra
+    from hydra.types import RunMode
+
+    show = Hydra.show_cfg
+    if getattr(show, "__maelstrom_validates__", False):
+        return
+
+    def show_cfg(
+        self: Any, config_name: Any, overrides: list[str], cfg_type: str, *args: Any, **kw: Any
+    ) -> Any:
+        if cfg_type in ("job", "all"):
+            from ..config.compose import resolve_config
+            from ..config.validate import validate
+
+            cfg = self.compose_config(
+                config_name, overrides, run_mode=RunMode.RUN, with_log_configuration=False
+            )
+            validate(resolve_config(cfg))
+        return show(self, config_name, overrides, cfg_type, *args, **kw)
+
+    show_cfg.__maelstrom_validates__ = True  # type: ignore[attr-defined]
+    Hydra.show_cfg = show_cfg  # type: ignore[method-assign]
+
+
 def main() -> None:
     """Console entry point of ``maelstrom-run``."""
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
@@ -157,6 +184,7 @@ def main() -> None:
     # relative to this module's package: maelstrom_run/conf, as Hydra's main config source
     app = hydra.main(config_path="../conf", config_name="config", version_base="1.3")(task)
     _mode_from_the_command_line(sys.argv[1:])
+    _validate_shown_config()
     if {"--multirun", "-m"} & set(sys.argv[1:]) and any(
         a.startswith("schedule") and a != "schedule=none" for a in sys.argv[1:]
     ):

@@ -109,7 +109,7 @@ def _check_dataclass(value: Any, cls: type, path: str, own: Iterable[str] = ()) 
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: expected a mapping, got {value!r}")
     hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = _fields(cls)
     for key in value:
         if key not in fields and key not in own:
             hint = did_you_mean(str(key), fields)
@@ -128,6 +128,34 @@ def _check_dataclass(value: Any, cls: type, path: str, own: Iterable[str] = ()) 
             _check_discriminated(value[name], name)
         else:
             _check(value[name], hints[name], sub)
+            if "bounds" in f.metadata:
+                check_bounds(value[name], f.metadata["bounds"], sub)
+
+
+def bounds_text(bounds: dict[str, float]) -> str:
+    """``>= 1``, ``> 0``, ``in [0, 1)``: a range of :func:`maelstrom_run.config.schema.bounded`."""
+    if "ge" in bounds and "lt" in bounds:
+        return f"in [{bounds['ge']:g}, {bounds['lt']:g})"
+    return " and ".join(
+        f"{op} {bounds[k]:g}" for k, op in (("ge", ">="), ("gt", ">"), ("lt", "<")) if k in bounds
+    )
+
+
+def check_bounds(value: Any, bounds: dict[str, float], path: str) -> None:
+    """Raise :class:`ConfigError` naming ``path`` when a number (or one of a list's) is out of range."""
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            check_bounds(v, bounds, f"{path}[{i}]")
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return
+    ok = (
+        ("ge" not in bounds or value >= bounds["ge"])
+        and ("gt" not in bounds or value > bounds["gt"])
+        and ("lt" not in bounds or value < bounds["lt"])
+    )
+    if not ok:
+        raise ConfigError(f"{path}: {value!r} is out of range; it must be {bounds_text(bounds)}")
 
 
 #: Groups whose discriminator may be ``custom``: a shape of the user's own, not checked.
@@ -281,14 +309,17 @@ def validate_changes(config: dict[str, Any], keys: Iterable[str]) -> None:
     changes a discriminator such as ``model.arch`` gets the full :func:`validate`).
     """
     for key in keys:
-        tp = _schema_type(config, key.split("."))
-        if tp is None:
+        found = _schema_type(config, key.split("."))
+        if found is None:
             validate(config)
             return
+        tp, bounds = found
         node: Any = config
         for part in key.split("."):
             node = node[part]
         _check(node, tp, key)
+        if bounds:
+            check_bounds(node, bounds, key)
         for checked, check in _checks(config):  # a value with rules of its own, or a mapping holding one
             if checked == key or checked.startswith(key + ".") or key.startswith(checked + "."):
                 value = _get(config, checked)
@@ -296,9 +327,11 @@ def validate_changes(config: dict[str, Any], keys: Iterable[str]) -> None:
                     check(value, checked)
 
 
-def _schema_type(config: dict[str, Any], parts: list[str]) -> Any:
-    """The schema type at a key path, ``Any`` for free-form parts, None when only a full check will do."""
+def _schema_type(config: dict[str, Any], parts: list[str]) -> tuple[Any, dict[str, float]] | None:
+    """The schema type at a key path and its field's range, ``Any`` for free-form parts, None when
+    only a full check will do."""
     tp: Any = RootConf
+    bounds: dict[str, float] = {}
     for i, part in enumerate(parts):
         if i == 0 and part in DISCRIMINATED:
             key = DISCRIMINATED[part][0]
@@ -306,27 +339,31 @@ def _schema_type(config: dict[str, Any], parts: list[str]) -> Any:
             if len(parts) < 2 or parts[1] == key:
                 return None
             if kind == CUSTOM and part in _OPEN:
-                return Any
+                return Any, {}
             tp = schema_of(part, kind)
             if tp is None:
                 return None
             continue
         if tp is Any:
-            return Any
+            return Any, {}
+        bounds = {}
         if dataclasses.is_dataclass(tp):
             hints = _hints(tp)
             if part not in hints:
-                return (
-                    Any
-                    if tp is RootConf and part in ((config.get("app") or {}).get("sections") or [])
-                    else None
-                )
+                own = (config.get("app") or {}).get("sections") or []
+                return (Any, {}) if tp is RootConf and part in own else None
+            bounds = _fields(tp)[part].metadata.get("bounds", {})
             tp = hints[part]
         elif typing.get_origin(tp) is dict:
             tp = (typing.get_args(tp) or (str, Any))[1]
         else:
             return None
-    return tp
+    return tp, bounds
+
+
+@functools.cache
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
 
 
 def valid_keys(path: str) -> list[str]:
