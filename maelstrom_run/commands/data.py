@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
+from .argtypes import nonneg_int, positive_int
 
 GET_HELP = """\
 Generate (tiny/small tiers) or download (remote tiers) the files of a dataset into the cache,
@@ -321,10 +322,10 @@ def add_get(sub: Any) -> None:
         choices=["sample", "files", "remote"],
         help="generate, use local files or download (default: the dataset's source)",
     )
-    p.add_argument("--jobs", type=int, default=4, help="parallel downloads (default: 4)")
-    p.add_argument("--retries", type=int, default=5, help="attempts per file (default: 5)")
+    p.add_argument("--jobs", type=positive_int, default=4, help="parallel downloads (default: 4)")
+    p.add_argument("--retries", type=positive_int, default=5, help="attempts per file (default: 5)")
     p.add_argument("--verify", action="store_true", help="re-check the sha256 of files already cached")
-    p.add_argument("--show", type=int, default=5, help="list at most this many files (default: 5)")
+    p.add_argument("--show", type=nonneg_int, default=5, help="list at most this many files (default: 5)")
     p.set_defaults(func=cmd_get)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .argtypes import positive_int
+
 
 def _console() -> Any:
     from .console import make_console
@@ -154,7 +156,7 @@ def add_commands(groups: Any) -> None:
     p.add_argument("--label", action="append", metavar="CATEGORY=VALUE", help="also SCOPE.CATEGORY=VALUE")
     p.add_argument("--text", nargs="+", metavar="WORD", help="words in names, descriptions, overrides")
     p.add_argument("--kind", action="append", choices=kinds, help="only apps, experiments or runs")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50)
     p.set_defaults(func=cmd_search)
 
     p = groups.add_parser(
@@ -167,5 +169,5 @@ def add_commands(groups: Any) -> None:
     p.add_argument("target", nargs="*", metavar="app=NAME", help="recommend for this app's labels")
     p.add_argument("--label", action="append", metavar="CATEGORY=VALUE")
     p.add_argument("--kind", action="append", choices=kinds, help="only apps, experiments or runs")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=positive_int, default=20)
     p.set_defaults(func=cmd_recommend)

@@ -16,29 +16,24 @@ from typing import Any
 
 from ..core.errors import EXIT_FAILED, EXIT_USER_ERROR
 from ..core.paths import user_config_dirs
-from .errors import explain
+from .errors import explain, report
 
-
-def _exit_for(exc: BaseException) -> None:
-    """Exit with one clear line for a user error; return (so the caller re-raises) for a bug."""
-    known = explain(exc)
-    if known is not None:
-        code, message = known
-        print(f"maelstrom-run: error: {message}", file=sys.stderr)
-        sys.exit(code)
+PROGRAM = "maelstrom-run"
 
 
 def task(cfg: Any) -> Any:
     """The Hydra task of a single (non-sweep) run."""
     try:
         return _run_single(cfg)
-    except Exception as exc:  # noqa: BLE001 - translated, or re-raised
-        _exit_for(exc)
+    except Exception as exc:  # noqa: BLE001 - a user error ends here; a bug goes on to main's boundary
+        if explain(exc) is not None:
+            sys.exit(report(PROGRAM, exc, sys.argv[1:]))
         raise
 
 
 def _run_single(cfg: Any) -> Any:
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
     from ..launch.spec import build
     from ..launch.submit import default_wait, submit
@@ -46,14 +41,16 @@ def _run_single(cfg: Any) -> Any:
     from .summaries import print_dry_run, wait_view
 
     hydra_cfg = HydraConfig.get()
+    # as typed: an override's own ``${...}`` is resolved in the config, where its key is known
+    overrides = [str(o) for o in OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)]
     if (cfg.get("schedule") or {}).get("name", "none") != "none":  # register a schedule, run nothing now
         from ..schedule.scheduler import register
         from .schedules import print_registration
 
-        registration = register(cfg, list(hydra_cfg.overrides.task))
+        registration = register(cfg, overrides)
         print_registration(registration)
         return registration.record.schedule_id if registration.registered else None
-    spec = build(cfg, list(hydra_cfg.overrides.task))
+    spec = build(cfg, overrides)
     if spec.config.get("dry_run"):
         print_dry_run([spec])
         return None
@@ -197,9 +194,8 @@ def main() -> None:
     except KeyboardInterrupt:
         print("maelstrom-run: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - translated, or re-raised
-        _exit_for(exc)
-        raise
+    except Exception as exc:  # noqa: BLE001 - the one error boundary: one line, exit 2 (or 1 for a bug)
+        sys.exit(report(PROGRAM, exc, sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import EXIT_FAILED
+from .argtypes import nonneg_int, positive_float
 
 
 def _console(stderr: bool = False) -> Any:
@@ -306,7 +307,7 @@ def add_commands(groups: Any) -> None:
     p = sub.add_parser("list", help="runs in the registry (newest first)")
     p.add_argument("--sweep", help="only the jobs of this sweep")
     p.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled", "unknown"])
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=nonneg_int, default=50)
     p.set_defaults(func=cmd_list)
 
     for name, func, text in (
@@ -320,7 +321,9 @@ def add_commands(groups: Any) -> None:
 
     p = sub.add_parser("watch", help="live progress of a sweep or run until every job ends")
     p.add_argument("id", help="sweep id or run id (a unique prefix will do)")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    p.add_argument(
+        "--interval", type=positive_float, default=2.0, help="seconds between refreshes (default 2)"
+    )
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("resume", help="submit the jobs of a sweep that an interrupted submission left out")

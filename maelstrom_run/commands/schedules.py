@@ -7,6 +7,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int
+
 if TYPE_CHECKING:
     from ..schedule.scheduler import Registration
 
@@ -227,11 +229,11 @@ def add_commands(groups: Any) -> None:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("show", help="a schedule and its firings")
     p.add_argument("id")
-    p.add_argument("--limit", type=int, default=20, help="firings shown")
+    p.add_argument("--limit", type=nonneg_int, default=20, help="firings shown")
     p.set_defaults(func=cmd_show)
     p = sub.add_parser("next", help="the next firing times of a schedule")
     p.add_argument("id")
-    p.add_argument("-n", "--count", type=int, default=5)
+    p.add_argument("-n", "--count", type=positive_int, default=5)
     p.add_argument("--now", metavar="ISO", help="from this time instead of now")
     p.set_defaults(func=cmd_next)
     for name, func, text in (
@@ -262,11 +264,11 @@ def add_commands(groups: Any) -> None:
         "policy; a slot is recorded before its run is submitted and never fired twice.",
     )
     p.add_argument("--once", action="store_true", help="fire what is due now and stop (for cron / systemd)")
-    p.add_argument("--interval", type=float, default=30.0, help="seconds between checks of the loop")
+    p.add_argument("--interval", type=positive_float, default=30.0, help="seconds between checks of the loop")
     p.add_argument("--schedule", metavar="ID", help="only this schedule")
     p.add_argument(
         "--grace",
-        type=float,
+        type=nonneg_float,
         help="seconds a slot may be late and still count as on time for catch-up none "
         "(default: 300 or twice --interval)",
     )

@@ -119,6 +119,8 @@ def _check_dataclass(value: Any, cls: type, path: str, own: Iterable[str] = ()) 
     for name, f in fields.items():
         sub = _join(path, name)
         if name not in value:
+            if cls is RootConf and name in REQUIRED_GROUPS:
+                raise ConfigError(f"{name}: missing config group; choose one with {name}=NAME (not ~{name})")
             if f.default is MISSING:
                 raise ConfigError(
                     f"{sub}: missing mandatory value; set it in a config file or with {sub}=VALUE"
@@ -158,6 +160,8 @@ def check_bounds(value: Any, bounds: dict[str, float], path: str) -> None:
         raise ConfigError(f"{path}: {value!r} is out of range; it must be {bounds_text(bounds)}")
 
 
+#: Groups every run needs (the primary config's defaults list, and the app's own choice).
+REQUIRED_GROUPS = ("app", "train", "backend", "tracking", "schedule")
 #: Groups whose discriminator may be ``custom``: a shape of the user's own, not checked.
 _OPEN = ("dataset", "model")
 #: Entry point group of backend packages: ``KIND = "package.module:BackendClass"`` (its ``Conf``).
@@ -396,10 +400,28 @@ def valid_keys_of(node: Any, rest: list[str]) -> list[str]:
     return []
 
 
+def _free_form(path: str) -> bool:
+    """Whether the schema has a mapping of any keys at ``path`` (``tags``, ``tracking.credentials``)."""
+    parts = [p for p in path.split(".") if p]
+    if not parts:
+        return False
+    if parts[0] in DISCRIMINATED:
+        nodes = [_hints(v).get(parts[1]) for v in DISCRIMINATED[parts[0]][1].values()] if parts[1:] else []
+        rest = parts[2:]
+    else:
+        nodes, rest = [_hints(RootConf).get(parts[0])], parts[1:]
+    for node in nodes:
+        for part in rest:
+            node = _hints(node).get(part) if dataclasses.is_dataclass(node) else None
+        if typing.get_origin(node) is dict or node is Any:
+            return True
+    return False
+
+
 def unknown_key_message(path: str) -> str:
     parent, _, key = path.rpartition(".")
     options = valid_keys(parent)
-    if not options and path.split(".")[0] in ("labels", "tags"):  # free-form: new keys need a '+'
+    if not options and _free_form(parent):  # a mapping of the user's keys: new ones need a '+'
         return f"{path}: not in the config yet; add it with +{path}=VALUE"
     return f"{path}: unknown key{did_you_mean(key, options) if options else ''}"
 
