@@ -14,6 +14,7 @@ from typing import Any
 
 from ..core.errors import EXIT_FAILED
 from .argtypes import nonneg_int, positive_float
+from .confirm import add_yes, confirm
 
 
 def _console(stderr: bool = False) -> Any:
@@ -178,10 +179,24 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from ..launch.monitor import cancel
+    from ..launch.monitor import TERMINAL, cancel
 
     registry = _registry()
-    records = cancel(registry, _selected(registry, args))
+    selected = _selected(registry, args)
+    if args.sweep:
+        live = [r for r in selected if r.state not in TERMINAL]
+        if not live:
+            _console().print(
+                f"every job of sweep {selected[0].sweep_id if selected else args.sweep} has ended"
+            )
+            return 0
+        shown = ", ".join(r.run_id for r in live[:5]) + (", ..." if len(live) > 5 else "")
+        confirm(
+            f"cancel {len(live)} unfinished job(s) of sweep {live[0].sweep_id} ({shown})",
+            args.yes,
+            f"maelstrom runs cancel --sweep {live[0].sweep_id}",
+        )
+    records = cancel(registry, selected)
     for r in records:
         _console().print(f"{r.run_id}  {_state(r.state)}")
     return 0
@@ -317,6 +332,8 @@ def add_commands(groups: Any) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("id", nargs="?")
         p.add_argument("--sweep")
+        if name == "cancel":
+            add_yes(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("watch", help="live progress of a sweep or run until every job ends")

@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int
+from .confirm import add_yes, confirm
 
 if TYPE_CHECKING:
     from ..schedule.scheduler import Registration
@@ -148,6 +149,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     store = _store()
     r = store.get(args.id)
+    firings = len(store.firings(r.schedule_id))
+    confirm(
+        f"remove schedule {r.schedule_id} ({r.app}, {r.state}) and its {firings} firing record(s)",
+        args.yes,
+        f"maelstrom schedules remove {r.schedule_id}",
+    )
     n = store.remove(r.schedule_id)
     print(
         f"removed {r.schedule_id} and its {n} firing record(s); its runs stay in the registry "
@@ -243,6 +250,8 @@ def add_commands(groups: Any) -> None:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("id")
+        if name == "remove":
+            add_yes(p)
         p.set_defaults(func=func)
     p = sub.add_parser(
         "export",

@@ -412,7 +412,12 @@ def _free_form(path: str) -> bool:
         nodes, rest = [_hints(RootConf).get(parts[0])], parts[1:]
     for node in nodes:
         for part in rest:
-            node = _hints(node).get(part) if dataclasses.is_dataclass(node) else None
+            if node is Any:
+                break
+            if typing.get_origin(node) is dict:
+                node = (typing.get_args(node) or (str, Any))[1]
+            else:
+                node = _hints(node).get(part) if dataclasses.is_dataclass(node) else None
         if typing.get_origin(node) is dict or node is Any:
             return True
     return False

@@ -23,13 +23,13 @@ the wrong type or form stops the import with its key path.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shlex
 from pathlib import Path
 from typing import Any
 
+from ..config.files import read_mapping
 from ..core.errors import ConfigError
 from . import Report, literal
 
@@ -104,22 +104,7 @@ _RUNTIME_PART = re.compile(r"(\d+)\s*(days?|d|hours?|h|minutes?|mins?|m|seconds?
 
 def read_config(path: Path) -> dict[str, Any]:
     """A config file's mapping: JSON for ``.json``, else YAML (which also reads JSON)."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-        raise ConfigError(f"{path}: not valid {kind}: {first}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys (UnicoreApiUrl, Resources, ...), got {data!r}")
-    return data
+    return read_mapping(path, "a mapping of keys (UnicoreApiUrl, Resources, ...)")
 
 
 class _Values:
