@@ -354,7 +354,11 @@ def add_get(sub: Any) -> None:
     )
     p.add_argument("--jobs", type=positive_int, default=4, help="parallel downloads (default: 4)")
     p.add_argument("--retries", type=positive_int, default=5, help="attempts per file (default: 5)")
-    p.add_argument("--verify", action="store_true", help="re-check the sha256 of files already cached")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-check the sha256 of downloaded files; open every sample or local file",
+    )
     p.add_argument("--show", type=nonneg_int, default=5, help="list at most this many files (default: 5)")
     p.set_defaults(func=cmd_get)
 

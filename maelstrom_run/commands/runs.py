@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import EXIT_FAILED
+from ..core.errors import EXIT_FAILED, ConfigError
 from .argtypes import nonneg_int, positive_float
 from .confirm import add_yes, confirm
 
@@ -45,8 +45,6 @@ def _selected(registry: Any, args: argparse.Namespace) -> list[Any]:
         sweep = registry.sweep(args.sweep)
         return registry.list(sweep_id=sweep.sweep_id, limit=None)
     if not args.id:
-        from ..core.errors import ConfigError
-
         raise ConfigError("give a run id, or --sweep SWEEP_ID; see `maelstrom runs list`")
     return [registry.get(args.id)]
 
@@ -205,7 +203,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from ..core.errors import ConfigError
     from ..launch.monitor import wait
     from .summaries import JobsBar
 
@@ -263,17 +260,17 @@ def cmd_download(args: argparse.Namespace) -> int:
     from ..core.states import JobRef
     from ..launch.monitor import backend_of
 
+    dest = Path(args.dest).absolute()
+    if dest.exists() and not dest.is_dir():
+        raise ConfigError(f"{dest}: is a file; give a directory to download the run into")
     registry = _registry()
     record = registry.get(args.id)
-    target = backend_of(record).download(
-        JobRef(record.run_id, record.job_id or "", record.run_dir), Path(args.dest).absolute()
-    )
+    target = backend_of(record).download(JobRef(record.run_id, record.job_id or "", record.run_dir), dest)
     print(f"downloaded {record.run_id} to {target}")
     return 0
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from ..core.errors import ConfigError
     from ..launch.rerun import rerun_one, rerun_sweep
     from ..launch.submit import submit
 
