@@ -514,7 +514,10 @@ class TrackingConf:
     experiment: str | None = None
     timeout_s: float = positive(10.0)
     plots: bool = True
-    credentials: dict[str, str] = field(default_factory=dict)
+    #: Secret references of ``username``, ``password`` or ``token``.
+    credentials: dict[str, str] = field(
+        default_factory=dict, metadata={"check": "maelstrom_run.tracking.mlflow_run:check_credentials"}
+    )
 
 
 @dataclass
