@@ -110,7 +110,10 @@ def test_every_preset_composes_and_validates() -> None:
             "schedule.end: 2026-04-30 is not after schedule.start 2026-05-01",
         ),
         (["schedule=daily", "schedule.end=soon"], "schedule.end: 'soon' is not a date"),
-        (["schedule=weekly", "schedule.max_concurrent=0"], "schedule.max_concurrent: 0 is out of range; it must be >= 1"),
+        (
+            ["schedule=weekly", "schedule.max_concurrent=0"],
+            "schedule.max_concurrent: 0 is out of range; it must be >= 1",
+        ),
         (["schedule=weekly", "schedule.catchup=some"], "schedule.catchup: 'some' is not one of"),
     ],
 )

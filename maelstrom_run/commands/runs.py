@@ -41,7 +41,7 @@ def _registry() -> Any:
 
 
 def _selected(registry: Any, args: argparse.Namespace) -> list[Any]:
-    if getattr(args, "sweep", None):
+    if getattr(args, "sweep", None) is not None:  # an empty --sweep '' is refused, not ignored
         sweep = registry.sweep(args.sweep)
         return registry.list(sweep_id=sweep.sweep_id, limit=None)
     if not args.id:
@@ -56,7 +56,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from ..launch.monitor import refresh
 
     registry = _registry()
-    sweep_id = registry.sweep(args.sweep).sweep_id if args.sweep else None
+    sweep_id = registry.sweep(args.sweep).sweep_id if args.sweep is not None else None
     records = refresh(
         registry,
         registry.list(sweep_id=sweep_id, limit=args.limit, states=[args.state] if args.state else None),
@@ -181,7 +181,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     registry = _registry()
     selected = _selected(registry, args)
-    if args.sweep:
+    if args.sweep is not None:
         live = [r for r in selected if r.state not in TERMINAL]
         if not live:
             _console().print(
@@ -275,7 +275,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from ..launch.submit import submit
 
     registry = _registry()
-    if args.sweep:
+    if args.sweep is not None:
         if not args.failed:
             raise ConfigError("rerun --sweep needs --failed (re-run the failed or missing jobs of the sweep)")
         specs = rerun_sweep(registry, args.sweep, current_code=args.current_code)

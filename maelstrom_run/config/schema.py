@@ -275,8 +275,9 @@ class LoaderConf:
     kind: Literal["gridded", "text"] = MISSING
     #: Worker threads (>= 1).
     threads: int = count(2)
-    #: Gridded: fields (one leadtime of one file) in memory at once (>= 1).
-    prefetch: int = count(2)
+    #: Gridded: fields (one leadtime of one file) in memory at once (>= 1 when NetCDF files are read;
+    #: 0 where the loader holds everything, e.g. AP4's memory-mapped arrays).
+    prefetch: int = count(2, minimum=0)
     shuffle: bool = True
     normalise: bool = True
     #: Gridded: side of the square patches; null is the whole field.
