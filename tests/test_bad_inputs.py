@@ -377,6 +377,7 @@ CASES: list[Case] = [
         MAELSTROM_CONFIG_PATH="{taxonomy}",
     ),
     M("runs", "list", expected="{afile}/home", MAELSTROM_HOME="{afile}/home"),
+    R("app=ap1", expected="MAELSTROM_HOME={afile}/home", MAELSTROM_HOME="{afile}/home"),
     M("data", "get", "ap2", expected="MAELSTROM_CACHE", MAELSTROM_CACHE="{afile}/cache"),
     R("--config-dir", "{bad_yaml}", "app=broken", expected="{bad_yaml}/app/broken.yaml:3:1: malformed YAML"),
 ]
@@ -465,6 +466,30 @@ def test_a_bug_is_one_line_with_its_traceback_in_a_log(
     (log,) = (tmp_path / "logs").glob("maelstrom-*.log")
     assert str(log) in line
     assert "Traceback" in log.read_text() and "a planted bug" in log.read_text()
+
+
+def test_a_bug_in_maelstrom_run_is_one_line_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from maelstrom_run.commands import run
+    from maelstrom_run.launch import spec
+
+    monkeypatch.setenv("MAELSTROM_HOME", str(tmp_path))
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise KeyError("planted")
+
+    monkeypatch.setattr(spec, "build", broken)
+    monkeypatch.setattr(sys, "argv", ["maelstrom-run", "app=ap1", "dry_run=true"])
+    with pytest.raises(SystemExit) as exit_:
+        run.main()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 1
+    assert line.startswith(
+        "maelstrom-run: internal error (a bug): KeyError: 'planted'; traceback written to "
+    )
+    (log,) = (tmp_path / "logs").glob("maelstrom-run-*.log")
+    assert "broken" in log.read_text()
 
 
 def test_an_exact_id_wins_over_longer_ids_it_is_a_prefix_of(maelstrom_home: Path) -> None:

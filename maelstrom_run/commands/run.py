@@ -16,7 +16,7 @@ from typing import Any
 
 from ..core.errors import EXIT_FAILED, EXIT_USER_ERROR
 from ..core.paths import user_config_dirs
-from .errors import explain, report
+from .errors import report
 
 PROGRAM = "maelstrom-run"
 
@@ -25,10 +25,8 @@ def task(cfg: Any) -> Any:
     """The Hydra task of a single (non-sweep) run."""
     try:
         return _run_single(cfg)
-    except Exception as exc:  # noqa: BLE001 - a user error ends here; a bug goes on to main's boundary
-        if explain(exc) is not None:
-            sys.exit(report(PROGRAM, exc, sys.argv[1:]))
-        raise
+    except Exception as exc:  # noqa: BLE001 - ends here, before Hydra adds lines of its own
+        sys.exit(report(PROGRAM, exc, sys.argv[1:]))
 
 
 def _run_single(cfg: Any) -> Any:
@@ -141,7 +139,8 @@ def _mode_from_the_command_line(argv: list[str]) -> None:
 
 def _validate_shown_config() -> None:
     """Make ``--cfg job`` (Hydra prints the config and never calls the task) check the config as a run
-    does, so a value a run would refuse is refused there too."""
+    does, so a value a run would refuse is refused there too (a mandatory ``???`` still to be filled
+    is shown, not refused)."""
     from hydra._internal.hydra import Hydra
     from hydra.types import RunMode
 
@@ -159,7 +158,7 @@ def _validate_shown_config() -> None:
             cfg = self.compose_config(
                 config_name, overrides, run_mode=RunMode.RUN, with_log_configuration=False
             )
-            validate(resolve_config(cfg))
+            validate(resolve_config(cfg), missing_ok=True)  # ??? is shown as still to be filled
         return show(self, config_name, overrides, cfg_type, *args, **kw)
 
     show_cfg.__maelstrom_validates__ = True  # type: ignore[attr-defined]

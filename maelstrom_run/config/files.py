@@ -26,12 +26,14 @@ def read_mapping(path: Path, expected: str = "a mapping of keys", *, what: str =
     try:
         data = json.loads(text) if is_json else yaml.safe_load(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{label}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+        raise ConfigError(
+            f"{label}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{label}{where}: not valid YAML: {problem}") from None
+        raise ConfigError(f"{label}: not valid YAML{where}: {problem}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -6,6 +6,7 @@ closest valid key: ``backend.resources.nodez: unknown key; did you mean 'nodes'?
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import importlib
@@ -46,10 +47,16 @@ def _type_name(tp: Any) -> str:
     }.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+#: Set while checking a config only shown (``--cfg job``): values still to be filled (``???``) pass.
+_MISSING_OK: contextvars.ContextVar[bool] = contextvars.ContextVar("missing_ok", default=False)
+
+
 def _check(value: Any, tp: Any, path: str) -> None:
     if tp is Any:
         return
     if isinstance(value, str) and value == MISSING:
+        if _MISSING_OK.get():
+            return
         raise ConfigError(f"{path}: missing mandatory value; set it in a config file or with {path}=VALUE")
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -119,6 +126,8 @@ def _check_dataclass(value: Any, cls: type, path: str, own: Iterable[str] = ()) 
     for name, f in fields.items():
         sub = _join(path, name)
         if name not in value:
+            if _MISSING_OK.get():
+                continue
             if cls is RootConf and name in REQUIRED_GROUPS:
                 raise ConfigError(f"{name}: missing config group; choose one with {name}=NAME (not ~{name})")
             if f.default is MISSING:
@@ -250,15 +259,32 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def validate(config: dict[str, Any]) -> None:
-    """Raise :class:`ConfigError` for the first problem found in a resolved config container."""
+def validate(config: dict[str, Any], *, missing_ok: bool = False) -> None:
+    """Raise :class:`ConfigError` for the first problem found in a resolved config container
+    (``missing_ok``: but not for mandatory values still missing, in a config that is only shown)."""
+    token = _MISSING_OK.set(missing_ok)
+    try:
+        _validate(config)
+    finally:
+        _MISSING_OK.reset(token)
+
+
+def _validate(config: dict[str, Any]) -> None:
     app = config.get("app")
     own = app.get("sections") if isinstance(app, dict) else None
     _check_dataclass(config, RootConf, "", own if isinstance(own, list) else ())
     for key, check in _checks(config):
         value = _get(config, key)
-        if value is not None:
+        if value is not None and not (_MISSING_OK.get() and _has_missing(value)):
             check(value, key)
+
+
+def _has_missing(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_missing(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_missing(v) for v in value)
+    return isinstance(value, str) and value == MISSING
 
 
 def _get(config: dict[str, Any], key: str) -> Any:
