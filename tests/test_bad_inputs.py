@@ -377,9 +377,14 @@ CASES: list[Case] = [
         MAELSTROM_CONFIG_PATH="{taxonomy}",
     ),
     M("runs", "list", expected="{afile}/home", MAELSTROM_HOME="{afile}/home"),
-    R("app=ap1", expected="MAELSTROM_HOME={afile}/home", MAELSTROM_HOME="{afile}/home"),
+    R("app=ap1", "train.epochs=0", dry=False, expected="{afile}/home", MAELSTROM_HOME="{afile}/home"),
     M("data", "get", "ap2", expected="MAELSTROM_CACHE", MAELSTROM_CACHE="{afile}/cache"),
-    R("--config-dir", "{bad_yaml}", "app=broken", expected="{bad_yaml}/app/broken.yaml:3:1: malformed YAML"),
+    R(
+        "--config-dir",
+        "{bad_yaml}",
+        "app=broken",
+        expected="{bad_yaml}/app/broken.yaml: not valid YAML (line 3, column 1)",
+    ),
 ]
 
 

@@ -145,8 +145,8 @@ def _yaml_error(exc: BaseException) -> str | None:
             mark = node.problem_mark or node.context_mark
             problem = node.problem or node.context or "malformed YAML"
             if mark is None:
-                return f"malformed YAML: {problem}"
-            return f"{mark.name}:{mark.line + 1}:{mark.column + 1}: malformed YAML: {problem}"
+                return f"not valid YAML: {problem}"
+            return f"{mark.name}: not valid YAML (line {mark.line + 1}, column {mark.column + 1}): {problem}"
         node = node.__cause__ or node.__context__
     return None
 
