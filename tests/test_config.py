@@ -91,7 +91,7 @@ def test_unknown_top_level_key(config: dict[str, Any]) -> None:
         (("model", "learning_rate"), "fast", "model.learning_rate: expected a number, got 'fast'"),
         (("loader", "shuffle"), "yes", "loader.shuffle: expected true/false, got 'yes'"),
         (("loader", "features"), "leadtime", "loader.features: expected a list, got 'leadtime'"),
-        (("loader", "features"), ["leadtime", 3], "loader.features[1]: expected a string, got 3"),
+        (("backend", "exclude"), ["node1", 3], "backend.exclude[1]: expected a string, got 3"),
         (("backend", "resources"), 4, "backend.resources: expected a mapping, got 4"),
         (("loader", "patch_size"), "big", "loader.patch_size: expected an integer | null, got 'big'"),
         (("dataset", "tiers", "tiny", "runs"), "x", "dataset.tiers.tiny.runs: expected an integer, got 'x'"),

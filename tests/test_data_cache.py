@@ -161,11 +161,13 @@ def test_cache_list_and_clear_through_the_cli(tmp_path: Path, cli_env: dict, run
     listing = run_cli(["maelstrom", "data", "cache", "list"], env=env, check=True).stdout
     assert "2 downloaded file(s), 110.0 kB; 1 sample set(s)" in listing
     assert str(src / "runs" / "f0.bin") in listing and "sample: 3m-48t-96x128" in listing
-    cleared = run_cli(["maelstrom", "data", "cache", "clear", "--dataset", "mirror"], env=env, check=True)
+    cleared = run_cli(
+        ["maelstrom", "data", "cache", "clear", "--dataset", "mirror", "--yes"], env=env, check=True
+    )
     assert "cleared dataset mirror: 2 downloaded file(s), 0 sample set(s), 110.0 kB freed" in cleared.stdout
     listing = run_cli(["maelstrom", "data", "cache", "list"], env=env, check=True).stdout
     assert "0 downloaded file(s), 0 B; 1 sample set(s)" in listing
-    run_cli(["maelstrom", "data", "cache", "clear"], env=env, check=True)
+    run_cli(["maelstrom", "data", "cache", "clear", "--yes"], env=env, check=True)
     listing = run_cli(["maelstrom", "data", "cache", "list"], env=env, check=True).stdout
     assert "0 downloaded file(s), 0 B; 0 sample set(s), 0 B" in listing
     assert Cache(Path(cli_env["MAELSTROM_HOME"]) / "cache").entries() == []

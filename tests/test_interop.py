@@ -128,7 +128,7 @@ def test_json_config(tmp_path: Path) -> None:
     assert backend["exclude"][-1] == "*.nc"
     broken = tmp_path / "broken.json"
     broken.write_text('{"UnicoreApiUrl": "https://x", }')
-    with pytest.raises(ConfigError, match=r"broken.json:1:32: not valid JSON"):
+    with pytest.raises(ConfigError, match=r"broken.json: not valid JSON \(line 1, column 32\)"):
         mantik.read_config(broken)
 
 
@@ -877,11 +877,13 @@ def test_placeholder_that_is_no_parameter_is_refused_as_mlflow_run_fails(tmp_pat
 def test_tabs_in_yaml_name_file_line_and_column(tmp_path: Path) -> None:
     project = tmp_path / "MLproject"
     project.write_text("name: tabs\nentry_points:\n  main:\n\tcommand: python main.py\n")
-    with pytest.raises(ConfigError, match=rf"^{project}:4:1: not valid YAML: .*tab in the indentation"):
+    with pytest.raises(
+        ConfigError, match=rf"^{project}: not valid YAML \(line 4, column 1\): .*tab in the indentation"
+    ):
         mlproject.load(project)
     config = tmp_path / "compute-backend-config.yaml"
     config.write_text("UnicoreApiUrl: https://x\nResources:\n  Queue: batch\n\tNodes: 2\n")
-    with pytest.raises(ConfigError, match=rf"^{config}:4:1: not valid YAML"):
+    with pytest.raises(ConfigError, match=rf"^{config}: not valid YAML \(line 4, column 1\)"):
         mantik.read_config(config)
 
 

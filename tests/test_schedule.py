@@ -110,7 +110,10 @@ def test_every_preset_composes_and_validates() -> None:
             "schedule.end: 2026-04-30 is not after schedule.start 2026-05-01",
         ),
         (["schedule=daily", "schedule.end=soon"], "schedule.end: 'soon' is not a date"),
-        (["schedule=weekly", "schedule.max_concurrent=0"], "schedule.max_concurrent: expected 1 or more"),
+        (
+            ["schedule=weekly", "schedule.max_concurrent=0"],
+            "schedule.max_concurrent: 0 is out of range; it must be >= 1",
+        ),
         (["schedule=weekly", "schedule.catchup=some"], "schedule.catchup: 'some' is not one of"),
     ],
 )
@@ -460,7 +463,7 @@ def test_cli_register_next_pause_resume_remove(
     assert "active" in show and "schedule.timezone=Europe/Berlin" in show
     exported = run_cli(["maelstrom", "schedules", "export", "--format", "crontab"], env=cli_env, check=True)
     assert f"--schedule {sid}" in exported.stdout
-    removed = run_cli(["maelstrom", "schedules", "remove", sid], env=cli_env, check=True).stdout
+    removed = run_cli(["maelstrom", "schedules", "remove", sid, "--yes"], env=cli_env, check=True).stdout
     assert "removed" in removed and ScheduleStore().list() == []
 
 

@@ -242,7 +242,12 @@ def test_cancel_one_array_task_then_the_whole_sweep(
     slurm.submitted.append(records[0].job_id.split("_")[0])
     one = run_cli(["maelstrom", "runs", "cancel", records[2].run_id], toy_project, toy_env, check=True)
     assert "cancelled" in one.stdout
-    run_cli(["maelstrom", "runs", "cancel", "--sweep", records[0].sweep_id], toy_project, toy_env, check=True)
+    run_cli(
+        ["maelstrom", "runs", "cancel", "--sweep", records[0].sweep_id, "--yes"],
+        toy_project,
+        toy_env,
+        check=True,
+    )
     watch = run_cli(["maelstrom", "runs", "watch", records[0].sweep_id], toy_project, toy_env, timeout=120)
     assert "cancelled" in watch.stderr and "queued" not in watch.stderr.splitlines()[-2]
     assert Registry().get(records[2].run_id).state == "cancelled"

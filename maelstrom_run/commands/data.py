@@ -7,7 +7,9 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, DataError, did_you_mean
+from .argtypes import nonneg_int, positive_int
+from .confirm import add_yes, confirm
 
 GET_HELP = """\
 Generate (tiny/small tiers) or download (remote tiers) the files of a dataset into the cache,
@@ -115,6 +117,35 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
     from .console import make_console
 
     cache = _cache(args)
+    files = [e for e in cache.entries() if args.dataset is None or e.dataset == args.dataset]
+    sets = [] if args.downloads_only else [s for s in cache.sample_sets() if args.dataset in (None, s[0])]
+    if args.dataset is not None and not files and not sets:
+        from ..data.datasets import available
+
+        cached = sorted(
+            {e.dataset for e in cache.entries() if e.dataset} | {s[0] for s in cache.sample_sets()}
+        )
+        if args.dataset not in available():
+            raise DataError(
+                f"dataset {args.dataset!r} does not exist{did_you_mean(args.dataset, available(), noun='datasets')}"
+                f" (cached: {', '.join(cached) or 'nothing'})"
+            )
+        raise DataError(
+            f"nothing of dataset {args.dataset} is cached; cached: {', '.join(cached) or 'nothing'}"
+        )
+    if not files and not sets:
+        make_console().print(f"the cache {cache.root} is empty; nothing to clear")
+        return 0
+    size = sum(e.size for e in files) + sum(s[2] for s in sets)
+    names = sorted({e.dataset or "-" for e in files} | {s[0] for s in sets})
+    confirm(
+        f"remove {len(files)} downloaded file(s) and {len(sets)} sample set(s), {_size(size)}, "
+        f"of {', '.join(names)} from {cache.root}",
+        args.yes,
+        "maelstrom data cache clear"
+        + (f" --dataset {args.dataset}" if args.dataset else "")
+        + (" --downloads-only" if args.downloads_only else ""),
+    )
     removed, busy = cache.clear(args.dataset)
     samples = [] if args.downloads_only else cache.clear_samples(args.dataset)
     console = make_console()
@@ -321,10 +352,14 @@ def add_get(sub: Any) -> None:
         choices=["sample", "files", "remote"],
         help="generate, use local files or download (default: the dataset's source)",
     )
-    p.add_argument("--jobs", type=int, default=4, help="parallel downloads (default: 4)")
-    p.add_argument("--retries", type=int, default=5, help="attempts per file (default: 5)")
-    p.add_argument("--verify", action="store_true", help="re-check the sha256 of files already cached")
-    p.add_argument("--show", type=int, default=5, help="list at most this many files (default: 5)")
+    p.add_argument("--jobs", type=positive_int, default=4, help="parallel downloads (default: 4)")
+    p.add_argument("--retries", type=positive_int, default=5, help="attempts per file (default: 5)")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-check the sha256 of downloaded files; open every sample or local file",
+    )
+    p.add_argument("--show", type=nonneg_int, default=5, help="list at most this many files (default: 5)")
     p.set_defaults(func=cmd_get)
 
 
@@ -341,6 +376,7 @@ def add_cache(sub: Any) -> None:
     p = commands.add_parser("clear", help="remove cached files and sample sets")
     p.add_argument("--dataset", help="only this dataset's files (its name, e.g. ap1)")
     p.add_argument("--downloads-only", action="store_true", help="keep the generated sample data")
+    add_yes(p)
     p.set_defaults(func=cmd_cache_clear)
 
 

@@ -236,6 +236,8 @@ def cmd_export_mlproject(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     mlproject.parse_overrides(args.overrides)  # a sweep or a malformed override: one line, before composing
+    if args.config_dir and not Path(args.config_dir).expanduser().is_dir():
+        raise ConfigError(f"--config-dir {args.config_dir}: no such directory; nothing was written")
     previous = os.environ.get("MAELSTROM_CONFIG_PATH")
     if args.config_dir:
         os.environ["MAELSTROM_CONFIG_PATH"] = os.pathsep.join(

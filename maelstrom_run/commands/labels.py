@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .argtypes import positive_int
+
 
 def _console() -> Any:
     from .console import make_console
@@ -159,7 +161,9 @@ def add_commands(groups: Any) -> None:
         help="whole words in names, descriptions, overrides (all must match)",
     )
     p.add_argument("--kind", action="append", choices=kinds, help="only apps, experiments or runs")
-    p.add_argument("--limit", type=int, default=50, help="show at most this many results (default: 50)")
+    p.add_argument(
+        "--limit", type=positive_int, default=50, help="show at most this many results (default: 50)"
+    )
     p.set_defaults(func=cmd_search)
 
     p = groups.add_parser(
@@ -177,5 +181,7 @@ def add_commands(groups: Any) -> None:
         help="recommend for this label (also SCOPE.CATEGORY=VALUE)",
     )
     p.add_argument("--kind", action="append", choices=kinds, help="only apps, experiments or runs")
-    p.add_argument("--limit", type=int, default=20, help="show at most this many results (default: 20)")
+    p.add_argument(
+        "--limit", type=positive_int, default=20, help="show at most this many results (default: 20)"
+    )
     p.set_defaults(func=cmd_recommend)

@@ -33,14 +33,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
-from .errors import explain
+from .errors import guarded
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line (sub-commands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
-        prog="maelstrom", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    root = Parser(prog="maelstrom", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     groups = root.add_subparsers(dest="group", required=True)
     from . import bench, data, interop, labels, runs, schedules
 
@@ -54,23 +60,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     root = parser()
     from .completion import complete
 
     complete(root)  # a Tab in the shell: answer and exit
     args = root.parse_args(argv)
-    try:
-        code = args.func(args)
-    except KeyboardInterrupt:
-        print("maelstrom: interrupted", file=sys.stderr)
-        code = 130
-    except Exception as exc:  # noqa: BLE001 - user errors become one line; bugs keep their traceback
-        known = explain(exc)
-        if known is None:
-            raise
-        code, message = known
-        print(f"maelstrom: error: {message}", file=sys.stderr)
-    sys.exit(code)
+    sys.exit(guarded("maelstrom", lambda: args.func(args), argv))
 
 
 if __name__ == "__main__":

@@ -16,16 +16,9 @@ from typing import Any
 
 from ..core.errors import EXIT_FAILED, EXIT_USER_ERROR
 from ..core.paths import user_config_dirs
-from .errors import explain
+from .errors import report
 
-
-def _exit_for(exc: BaseException) -> None:
-    """Exit with one clear line for a user error; return (so the caller re-raises) for a bug."""
-    known = explain(exc)
-    if known is not None:
-        code, message = known
-        print(f"maelstrom-run: error: {message}", file=sys.stderr)
-        sys.exit(code)
+PROGRAM = "maelstrom-run"
 
 
 #: ``--verbose``: show the frameworks' own start-up lines too (they are in the job's log files anyway).
@@ -36,13 +29,13 @@ def task(cfg: Any) -> Any:
     """The Hydra task of a single (non-sweep) run."""
     try:
         return _run_single(cfg)
-    except Exception as exc:  # noqa: BLE001 - translated, or re-raised
-        _exit_for(exc)
-        raise
+    except Exception as exc:  # noqa: BLE001 - ends here, before Hydra adds lines of its own
+        sys.exit(report(PROGRAM, exc, sys.argv[1:]))
 
 
 def _run_single(cfg: Any) -> Any:
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
     from ..launch.spec import build
     from ..launch.submit import default_wait, submit
@@ -50,14 +43,16 @@ def _run_single(cfg: Any) -> Any:
     from .summaries import print_dry_run, wait_view
 
     hydra_cfg = HydraConfig.get()
+    # as typed: an override's own ``${...}`` is resolved in the config, where its key is known
+    overrides = [str(o) for o in OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)]
     if (cfg.get("schedule") or {}).get("name", "none") != "none":  # register a schedule, run nothing now
         from ..schedule.scheduler import register
         from .schedules import print_registration
 
-        registration = register(cfg, list(hydra_cfg.overrides.task))
+        registration = register(cfg, overrides)
         print_registration(registration)
         return registration.record.schedule_id if registration.registered else None
-    spec = build(cfg, list(hydra_cfg.overrides.task))
+    spec = build(cfg, overrides)
     _print_env_summary(spec)
     if spec.config.get("dry_run"):
         print_dry_run([spec])
@@ -165,6 +160,34 @@ def _mode_from_the_command_line(argv: list[str]) -> None:
     Hydra.get_mode = lambda self, config_name, overrides: None  # type: ignore[method-assign]
 
 
+def _validate_shown_config() -> None:
+    """Make ``--cfg job`` (Hydra prints the config and never calls the task) check the config as a run
+    does, so a value a run would refuse is refused there too (a mandatory ``???`` still to be filled
+    is shown, not refused)."""
+    from hydra._internal.hydra import Hydra
+    from hydra.types import RunMode
+
+    show = Hydra.show_cfg
+    if getattr(show, "__maelstrom_validates__", False):
+        return
+
+    def show_cfg(
+        self: Any, config_name: Any, overrides: list[str], cfg_type: str, *args: Any, **kw: Any
+    ) -> Any:
+        if cfg_type in ("job", "all"):
+            from ..config.compose import resolve_config
+            from ..config.validate import validate
+
+            cfg = self.compose_config(
+                config_name, overrides, run_mode=RunMode.RUN, with_log_configuration=False
+            )
+            validate(resolve_config(cfg), missing_ok=True)  # ??? is shown as still to be filled
+        return show(self, config_name, overrides, cfg_type, *args, **kw)
+
+    show_cfg.__maelstrom_validates__ = True  # type: ignore[attr-defined]
+    Hydra.show_cfg = show_cfg  # type: ignore[method-assign]
+
+
 def main() -> None:
     """Console entry point of ``maelstrom-run``."""
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
@@ -189,6 +212,7 @@ def main() -> None:
     # relative to this module's package: maelstrom_run/conf, as Hydra's main config source
     app = hydra.main(config_path="../conf", config_name="config", version_base="1.3")(task)
     _mode_from_the_command_line(sys.argv[1:])
+    _validate_shown_config()
     if {"--multirun", "-m"} & set(sys.argv[1:]) and any(
         a.startswith("schedule") and a != "schedule=none" for a in sys.argv[1:]
     ):
@@ -201,9 +225,8 @@ def main() -> None:
     except KeyboardInterrupt:
         print("maelstrom-run: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - translated, or re-raised
-        _exit_for(exc)
-        raise
+    except Exception as exc:  # noqa: BLE001 - the one error boundary: one line, exit 2 (or 1 for a bug)
+        sys.exit(report(PROGRAM, exc, sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import EXIT_FAILED
+from ..core.errors import EXIT_FAILED, ConfigError
+from .argtypes import nonneg_int, positive_float
+from .confirm import add_yes, confirm
 
 
 def _console(stderr: bool = False) -> Any:
@@ -40,12 +42,10 @@ def _registry() -> Any:
 
 
 def _selected(registry: Any, args: argparse.Namespace) -> list[Any]:
-    if getattr(args, "sweep", None):
+    if getattr(args, "sweep", None) is not None:  # an empty --sweep '' is refused, not ignored
         sweep = registry.sweep(args.sweep)
         return registry.list(sweep_id=sweep.sweep_id, limit=None)
     if not args.id:
-        from ..core.errors import ConfigError
-
         raise ConfigError("give a run id, or --sweep SWEEP_ID; see `maelstrom runs list`")
     return [registry.get(args.id)]
 
@@ -73,7 +73,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         from ..core.errors import ConfigError
 
         raise ConfigError("--html writes a sweep's page: give --sweep SWEEP_ID too")
-    sweep_id = registry.sweep(args.sweep).sweep_id if args.sweep else None
+    sweep_id = registry.sweep(args.sweep).sweep_id if args.sweep is not None else None
     states = [args.state] if args.state else None
     # a sweep is listed whole unless a limit is asked for; all runs, the newest 50
     limit = args.limit if args.limit is not None else (None if sweep_id else 50)
@@ -288,10 +288,24 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from ..launch.monitor import cancel
+    from ..launch.monitor import TERMINAL, cancel
 
     registry = _registry()
-    records = cancel(registry, _selected(registry, args))
+    selected = _selected(registry, args)
+    if args.sweep is not None:
+        live = [r for r in selected if r.state not in TERMINAL]
+        if not live:
+            _console().print(
+                f"every job of sweep {selected[0].sweep_id if selected else args.sweep} has ended"
+            )
+            return 0
+        shown = ", ".join(r.run_id for r in live[:5]) + (", ..." if len(live) > 5 else "")
+        confirm(
+            f"cancel {len(live)} unfinished job(s) of sweep {live[0].sweep_id} ({shown})",
+            args.yes,
+            f"maelstrom runs cancel --sweep {live[0].sweep_id}",
+        )
+    records = cancel(registry, selected)
     for r in records:
         _console().print(f"{r.run_id}  {_state(r.state)}")
     return 0
@@ -300,7 +314,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from ..core.errors import ConfigError
     from ..launch.monitor import wait
     from .summaries import JobsBar
 
@@ -386,22 +399,22 @@ def cmd_download(args: argparse.Namespace) -> int:
     from ..core.states import JobRef
     from ..launch.monitor import backend_of
 
+    dest = Path(args.dest).absolute()
+    if dest.exists() and not dest.is_dir():
+        raise ConfigError(f"{dest}: is a file; give a directory to download the run into")
     registry = _registry()
     record = registry.get(args.id)
-    target = backend_of(record).download(
-        JobRef(record.run_id, record.job_id or "", record.run_dir), Path(args.dest).absolute()
-    )
+    target = backend_of(record).download(JobRef(record.run_id, record.job_id or "", record.run_dir), dest)
     print(f"downloaded {record.run_id} to {target}")
     return 0
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from ..core.errors import ConfigError
     from ..launch.rerun import rerun_one, rerun_sweep
     from ..launch.submit import submit
 
     registry = _registry()
-    if args.sweep:
+    if args.sweep is not None:
         if not args.failed:
             raise ConfigError("rerun --sweep needs --failed (re-run the failed or missing jobs of the sweep)")
         specs = rerun_sweep(registry, args.sweep, current_code=args.current_code)
@@ -491,7 +504,10 @@ def add_commands(groups: Any) -> None:
         help="only runs in this state",
     )
     p.add_argument(
-        "--limit", type=int, default=None, help="at most this many (0: all; default 50, a whole --sweep)"
+        "--limit",
+        type=nonneg_int,
+        default=None,
+        help="at most this many (0: all; default 50, a whole --sweep)",
     )
     p.add_argument(
         "--html",
@@ -507,11 +523,15 @@ def add_commands(groups: Any) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("id", nargs="?", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
         p.add_argument("--sweep", help="every job of this sweep instead").completer = sweep_ids  # type: ignore[attr-defined]
+        if name == "cancel":
+            add_yes(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("watch", help="live progress of a sweep or run until every job ends")
     p.add_argument("id", help="sweep id or run id (a unique prefix will do)").completer = run_or_sweep_ids  # type: ignore[attr-defined]
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    p.add_argument(
+        "--interval", type=positive_float, default=2.0, help="seconds between refreshes (default 2)"
+    )
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("resume", help="submit the jobs of a sweep that an interrupted submission left out")

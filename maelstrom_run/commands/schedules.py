@@ -7,6 +7,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int
+from .confirm import add_yes, confirm
+
 if TYPE_CHECKING:
     from ..schedule.scheduler import Registration
 
@@ -146,6 +149,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     store = _store()
     r = store.get(args.id)
+    firings = len(store.firings(r.schedule_id))
+    confirm(
+        f"remove schedule {r.schedule_id} ({r.app}, {r.state}) and its {firings} firing record(s)",
+        args.yes,
+        f"maelstrom schedules remove {r.schedule_id}",
+    )
     n = store.remove(r.schedule_id)
     print(
         f"removed {r.schedule_id} and its {n} firing record(s); its runs stay in the registry "
@@ -229,11 +238,11 @@ def add_commands(groups: Any) -> None:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("show", help="a schedule and its firings")
     p.add_argument("id", help="schedule id (a unique prefix will do)").completer = schedule_ids  # type: ignore[attr-defined]
-    p.add_argument("--limit", type=int, default=20, help="firings shown (default: 20)")
+    p.add_argument("--limit", type=nonneg_int, default=20, help="firings shown (default: 20)")
     p.set_defaults(func=cmd_show)
     p = sub.add_parser("next", help="the next firing times of a schedule")
     p.add_argument("id", help="schedule id (a unique prefix will do)").completer = schedule_ids  # type: ignore[attr-defined]
-    p.add_argument("-n", "--count", type=int, default=5, help="how many firing times (default: 5)")
+    p.add_argument("-n", "--count", type=positive_int, default=5, help="how many firing times (default: 5)")
     p.add_argument("--now", metavar="ISO", help="from this time instead of now")
     p.set_defaults(func=cmd_next)
     for name, func, text in (
@@ -243,6 +252,8 @@ def add_commands(groups: Any) -> None:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("id", help="schedule id (a unique prefix will do)").completer = schedule_ids  # type: ignore[attr-defined]
+        if name == "remove":
+            add_yes(p)
         p.set_defaults(func=func)
     p = sub.add_parser(
         "export",
@@ -271,11 +282,11 @@ def add_commands(groups: Any) -> None:
         "policy; a slot is recorded before its run is submitted and never fired twice.",
     )
     p.add_argument("--once", action="store_true", help="fire what is due now and stop (for cron / systemd)")
-    p.add_argument("--interval", type=float, default=30.0, help="seconds between checks of the loop")
+    p.add_argument("--interval", type=positive_float, default=30.0, help="seconds between checks of the loop")
     p.add_argument("--schedule", metavar="ID", help="only this schedule").completer = schedule_ids  # type: ignore[attr-defined]
     p.add_argument(
         "--grace",
-        type=float,
+        type=nonneg_float,
         help="seconds a slot may be late and still count as on time for catch-up none "
         "(default: 300 or twice --interval)",
     )

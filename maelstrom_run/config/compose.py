@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,9 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
-        msg = str(exc).splitlines()[0]
+        # OmegaConf says which exception a resolver raised; the user needs only its message
+        msg = re.sub(r"^\w+ raised while resolving interpolation: ", "", str(exc).splitlines()[0])
+        msg = msg[1:-1] if len(msg) > 1 and msg[0] == msg[-1] == '"' else msg
         raise ConfigError(f"{key}: {msg}") from None
     assert isinstance(container, dict)
     return container

@@ -4,14 +4,52 @@ Plain dataclasses: the validator in :mod:`maelstrom_run.config.validate` checks 
 composed config against them (unknown keys, types, mandatory values) and reports
 the full key path. Groups whose shape depends on a discriminator (``model.arch``,
 ``dataset.kind``) map each value to its own dataclass.
+
+Valid ranges are written here, once, as field metadata (:func:`bounded` and its shorthands
+:func:`count`, :func:`fraction`, :func:`positive`); values with rules of their own name a check
+(``metadata={"check": "module:function"}``), imported when first used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 MISSING: Any = "???"
+
+
+def bounded(
+    default: Any = dataclasses.MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A field whose number (or every number of its list) must lie in a range: ``>= ge``, ``> gt``,
+    ``< lt``; the validator checks it with the key path (null passes: optional fields say so)."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("lt", lt)) if v is not None}
+    return field(default=default, default_factory=default_factory, metadata={"bounds": bounds})
+
+
+def count(default: Any = dataclasses.MISSING, minimum: int = 1, **kw: Any) -> Any:
+    """A whole number of things, at least ``minimum`` (1 unless said)."""
+    return bounded(default, ge=minimum, **kw)
+
+
+def fraction(default: float) -> Any:
+    """A share in [0, 1)."""
+    return bounded(default, ge=0, lt=1)
+
+
+def positive(default: float) -> Any:
+    """A number above zero (a rate, a timeout)."""
+    return bounded(default, gt=0)
+
+
+#: Extra input channels a loader can add (``loader.features``): gridded ones, and AP4's location.
+Feature = Literal["static_predictors", "coordinates", "leadtime", "location"]
 
 Tier = Literal["tiny", "small", "full"]
 
@@ -39,10 +77,10 @@ class AppConf:
 @dataclass
 class TrainConf:
     tier: Tier = "tiny"
-    epochs: int = 1
-    batch_size: int = 16
-    seed: int = 1234
-    steps_per_epoch: int | None = None
+    epochs: int = count(1, minimum=0)
+    batch_size: int = count(16)
+    seed: int = count(1234, minimum=0)
+    steps_per_epoch: int | None = count(None)
 
 
 #: Where a dataset's files come from: generated here, local files, or downloaded into the cache.
@@ -76,12 +114,12 @@ class RemoteConf:
 
 @dataclass
 class AP1Size:
-    runs: int = MISSING
-    leadtimes: int = MISSING
-    y: int = MISSING
-    x: int = MISSING
-    predictors: int = MISSING
-    static_predictors: int = MISSING
+    runs: int = count(MISSING)
+    leadtimes: int = count(MISSING)
+    y: int = count(MISSING)
+    x: int = count(MISSING)
+    predictors: int = count(MISSING)
+    static_predictors: int = count(MISSING)
 
 
 @dataclass
@@ -93,12 +131,12 @@ class AP1Dataset:
     path: str | None = None
     tiers: dict[str, AP1Size] = field(default_factory=dict)
     remote: RemoteConf | None = None
-    validation_fraction: float = 0.2
+    validation_fraction: float = fraction(0.2)
 
 
 @dataclass
 class AP2Size:
-    samples: int = MISSING
+    samples: int = count(MISSING)
 
 
 @dataclass
@@ -110,33 +148,33 @@ class AP2Dataset:
     path: str | None = None
     tiers: dict[str, AP2Size] = field(default_factory=dict)
     remote: RemoteConf | None = None
-    validation_fraction: float = 0.2
+    validation_fraction: float = fraction(0.2)
 
 
 @dataclass
 class AP3Size:
-    files: int = MISSING
-    columns: int = MISSING
-    levels: int = 137
+    files: int = count(MISSING)
+    columns: int = count(MISSING)
+    levels: int = count(137)
 
 
 @dataclass
 class AP5Size:
-    months: int = MISSING
-    times: int = MISSING
-    lat: int = MISSING
-    lon: int = MISSING
+    months: int = count(MISSING)
+    times: int = count(MISSING)
+    lat: int = count(MISSING)
+    lon: int = count(MISSING)
     #: ``tier-1`` (IFS to 0.1 degree, ``downscaling_tier1_*``) or ``tier-2`` (ERA5 to COSMO-REA6).
     variant: Literal["tier-1", "tier-2"] = "tier-1"
 
 
 @dataclass
 class AP6Size:
-    days: int = MISSING
-    turbines: int = MISSING
-    levels: int = MISSING
-    lat: int = MISSING
-    lon: int = MISSING
+    days: int = count(MISSING)
+    turbines: int = count(MISSING)
+    levels: int = count(MISSING)
+    lat: int = count(MISSING)
+    lon: int = count(MISSING)
 
 
 @dataclass
@@ -150,7 +188,7 @@ class GriddedDataset:
     path: str | None = None
     tiers: dict[str, Any] = field(default_factory=dict)
     remote: RemoteConf | None = None
-    validation_fraction: float = 0.2
+    validation_fraction: float = fraction(0.2)
 
 
 @dataclass
@@ -175,18 +213,18 @@ class AP5Dataset(GriddedDataset):
 class AP6Dataset(GriddedDataset):
     tiers: dict[str, AP6Size] = field(default_factory=dict)
     #: The wind turbine whose production is forecast (``production_data/wind_turbine_N.nc``).
-    turbine: int = 1
+    turbine: int = count(1)
 
 
 @dataclass
 class AP4Size:
     #: The first ``dates`` of the 105 ENS-10 dates (twice a week), each a file of ``years`` years.
-    dates: int = MISSING
-    years: int = MISSING
-    lat: int = MISSING
-    lon: int = MISSING
-    levels: list[int] = field(default_factory=lambda: [10, 50, 100, 200, 300, 400, 500, 700, 850, 925, 1000])
-    steps: list[int] = field(default_factory=lambda: [0, 24, 48])
+    dates: int = count(MISSING)
+    years: int = count(MISSING)
+    lat: int = count(MISSING)
+    lon: int = count(MISSING)
+    levels: list[int] = count(default_factory=lambda: [10, 50, 100, 200, 300, 400, 500, 700, 850, 925, 1000])
+    steps: list[int] = count(default_factory=lambda: [0, 24, 48], minimum=0)
 
 
 @dataclass
@@ -201,11 +239,11 @@ class AP4Dataset:
     #: What is post-processed: t850, z500 (pressure levels) or t2m (surface).
     target: Literal["t850", "z500", "t2m"] = "t850"
     #: Lead time (hours) of the forecast that is corrected.
-    step: int = 48
+    step: int = count(48, minimum=0)
     #: Input variables; null: all of the target's files (z t q w d u v, or the 11 surface ones).
     variables: list[str] | None = None
     #: Share of the years (the last ones) that validate.
-    validation_fraction: float = 0.1
+    validation_fraction: float = fraction(0.1)
 
 
 @dataclass
@@ -236,15 +274,16 @@ class LoaderLayout:
 class LoaderConf:
     kind: Literal["gridded", "text"] = MISSING
     #: Worker threads (>= 1).
-    threads: int = 2
-    #: Gridded: fields (one leadtime of one file) in memory at once (>= 1).
-    prefetch: int = 2
+    threads: int = count(2)
+    #: Gridded: fields (one leadtime of one file) in memory at once (>= 1 when NetCDF files are read;
+    #: 0 where the loader holds everything, e.g. AP4's memory-mapped arrays).
+    prefetch: int = count(2, minimum=0)
     shuffle: bool = True
     normalise: bool = True
     #: Gridded: side of the square patches; null is the whole field.
-    patch_size: int | None = None
+    patch_size: int | None = count(None)
     #: Gridded: extra input channels, of static_predictors, coordinates, leadtime.
-    features: list[str] = field(default_factory=list)
+    features: list[Feature] = field(default_factory=list)
     #: Gridded: the predictors to read, by name; null is all of them.
     predictors: list[str] | None = None
     #: Gridded: ``difference`` (target_mean minus the raw forecast) or ``mean`` (target_mean).
@@ -259,17 +298,17 @@ class LoaderConf:
 class ModelBase:
     arch: str = MISSING
     name: str = MISSING
-    learning_rate: float = 1e-3
+    learning_rate: float = positive(1e-3)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    weight_decay: float = 0.0
+    weight_decay: float = bounded(0.0, ge=0)
 
 
 @dataclass
 class UNetModel(ModelBase):
-    filters: int = 16
-    levels: int = 2
-    kernel_size: int = 3
-    dropout: float = 0.0
+    filters: int = count(16)
+    levels: int = count(2)
+    kernel_size: int = count(3)
+    dropout: float = fraction(0.0)
     loss: Literal["mae", "mse", "crps"] = "mae"
 
 
@@ -277,21 +316,21 @@ class UNetModel(ModelBase):
 class MLPModel(ModelBase):
     """A per-grid-point MLP (ENS-10 baseline): inputs plus 3 location features -> mean and spread."""
 
-    hidden: list[int] = field(default_factory=lambda: [128])
+    hidden: list[int] = count(default_factory=lambda: [128])
     #: Grid points drawn per sample and step; null: every point.
-    points: int | None = None
+    points: int | None = count(None)
     loss: Literal["crps"] = "crps"
 
 
 @dataclass
 class TransformerModel(ModelBase):
-    vocab_size: int = 4096
-    max_len: int = 64
-    d_model: int = 64
-    heads: int = 4
-    layers: int = 2
-    ff_dim: int = 128
-    dropout: float = 0.1
+    vocab_size: int = count(4096)
+    max_len: int = count(64)
+    d_model: int = count(64)
+    heads: int = count(4)
+    layers: int = count(2)
+    ff_dim: int = count(128)
+    dropout: float = fraction(0.1)
     #: Directory with pretrained weights (e.g. DeBERTa-v3); nothing is downloaded.
     pretrained: str | None = None
 
@@ -301,9 +340,9 @@ class ColumnModel(ModelBase):
     """AP3: a radiation emulator over the vertical levels of a column (both architectures)."""
 
     #: Levels the emulator is built for; null: those of the data (a trained emulator fits one grid).
-    levels: int | None = None
+    levels: int | None = count(None)
     #: Weight in the loss of the heating-rate error (as the net flux each layer absorbs, W m-2).
-    hr_weight: float = 0.5
+    hr_weight: float = bounded(0.5, ge=0)
     loss: Literal["mse", "mae"] = "mse"
 
 
@@ -312,33 +351,33 @@ class RNNModel(ColumnModel):
     """AP3 bidirectional RNN: every layer reads the column top-down and bottom-up."""
 
     cell: Literal["lstm", "gru"] = "lstm"
-    units: int = 32
-    layers: int = 1
+    units: int = count(32)
+    layers: int = count(1)
 
 
 @dataclass
 class CNN1DModel(ColumnModel):
     """AP3 1-D CNN: convolutions along the levels, kernels see ``kernel_size`` neighbouring levels."""
 
-    filters: int = 32
-    layers: int = 4
-    kernel_size: int = 5
+    filters: int = count(32)
+    layers: int = count(4)
+    kernel_size: int = count(5)
 
 
 @dataclass
 class WGANModel(ModelBase):
     """AP5 Wasserstein GAN: a U-Net generator, a convolutional critic, gradient penalty."""
 
-    filters: int = 16
-    levels: int = 2
-    kernel_size: int = 3
-    dropout: float = 0.0
-    critic_filters: int = 16
+    filters: int = count(16)
+    levels: int = count(2)
+    kernel_size: int = count(3)
+    dropout: float = fraction(0.0)
+    critic_filters: int = count(16)
     #: Critic updates per generator update.
-    critic_steps: int = 2
-    gp_weight: float = 10.0
+    critic_steps: int = count(2)
+    gp_weight: float = bounded(10.0, ge=0)
     #: Weight of the generator's reconstruction error against its adversarial loss.
-    recon_weight: float = 100.0
+    recon_weight: float = bounded(100.0, ge=0)
     loss: Literal["mae", "mse"] = "mae"
 
 
@@ -348,23 +387,26 @@ class RegimeModel(ModelBase):
 
     #: Pressure-level field (``pl_*`` files) and level (hPa) the regimes are found in.
     regime_variable: str = "z"
-    regime_level: int = 500
-    components: int = 4
-    regimes: int = 4
+    regime_level: int = count(500)
+    components: int = count(4)
+    regimes: int = count(4)
     #: Grid points around the turbine (a square of this side) whose forecast fields are inputs.
-    neighbourhood: int = 3
-    hidden: list[int] = field(default_factory=lambda: [32, 32])
+    neighbourhood: int = count(3)
+    hidden: list[int] = count(default_factory=lambda: [32, 32])
     loss: Literal["mse", "mae"] = "mse"
 
 
 @dataclass
 class Resources:
     queue: str | None = None
-    nodes: int = 1
-    tasks_per_node: int = 1
-    cpus_per_task: int | None = None
-    gpus_per_node: int = 0
-    memory: str | None = None
+    nodes: int = count(1)
+    tasks_per_node: int = count(1)
+    cpus_per_task: int | None = count(None)
+    gpus_per_node: int = count(0, minimum=0)
+    #: Memory per node, as sbatch reads it: ``4G``, ``500M``, ``2T``, or megabytes.
+    memory: str | int | None = field(
+        default=None, metadata={"check": "maelstrom_run.config.units:memory_megabytes"}
+    )
     #: Time limit: ``30m``, ``2h``, ``1d12h`` or ``HH:MM:SS``.
     time: str | None = field(
         default=None, metadata={"check": "maelstrom_run.config.units:time_limit_seconds"}
@@ -400,11 +442,11 @@ class BackendConf:
     name: str = MISSING
     kind: str = MISSING
     #: Jobs of a sweep running (local) or submitted (clusters) at once (>= 1).
-    max_parallel: int = 2
+    max_parallel: int = count(2)
     #: Tries in all while the target cannot be reached (at least one), and the first wait between
     #: them in seconds (doubling): REST gateways.
-    retries: int = 4
-    retry_delay: float = 1.0
+    retries: int = count(4)
+    retry_delay: float = bounded(1.0, ge=0)
     #: Where run directories live on the target; default ``$MAELSTROM_HOME/runs``.
     workdir: str | None = None
     #: Secret references only, e.g. ``${secret:env:NAME}``.
@@ -448,7 +490,7 @@ class SSHConf:
 class SlurmConf(BackendConf):
     kind: str = "slurm"
     #: At most this many tasks per job array (default: the cluster's MaxArraySize).
-    max_array_size: int | None = None
+    max_array_size: int | None = count(None)
     #: More ``#SBATCH`` options, e.g. ``[--exclusive, --mail-type=END]``.
     sbatch_options: list[str] = field(default_factory=list)
     #: Reach the cluster over SSH (its login node); null: the Slurm commands on this machine.
@@ -498,11 +540,14 @@ class TrackingConf:
     backend: Literal["mlflow"] = "mlflow"
     uri: str | None = None
     experiment: str | None = None
-    timeout_s: float = 10.0
+    timeout_s: float = positive(10.0)
     plots: bool = True
-    credentials: dict[str, str] = field(default_factory=dict)
+    #: Secret references of ``username``, ``password`` or ``token``.
+    credentials: dict[str, str] = field(
+        default_factory=dict, metadata={"check": "maelstrom_run.tracking.mlflow_run:check_credentials"}
+    )
     #: Seconds between MLflow system-metrics samples (CPU, memory, GPU); null: none.
-    system_metrics_interval_s: float | None = 10.0
+    system_metrics_interval_s: float | None = positive(10.0)
 
 
 @dataclass
@@ -515,7 +560,7 @@ class BenchmarkConf:
     #: ``energy.<sensor>_J``, ``final.<metric>``.
     metrics: list[str] = field(default_factory=lambda: ["time_to_solution_s"])
     #: How much worse than the baseline (a fraction) a figure may be before it counts as a regression.
-    tolerance: float = 0.1
+    tolerance: float = bounded(0.1, ge=0)
 
 
 @dataclass
@@ -533,7 +578,7 @@ class ScheduleConf:
     #: Slots missed while no scheduler ran: fire ``none``, the ``last`` one, or ``all``.
     catchup: Literal["none", "last", "all"] = "last"
     #: Firings of this schedule queued or running at once; a slot due beyond it is skipped.
-    max_concurrent: int = 1
+    max_concurrent: int = count(1)
     #: Run this commit (in a separate worktree) instead of the repository's current state.
     commit: str | None = None
     benchmark: BenchmarkConf = field(default_factory=BenchmarkConf)

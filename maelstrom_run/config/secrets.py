@@ -25,6 +25,13 @@ KINDS = ("env", "file", "vault")
 def reference(*parts: Any) -> str:
     """The canonical text of a reference (also the ``secret`` resolver)."""
     body = ":".join(str(p) for p in parts)
+    kind, _, what = body.partition(":")
+    if kind not in KINDS or not what.strip():
+        # refused when composed, so a run never starts with a reference nothing can resolve
+        raise ConfigError(
+            f"secret reference ${{secret:{body}}} is incomplete; write ${{secret:env:NAME}}, "
+            "${secret:file:/path} or ${secret:'vault:MOUNT/PATH#KEY'}"
+        )
     return f"${{secret:{body}}}" if _PLAIN_OK.match(body) else f"${{secret:'{body}'}}"
 
 

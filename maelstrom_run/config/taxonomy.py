@@ -12,10 +12,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..core.errors import ConfigError, did_you_mean
 from ..core.paths import user_config_dirs
+from .files import read_mapping
 
 TAXONOMY_FILE = "taxonomy.yaml"
 
@@ -45,20 +44,29 @@ def _files() -> list[Path]:
     return [shipped, *reversed(own)]  # later files extend earlier ones; the first directory wins last
 
 
+def _shaped(value: Any, kind: type, path: Path, key: str) -> Any:
+    """``value`` (empty when absent) if it is a ``kind``; else one line naming the file and key."""
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        noun = "a mapping" if kind is dict else "a list"
+        raise ConfigError(f"label taxonomy {path}: {key}: expected {noun}, got {value!r}"[:200])
+    return value
+
+
 @lru_cache(maxsize=8)
 def _load(files: tuple[Path, ...]) -> Taxonomy:
     scopes: dict[str, str] = {}
     categories: dict[str, Category] = {}
     for path in files:
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"label taxonomy {path}: {exc}".splitlines()[0]) from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"label taxonomy {path}: expected a mapping with scopes and categories")
-        scopes.update({str(k): str(v) for k, v in (data.get("scopes") or {}).items()})
-        for name, spec in (data.get("categories") or {}).items():
-            spec = spec or {}
+        data = read_mapping(path, "a mapping with scopes and categories", what="label taxonomy")
+        scopes.update({str(k): str(v) for k, v in _shaped(data.get("scopes"), dict, path, "scopes").items()})
+        for name, spec in _shaped(data.get("categories"), dict, path, "categories").items():
+            spec = _shaped(spec, dict, path, f"categories.{name}")
+            _shaped(spec.get("values"), list, path, f"categories.{name}.values")
+            _shaped(spec.get("scopes"), list, path, f"categories.{name}.scopes")
+            if not isinstance(spec.get("weight", 1.0), int | float):
+                raise ConfigError(f"label taxonomy {path}: categories.{name}.weight: expected a number")
             old = categories.get(name)
             values = [str(v) for v in spec.get("values") or []]
             if old is not None:

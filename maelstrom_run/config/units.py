@@ -1,4 +1,4 @@
-"""Units users write in configs: Slurm time limits."""
+"""Units users write in configs: Slurm time limits and memory sizes."""
 
 from __future__ import annotations
 
@@ -39,6 +39,18 @@ def time_limit_seconds(text: str | int, key: str = "backend.resources.time") -> 
     raise ConfigError(
         f"{key}: {text!r} is not a time limit; write it like 30m, 2h, 1d12h, 01:30:00 or 2-00:00:00"
     )
+
+
+_MEMORY = re.compile(r"^(\d+)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
+
+
+def memory_megabytes(text: str | int, key: str = "backend.resources.memory") -> int:
+    """Megabytes of a memory size as sbatch reads it: ``4G``, ``500M``, ``2T``, ``4GB``, a bare number of MB."""
+    m = _MEMORY.match(str(text).strip())
+    if m and int(m.group(1)) > 0:
+        factor = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024**2}[m.group(2).upper()]
+        return max(1, int(int(m.group(1)) * factor))
+    raise ConfigError(f"{key}: {text!r} is not a memory size; write it like 500M, 4G or 2T (per node)")
 
 
 def slurm_time(seconds: int) -> str:

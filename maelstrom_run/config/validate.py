@@ -6,6 +6,7 @@ closest valid key: ``backend.resources.nodez: unknown key; did you mean 'nodes'?
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import importlib
@@ -46,10 +47,16 @@ def _type_name(tp: Any) -> str:
     }.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+#: Set while checking a config only shown (``--cfg job``): values still to be filled (``???``) pass.
+_MISSING_OK: contextvars.ContextVar[bool] = contextvars.ContextVar("missing_ok", default=False)
+
+
 def _check(value: Any, tp: Any, path: str) -> None:
     if tp is Any:
         return
     if isinstance(value, str) and value == MISSING:
+        if _MISSING_OK.get():
+            return
         raise ConfigError(f"{path}: missing mandatory value; set it in a config file or with {path}=VALUE")
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -109,7 +116,7 @@ def _check_dataclass(value: Any, cls: type, path: str, own: Iterable[str] = ()) 
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: expected a mapping, got {value!r}")
     hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = _fields(cls)
     for key in value:
         if key not in fields and key not in own:
             hint = did_you_mean(str(key), fields)
@@ -119,6 +126,10 @@ def _check_dataclass(value: Any, cls: type, path: str, own: Iterable[str] = ()) 
     for name, f in fields.items():
         sub = _join(path, name)
         if name not in value:
+            if _MISSING_OK.get():
+                continue
+            if cls is RootConf and name in REQUIRED_GROUPS:
+                raise ConfigError(f"{name}: missing config group; choose one with {name}=NAME (not ~{name})")
             if f.default is MISSING:
                 raise ConfigError(
                     f"{sub}: missing mandatory value; set it in a config file or with {sub}=VALUE"
@@ -128,8 +139,38 @@ def _check_dataclass(value: Any, cls: type, path: str, own: Iterable[str] = ()) 
             _check_discriminated(value[name], name)
         else:
             _check(value[name], hints[name], sub)
+            if "bounds" in f.metadata:
+                check_bounds(value[name], f.metadata["bounds"], sub)
 
 
+def bounds_text(bounds: dict[str, float]) -> str:
+    """``>= 1``, ``> 0``, ``in [0, 1)``: a range of :func:`maelstrom_run.config.schema.bounded`."""
+    if "ge" in bounds and "lt" in bounds:
+        return f"in [{bounds['ge']:g}, {bounds['lt']:g})"
+    return " and ".join(
+        f"{op} {bounds[k]:g}" for k, op in (("ge", ">="), ("gt", ">"), ("lt", "<")) if k in bounds
+    )
+
+
+def check_bounds(value: Any, bounds: dict[str, float], path: str) -> None:
+    """Raise :class:`ConfigError` naming ``path`` when a number (or one of a list's) is out of range."""
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            check_bounds(v, bounds, f"{path}[{i}]")
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return
+    ok = (
+        ("ge" not in bounds or value >= bounds["ge"])
+        and ("gt" not in bounds or value > bounds["gt"])
+        and ("lt" not in bounds or value < bounds["lt"])
+    )
+    if not ok:
+        raise ConfigError(f"{path}: {value!r} is out of range; it must be {bounds_text(bounds)}")
+
+
+#: Groups every run needs (the primary config's defaults list, and the app's own choice).
+REQUIRED_GROUPS = ("app", "train", "backend", "tracking", "schedule")
 #: Groups whose discriminator may be ``custom``: a shape of the user's own, not checked.
 _OPEN = ("dataset", "model")
 #: Entry point group of backend packages: ``KIND = "package.module:BackendClass"`` (its ``Conf``).
@@ -218,15 +259,32 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def validate(config: dict[str, Any]) -> None:
-    """Raise :class:`ConfigError` for the first problem found in a resolved config container."""
+def validate(config: dict[str, Any], *, missing_ok: bool = False) -> None:
+    """Raise :class:`ConfigError` for the first problem found in a resolved config container
+    (``missing_ok``: but not for mandatory values still missing, in a config that is only shown)."""
+    token = _MISSING_OK.set(missing_ok)
+    try:
+        _validate(config)
+    finally:
+        _MISSING_OK.reset(token)
+
+
+def _validate(config: dict[str, Any]) -> None:
     app = config.get("app")
     own = app.get("sections") if isinstance(app, dict) else None
     _check_dataclass(config, RootConf, "", own if isinstance(own, list) else ())
     for key, check in _checks(config):
         value = _get(config, key)
-        if value is not None:
+        if value is not None and not (_MISSING_OK.get() and _has_missing(value)):
             check(value, key)
+
+
+def _has_missing(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_missing(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_missing(v) for v in value)
+    return isinstance(value, str) and value == MISSING
 
 
 def _get(config: dict[str, Any], key: str) -> Any:
@@ -281,14 +339,17 @@ def validate_changes(config: dict[str, Any], keys: Iterable[str]) -> None:
     changes a discriminator such as ``model.arch`` gets the full :func:`validate`).
     """
     for key in keys:
-        tp = _schema_type(config, key.split("."))
-        if tp is None:
+        found = _schema_type(config, key.split("."))
+        if found is None:
             validate(config)
             return
+        tp, bounds = found
         node: Any = config
         for part in key.split("."):
             node = node[part]
         _check(node, tp, key)
+        if bounds:
+            check_bounds(node, bounds, key)
         for checked, check in _checks(config):  # a value with rules of its own, or a mapping holding one
             if checked == key or checked.startswith(key + ".") or key.startswith(checked + "."):
                 value = _get(config, checked)
@@ -296,9 +357,11 @@ def validate_changes(config: dict[str, Any], keys: Iterable[str]) -> None:
                     check(value, checked)
 
 
-def _schema_type(config: dict[str, Any], parts: list[str]) -> Any:
-    """The schema type at a key path, ``Any`` for free-form parts, None when only a full check will do."""
+def _schema_type(config: dict[str, Any], parts: list[str]) -> tuple[Any, dict[str, float]] | None:
+    """The schema type at a key path and its field's range, ``Any`` for free-form parts, None when
+    only a full check will do."""
     tp: Any = RootConf
+    bounds: dict[str, float] = {}
     for i, part in enumerate(parts):
         if i == 0 and part in DISCRIMINATED:
             key = DISCRIMINATED[part][0]
@@ -306,27 +369,31 @@ def _schema_type(config: dict[str, Any], parts: list[str]) -> Any:
             if len(parts) < 2 or parts[1] == key:
                 return None
             if kind == CUSTOM and part in _OPEN:
-                return Any
+                return Any, {}
             tp = schema_of(part, kind)
             if tp is None:
                 return None
             continue
         if tp is Any:
-            return Any
+            return Any, {}
+        bounds = {}
         if dataclasses.is_dataclass(tp):
             hints = _hints(tp)
             if part not in hints:
-                return (
-                    Any
-                    if tp is RootConf and part in ((config.get("app") or {}).get("sections") or [])
-                    else None
-                )
+                own = (config.get("app") or {}).get("sections") or []
+                return (Any, {}) if tp is RootConf and part in own else None
+            bounds = _fields(tp)[part].metadata.get("bounds", {})
             tp = hints[part]
         elif typing.get_origin(tp) is dict:
             tp = (typing.get_args(tp) or (str, Any))[1]
         else:
             return None
-    return tp
+    return tp, bounds
+
+
+@functools.cache
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
 
 
 def valid_keys(path: str) -> list[str]:
@@ -359,10 +426,33 @@ def valid_keys_of(node: Any, rest: list[str]) -> list[str]:
     return []
 
 
+def _free_form(path: str) -> bool:
+    """Whether the schema has a mapping of any keys at ``path`` (``tags``, ``tracking.credentials``)."""
+    parts = [p for p in path.split(".") if p]
+    if not parts:
+        return False
+    if parts[0] in DISCRIMINATED:
+        nodes = [_hints(v).get(parts[1]) for v in DISCRIMINATED[parts[0]][1].values()] if parts[1:] else []
+        rest = parts[2:]
+    else:
+        nodes, rest = [_hints(RootConf).get(parts[0])], parts[1:]
+    for node in nodes:
+        for part in rest:
+            if node is Any:
+                break
+            if typing.get_origin(node) is dict:
+                node = (typing.get_args(node) or (str, Any))[1]
+            else:
+                node = _hints(node).get(part) if dataclasses.is_dataclass(node) else None
+        if typing.get_origin(node) is dict or node is Any:
+            return True
+    return False
+
+
 def unknown_key_message(path: str) -> str:
     parent, _, key = path.rpartition(".")
     options = valid_keys(parent)
-    if not options and path.split(".")[0] in ("labels", "tags"):  # free-form: new keys need a '+'
+    if not options and _free_form(parent):  # a mapping of the user's keys: new ones need a '+'
         return f"{path}: not in the config yet; add it with +{path}=VALUE"
     return f"{path}: unknown key{did_you_mean(key, options) if options else ''}"
 

@@ -530,6 +530,14 @@ def load_dataset(
         )
     else:
         raise DataError(f"source {source!r}: not one of sample, files, remote")
+    if verify and source != "remote":  # downloads are checked by their sha256; these by opening them
+        hint = (
+            f"remove it (maelstrom data cache clear --dataset {name} --yes) and get it again"
+            if source == "sample"
+            else "replace it with an intact copy"
+        )
+        for path in files:
+            open_file(path, decode=False, hint=hint).close()
     return Dataset(name=name, kind=str(config["kind"]), tier=tier, source=source, files=files, config=config)
 
 

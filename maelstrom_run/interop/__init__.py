@@ -38,17 +38,3 @@ class Report:
 def literal(text: str) -> str:
     """A string as config text: ``${...}`` (a shell variable) is kept, not read as an interpolation."""
     return text.replace("${", "\\${")
-
-
-def yaml_error(path: object, exc: Exception) -> str:
-    """One line for a YAML file that does not parse: the file, line and column, and what is wrong
-    (a tab in the indentation gets its own hint: YAML allows only spaces there)."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-    hint = ""
-    if mark is not None and mark.buffer:
-        line = mark.buffer.splitlines()[mark.line] if mark.line < len(mark.buffer.splitlines()) else ""
-        if "\t" in line[: len(line) - len(line.lstrip())] or "\t" in str(problem):
-            hint = "; a tab in the indentation: YAML indents with spaces only"
-    return f"{where}: not valid YAML: {problem}{hint}"

@@ -23,15 +23,15 @@ the wrong type or form stops the import with its key path.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shlex
 from pathlib import Path
 from typing import Any
 
+from ..config.files import read_mapping
 from ..core.errors import ConfigError
-from . import Report, literal, yaml_error
+from . import Report, literal
 
 #: Mantik key path -> maelstrom-run key path (what the import writes).
 MAPPING = {
@@ -109,22 +109,7 @@ _RUNTIME_PART = re.compile(r"(\d+)\s*(days?|d|hours?|h|minutes?|mins?|m|seconds?
 
 def read_config(path: Path) -> dict[str, Any]:
     """A config file's mapping: JSON for ``.json``, else YAML (which also reads JSON)."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(yaml_error(path, exc)) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys (UnicoreApiUrl, Resources, ...), got {data!r}")
-    return data
+    return read_mapping(path, "a mapping of keys (UnicoreApiUrl, Resources, ...)")
 
 
 class _Values:

@@ -22,8 +22,9 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from ..config.files import read_mapping
 from ..core.errors import ConfigError, did_you_mean
-from . import Report, literal, yaml_error
+from . import Report, literal
 
 ENTRY = "maelstrom_run.interop.command:main"
 _TOP = ("name", "python_env", "conda_env", "docker_env", "entry_points")
@@ -60,16 +61,7 @@ def find(path: Path) -> Path:
 
 
 def load(path: Path) -> dict[str, Any]:
-    import yaml
-
-    path = find(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(yaml_error(path, exc)) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping (name, entry_points, ...), got {data!r}")
-    return data
+    return read_mapping(find(path), "a mapping (name, entry_points, ...)")
 
 
 def normalise_type(name: Any) -> str | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..core import paths
 from ..core.errors import ConfigError
+from ..core.ids import by_prefix
 from ..core.retry import RetryPolicy
 from ..core.states import JobState
 
@@ -266,18 +267,16 @@ class Registry:
     def get(self, run_id: str) -> RunRecord:
         """A run by id or unique id prefix."""
         with self._connect() as db:
-            rows = db.execute(
-                "SELECT * FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id", (len(run_id), run_id)
-            ).fetchall()
-        exact = [r for r in rows if r["run_id"] == run_id]
-        rows = exact or rows
-        if not rows:
-            raise ConfigError(f"run {run_id!r} is not in the registry {self.path}; see `maelstrom runs list`")
-        if len(rows) > 1:
-            raise ConfigError(
-                f"run id prefix {run_id!r} is ambiguous: {', '.join(r['run_id'] for r in rows[:5])}"
+            row = by_prefix(
+                db,
+                "runs",
+                "run_id",
+                run_id,
+                "run",
+                "maelstrom runs list",
+                f"is not in the registry {self.path}",
             )
-        return RunRecord(**dict(rows[0]))
+        return RunRecord(**dict(row))
 
     def get_many(self, run_ids: list[str]) -> list[RunRecord]:
         """Runs by exact id, in the order given (one query)."""
@@ -320,12 +319,9 @@ class Registry:
             return int(db.execute("SELECT COUNT(*) FROM runs" + where, args).fetchone()[0])
 
     def sweep(self, sweep_id: str) -> SweepRecord:
+        """A sweep by id or unique id prefix."""
         with self._connect() as db:
-            rows = db.execute(
-                "SELECT * FROM sweeps WHERE substr(sweep_id, 1, ?) = ?", (len(sweep_id), sweep_id)
-            ).fetchall()
-        rows = [r for r in rows if r["sweep_id"] == sweep_id] or rows
-        if len(rows) != 1:
-            what = "is not in the registry" if not rows else "is ambiguous"
-            raise ConfigError(f"sweep {sweep_id!r} {what}; see `maelstrom runs list`")
-        return SweepRecord(**dict(rows[0]))
+            row = by_prefix(
+                db, "sweeps", "sweep_id", sweep_id, "sweep", "maelstrom runs list", "is not in the registry"
+            )
+        return SweepRecord(**dict(row))

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..backends import Backend, get_backend
+from ..config import secrets
 from ..core.errors import ConfigError, UserError
 from ..core.spec import RunSpec
 from . import monitor
 from .registry import Registry, RunRecord
+
+#: Backend kinds whose run directories are on this machine (or its shared file system).
+LOCAL_RUN_DIRS = ("local", "slurm")
 
 
 def default_wait(backend: dict, wait: bool | None) -> bool:
@@ -21,6 +27,7 @@ def connect(specs: Sequence[RunSpec], known: dict[str, Backend] | None = None) -
     """The backends of ``specs`` by name, each connected (credentials accepted) before anything is
     recorded: refused credentials or a dead gateway leave the registry as it was. ``known``: those
     connected already."""
+    preflight(specs)
     backends: dict[str, Backend] = dict(known or {})
     for spec in specs:
         name = spec.backend.get("name", "local")
@@ -31,6 +38,33 @@ def connect(specs: Sequence[RunSpec], known: dict[str, Backend] | None = None) -
             except UserError as exc:
                 raise type(exc)(f"{exc}; nothing was submitted or recorded") from None
     return backends
+
+
+def preflight(specs: Sequence[RunSpec]) -> None:
+    """What can fail before a job exists, checked before the registry or MLflow is touched: every
+    secret reference resolves (in memory, the values dropped), and local run directories can be made."""
+    references: set[str] = set()
+    parents: set[Path] = set()
+    for spec in specs:
+        references |= secrets.references(spec.config)
+        if spec.backend.get("kind", "local") in LOCAL_RUN_DIRS:
+            parents.add(Path(spec.run_dir).parent)
+    try:
+        for ref in sorted(references):
+            secrets.resolve(ref)
+    except UserError as exc:
+        raise type(exc)(f"{exc}; nothing was submitted or recorded") from None
+    for parent in sorted(parents):
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            writable = os.access(parent, os.W_OK | os.X_OK)
+        except OSError as exc:
+            writable, parent = False, Path(exc.filename or parent)
+        if not writable:
+            raise ConfigError(
+                f"run directory {parent}: cannot be written; set backend.workdir (or MAELSTROM_HOME) to a "
+                "writable directory; nothing was submitted or recorded"
+            )
 
 
 def submit(

@@ -85,6 +85,11 @@ def register(cfg: Any, overrides: list[str], store: ScheduleStore | None = None)
     spec = build(cfg, overrides)
     conf = timing.check(spec.config["schedule"])
     now = timing.now_utc()
+    if conf["end"] and conf["end"] <= now:
+        raise ConfigError(
+            f"schedule.end: {spec.config['schedule'].get('end')} is already past, so the schedule would "
+            "never fire; set a later schedule.end (or leave it out)"
+        )
     start = conf["start"] or now
     schedule_id = new_id(f"sched-{spec.app}")
     pin = _resolve_commit(conf["commit"], spec) if conf.get("commit") else None

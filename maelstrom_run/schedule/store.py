@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ConfigError
+from ..core.ids import by_prefix
 from ..launch.registry import Registry
 
 _SCHEMA = """
@@ -113,17 +113,10 @@ class ScheduleStore:
     def get(self, schedule_id: str) -> ScheduleRecord:
         """A schedule by id or unique id prefix."""
         with self.registry._connect() as db:
-            rows = db.execute(
-                "SELECT * FROM schedules WHERE substr(schedule_id, 1, ?) = ? ORDER BY schedule_id",
-                (len(schedule_id), schedule_id),
-            ).fetchall()
-        rows = [r for r in rows if r["schedule_id"] == schedule_id] or rows
-        if not rows:
-            raise ConfigError(f"schedule {schedule_id!r} does not exist; see `maelstrom schedules list`")
-        if len(rows) > 1:
-            ids = ", ".join(r["schedule_id"] for r in rows[:5])
-            raise ConfigError(f"schedule id prefix {schedule_id!r} is ambiguous: {ids}")
-        return ScheduleRecord(**dict(rows[0]))
+            row = by_prefix(
+                db, "schedules", "schedule_id", schedule_id, "schedule", "maelstrom schedules list"
+            )
+        return ScheduleRecord(**dict(row))
 
     def list(self) -> list[ScheduleRecord]:
         with self.registry._connect() as db:

@@ -113,8 +113,6 @@ def check(conf: dict[str, Any], key: str = "schedule") -> dict[str, Any]:
         )
     if conf.get("catchup") not in CATCHUP:
         raise ConfigError(f"schedule.catchup: {conf.get('catchup')!r} is not one of {', '.join(CATCHUP)}")
-    if int(conf.get("max_concurrent") or 0) < 1:
-        raise ConfigError(f"schedule.max_concurrent: expected 1 or more, got {conf.get('max_concurrent')!r}")
     commit = conf.get("commit")
     if commit is not None and (not isinstance(commit, str) or not commit.strip()):
         raise ConfigError(f"schedule.commit: expected a commit (hash, tag or branch), got {commit!r}")

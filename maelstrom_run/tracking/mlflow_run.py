@@ -72,12 +72,18 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def check_credentials(credentials: dict[str, Any], key: str = "tracking.credentials") -> None:
+    """The config check of ``tracking.credentials`` (named in its schema): known names only."""
+    for name in credentials:
+        if name not in _CREDENTIAL_ENV:
+            raise ConfigError(f"{key}.{name}: unknown; use {', '.join(_CREDENTIAL_ENV)}")
+
+
 def connect(tracking: dict[str, Any]) -> str:
     """Point MLflow at the configured store, with credentials resolved in memory; returns the URI."""
     uri = tracking_uri(tracking)
+    check_credentials(tracking.get("credentials") or {})
     for name, value in (tracking.get("credentials") or {}).items():
-        if name not in _CREDENTIAL_ENV:
-            raise ConfigError(f"tracking.credentials.{name}: unknown; use {', '.join(_CREDENTIAL_ENV)}")
         os.environ[_CREDENTIAL_ENV[name]] = resolve(value)
     timeout = float(tracking.get("timeout_s") or 10)
     if uri.startswith(("http://", "https://")):
