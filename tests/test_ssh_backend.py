@@ -60,12 +60,16 @@ class TestSSHBackend(BackendContract):
         assert not any(Path(s.run_dir).exists() for s in specs)
 
 
-def _run(run_cli: Any, env: dict[str, str], project: Path, server: SSHServer, **ssh: Any) -> Any:
-    fields = {**server.conf(), **ssh}
-    inline = ", ".join(f"{k}: '{v}'" if isinstance(v, str) else f"{k}: {v}" for k, v in fields.items())
-    return run_cli(
-        ["app=toy", "backend=slurm", "backend.retries=1", f"++backend.ssh={{{inline}}}"], project, env
+def _inline(fields: dict[str, Any]) -> str:
+    """A mapping as a Hydra override value (``{host: '127.0.0.1', port: 2222}``)."""
+    return (
+        "{" + ", ".join(f"{k}: '{v}'" if isinstance(v, str) else f"{k}: {v}" for k, v in fields.items()) + "}"
     )
+
+
+def _run(run_cli: Any, env: dict[str, str], project: Path, server: SSHServer, **ssh: Any) -> Any:
+    inline = _inline({**server.conf(), **ssh})
+    return run_cli(["app=toy", "backend=slurm", "backend.retries=1", f"++backend.ssh={inline}"], project, env)
 
 
 @pytest.fixture
@@ -156,9 +160,7 @@ def test_a_sweep_from_the_command_line_over_ssh(
     """`maelstrom-run -m` to a cluster reached over SSH, then `maelstrom runs` watch, logs and
     download: each rebuilds the backend from the recorded config and goes through the connection."""
     env = {**cli_env, "MAELSTROM_CONFIG_PATH": str(toy_project / "conf")}
-    fields = ", ".join(
-        f"{k}: '{v}'" if isinstance(v, str) else f"{k}: {v}" for k, v in sshd_server.conf().items()
-    )
+    fields = _inline(sshd_server.conf())
     result = run_cli(
         [
             "-m",
@@ -167,7 +169,7 @@ def test_a_sweep_from_the_command_line_over_ssh(
             "backend.resources.cpus_per_task=1",
             "backend.max_parallel=1",  # two jobs creating one fresh MLflow database would race
             f"backend.environment.venv={VENV}",
-            f"++backend.ssh={{{fields}}}",
+            f"++backend.ssh={fields}",
             "model.learning_rate=0.01,0.1",
             "train.epochs=1",
         ],
@@ -238,12 +240,10 @@ def test_a_hydra_app_sweeps_over_ssh(
     git repository) is staged, the pickled task runs there, the return values come back."""
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "my_app.py").write_text(HYDRA_APP)
-    fields = ", ".join(
-        f"{k}: '{v}'" if isinstance(v, str) else f"{k}: {v}" for k, v in sshd_server.conf().items()
-    )
+    fields = _inline(sshd_server.conf())
     backend = (
         "{name: cluster, kind: slurm, max_parallel: 1, resources: {time: 10m}, "
-        f"environment: {{venv: '{VENV}'}}, ssh: {{{fields}}}}}"
+        f"environment: {{venv: '{VENV}'}}, ssh: {fields}}}"
     )
     command = [sys.executable, "app/my_app.py", "-m", "hydra/launcher=maelstrom", "hydra.launcher.wait=true"]
     result = subprocess.run(

@@ -15,15 +15,16 @@ from ..interop import Report, literal
 IMPORT_HELP = """\
 Write conf/app/NAME.yaml (an app running the MLproject entry point's command, its parameters as
 app.params) and, from a Mantik compute-backend config (YAML or JSON), conf/backend/NAME.yaml
-(UNICORE or FirecREST, resources, environment, exclude; credentials as secret references to
-MANTIK_UNICORE_USERNAME/_PASSWORD or MANTIK_FIRECREST_CLIENT_ID/_SECRET). Unknown keys are
-reported (--strict: refused). Run the app from the project directory:
-maelstrom-run --config-dir OUT app=NAME backend=NAME.
+(UNICORE, FirecREST or Slurm over SSH; resources, environment, exclude; credentials as secret
+references to MANTIK_UNICORE_USERNAME/_PASSWORD, MANTIK_FIRECREST_CLIENT_ID/_SECRET or
+MANTIK_SSH_USERNAME/_PRIVATE_KEY). Unknown keys are reported (--strict: refused). Run the app
+from the project directory: maelstrom-run --config-dir OUT app=NAME backend=NAME.
 
 examples:
   maelstrom import mantik MLproject compute-backend-config.yaml
   maelstrom import mantik path/to/project unicore-config.json --name ap-tweets --out conf
   maelstrom import mantik MLproject --entry-point evaluate --name tweets-eval
+  maelstrom import mantik MLproject --all-entry-points     # apps NAME-main, NAME-evaluate, ...
 """
 
 EXPORT_HELP = """\
