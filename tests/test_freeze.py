@@ -248,7 +248,9 @@ def test_freeze_round_trips_on_a_fresh_clone(
     lost_archive = tmp_path / "lost.tar.gz"
     maelstrom_here(["maelstrom", "runs", "export", again_id, lost_archive], env=env, check=True)
     other = tmp_path / "other-home"
-    other_env = {**env, "MAELSTROM_HOME": str(other)}
+    # the same MLflow store as before: a fresh one would spend seconds creating its tables
+    mlflow_db = f"sqlite:///{maelstrom_home / 'mlflow.db'}"
+    other_env = {**env, "MAELSTROM_HOME": str(other), "MLFLOW_TRACKING_URI": mlflow_db}
     result = maelstrom_here(["maelstrom", "runs", "import", archive], cwd=tmp_path, env=other_env, check=True)
     assert f"imported run {run_id} (succeeded)" in result.stdout
     info = maelstrom_here(["maelstrom", "runs", "info", run_id], env=other_env, check=True).stdout
