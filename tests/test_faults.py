@@ -415,3 +415,42 @@ def test_hundreds_of_results_at_once_all_reach_the_registry(
         assert len({r.job_id for r in rows}) == n
     finally:
         slurm.cancel(array)
+
+
+def test_a_job_revived_after_it_succeeded_keeps_its_success(tmp_path, maelstrom_home, cli_env):
+    """Slurm may start a job again that had ended (a controller restored from older state) and
+    then stop it at its time limit: the worker's report of success stands."""
+    from maelstrom_run.backends.slurm import STATES, WHY
+    from maelstrom_run.core.rundir import Result, RunDir
+    from maelstrom_run.core.spec import RunSpec
+    from maelstrom_run.core.states import JobState
+    from maelstrom_run.core.status import reconcile
+
+    run_dir = tmp_path / "runs" / "toy-revived"
+    spec = RunSpec(
+        run_id="toy-revived",
+        kind="app",
+        app="toy",
+        entry="nowhere_to_be_found:main",  # running the app again would fail the job
+        config={"app": {"name": "toy"}, "backend": {"name": "slurm", "kind": "slurm"}, "tracking": {}},
+        overrides=[],
+        run_dir=str(run_dir),
+        config_hash="0" * 64,
+    )
+    run_dir.mkdir(parents=True)
+    spec.write()
+    done = Result(run_id=spec.run_id, state=JobState.SUCCEEDED, exit_code=0, metrics={"loss": 0.1}, ended=1.0)
+    RunDir(run_dir).write_result(done)
+    before = (run_dir / "result.json").read_text()
+    worker = subprocess.run(
+        [sys.executable, "-m", "maelstrom_run.worker", str(run_dir / "spec.yaml")],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert worker.returncode == 0, worker.stderr
+    assert "already succeeded; not run again" in worker.stderr
+    assert (run_dir / "result.json").read_text() == before
+    status = reconcile(STATES["TIMEOUT"], run_dir, name="Slurm state TIMEOUT", why=WHY["TIMEOUT"])
+    assert status.state is JobState.SUCCEEDED
