@@ -482,6 +482,8 @@ def test_a_journal_cut_short_is_delivered_once(tmp_path, maelstrom_home):
     )
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    client = mlflow.MlflowClient(uri)  # artefacts in the test's directory, not the working directory's
+    client.create_experiment("journal", artifact_location=(tmp_path / "artifacts").as_uri())
     part = Outbox(tmp_path / "run", uri)
     part.lock()
     assert len(part.journalled()) == 9
@@ -490,7 +492,6 @@ def test_a_journal_cut_short_is_delivered_once(tmp_path, maelstrom_home):
     sent, left, box = sync(tmp_path / "run", uri)
     assert (sent, left) == (8, 0)
     assert sync(tmp_path / "run", uri)[:2] == (0, 0)
-    client = mlflow.MlflowClient(uri)
     run = client.get_run(box.run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"a": "1"}
     history = client.get_metric_history(run.info.run_id, "loss")
