@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -415,3 +416,86 @@ def test_hundreds_of_results_at_once_all_reach_the_registry(
         assert len({r.job_id for r in rows}) == n
     finally:
         slurm.cancel(array)
+
+
+def test_a_job_revived_after_it_succeeded_keeps_its_success(tmp_path, maelstrom_home, cli_env):
+    """Slurm may start a job again that had ended (a controller restored from older state) and
+    then stop it at its time limit: the worker's report of success stands."""
+    from maelstrom_run.backends.slurm import STATES, WHY
+    from maelstrom_run.core.rundir import Result, RunDir
+    from maelstrom_run.core.spec import RunSpec
+    from maelstrom_run.core.states import JobState
+    from maelstrom_run.core.status import reconcile
+
+    run_dir = tmp_path / "runs" / "toy-revived"
+    spec = RunSpec(
+        run_id="toy-revived",
+        kind="app",
+        app="toy",
+        entry="nowhere_to_be_found:main",  # running the app again would fail the job
+        config={"app": {"name": "toy"}, "backend": {"name": "slurm", "kind": "slurm"}, "tracking": {}},
+        overrides=[],
+        run_dir=str(run_dir),
+        config_hash="0" * 64,
+    )
+    run_dir.mkdir(parents=True)
+    spec.write()
+    done = Result(run_id=spec.run_id, state=JobState.SUCCEEDED, exit_code=0, metrics={"loss": 0.1}, ended=1.0)
+    RunDir(run_dir).write_result(done)
+    before = (run_dir / "result.json").read_text()
+    worker = subprocess.run(
+        [sys.executable, "-m", "maelstrom_run.worker", str(run_dir / "spec.yaml")],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert worker.returncode == 0, worker.stderr
+    assert "already succeeded; not run again" in worker.stderr
+    assert (run_dir / "result.json").read_text() == before
+    status = reconcile(STATES["TIMEOUT"], run_dir, name="Slurm state TIMEOUT", why=WHY["TIMEOUT"])
+    assert status.state is JobState.SUCCEEDED
+
+
+def test_a_journal_cut_short_is_delivered_once(tmp_path, maelstrom_home):
+    """A job killed while its calls wait (no thread ever sent them), delivered in two goes: every
+    call reaches the MLflow store once, in order."""
+    import mlflow
+
+    from maelstrom_run.tracking.outbox import Outbox, sync
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from maelstrom_run.tracking.outbox import Outbox
+        box = Outbox({str(tmp_path / "run")!r}, {uri!r})
+        box.lock()
+        box.create("journal", {{"maelstrom.run_id": "r1"}}, "r1")
+        box.log_params({{"a": "1"}})
+        for step in range(5):
+            box.log_metrics({{"loss": 1.0 / (step + 1)}}, step)
+        box.log_text("hello", "notes/hello.txt")
+        box.end("FINISHED")
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    client = mlflow.MlflowClient(uri)  # artefacts in the test's directory, not the working directory's
+    client.create_experiment("journal", artifact_location=(tmp_path / "artifacts").as_uri())
+    part = Outbox(tmp_path / "run", uri)
+    part.lock()
+    assert len(part.journalled()) == 9
+    assert part.deliver(until=lambda: part.state["seq"] >= 1) == 8  # cut short again: the run only
+    part.unlock()
+    sent, left, box = sync(tmp_path / "run", uri)
+    assert (sent, left) == (8, 0)
+    assert sync(tmp_path / "run", uri)[:2] == (0, 0)
+    run = client.get_run(box.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"a": "1"}
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+        (s, 1.0 / (s + 1)) for s in range(5)
+    ]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "notes")] == ["notes/hello.txt"]

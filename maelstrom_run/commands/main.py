@@ -7,6 +7,7 @@
     maelstrom runs cancel ID | --sweep ID
     maelstrom runs watch SWEEP_ID | RUN_ID
     maelstrom runs resume SWEEP_ID
+    maelstrom runs sync ID | --sweep ID [--timeout S]
     maelstrom runs download ID [DEST]
     maelstrom runs rerun ID [--current-code] [--no-wait]
     maelstrom runs rerun --sweep ID --failed [--current-code] [--no-wait]

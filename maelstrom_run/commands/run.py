@@ -108,7 +108,7 @@ Options:
 
 Tab completion of config groups and keys (Hydra's): eval "$(maelstrom-run -sc install=bash)"
 State: runs, the run registry and the embedded MLflow store live in $MAELSTROM_HOME (default ~/.maelstrom).
-Manage runs with: maelstrom runs list | info | status | watch | logs | cancel | download | rerun | resume
+Manage runs with: maelstrom runs list | info | status | watch | logs | cancel | download | rerun | resume | sync
 Schedules (schedule=hourly|daily|weekly|monthly|quarterly|cron, schedule.timezone=Europe/Berlin,
 schedule.end=2026-12-31): maelstrom schedules list | show | next | pause | resume | remove | export
 Labels (labels.task=..., see `maelstrom labels list`): maelstrom search | recommend

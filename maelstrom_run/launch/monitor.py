@@ -16,6 +16,7 @@ from ..core.errors import BackendError
 from ..core.rundir import RunDir
 from ..core.spec import RunSpec
 from ..core.states import JobRef, JobState
+from ..core.status import JobStatus, reconcile
 from .registry import Registry, RunRecord
 from .sweep_report import latest_jobs, sweep_page
 
@@ -39,14 +40,22 @@ def backend_of(record: RunRecord) -> Any:
 def refresh(registry: Registry, records: Sequence[RunRecord]) -> list[RunRecord]:
     """Ask each backend once for all its unfinished jobs; write what changed; close finished sweeps."""
     groups: dict[str, list[RunRecord]] = defaultdict(list)
+    done: dict[str, JobStatus] = {}
     for record in records:
         if record.state not in TERMINAL and record.job_id:
-            groups[record.backend].append(record)
+            result = RunDir(record.run_dir).read_result()
+            if result is not None and result.succeeded:  # the worker's success stands: no need to ask
+                done[record.run_id] = reconcile(JobState.SUCCEEDED, record.run_dir)
+            else:
+                groups[record.backend].append(record)
     sweeps = set()
     changes = []
+    batches = [([r for r in records if r.run_id in done], done)] if done else []
     for group in groups.values():
-        backend = backend_of(group[0])
-        statuses = backend.status([JobRef(r.run_id, r.job_id, r.run_dir) for r in group])
+        batches.append(
+            (group, backend_of(group[0]).status([JobRef(r.run_id, r.job_id, r.run_dir) for r in group]))
+        )
+    for group, statuses in batches:
         for record in group:
             status = statuses.get(record.run_id)
             if status is None:

@@ -72,7 +72,10 @@ class Outbox:
         self.journal_broken = False
         self.state = self._read_state()
         self._seq = self.state.get("seq", 0)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a full disk: calls stay in memory (see ``record``)
+            self.journal_broken, self.last_error = True, first_line(exc)
 
     # -- state --------------------------------------------------------------------------
     def _read_state(self) -> dict[str, Any]:
@@ -122,16 +125,25 @@ class Outbox:
     # -- recording ----------------------------------------------------------------------
     def lock(self, wait: bool = False) -> None:
         """Become the one process that delivers (raises :class:`Busy` when another one is)."""
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:  # no journal here either (a full disk): this process alone delivers
+            return self._load()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+        except OSError as exc:
             os.close(fd)
+            if not isinstance(exc, BlockingIOError):  # a filesystem without locks: deliver anyway
+                return self._load()
             raise Busy(
                 f"{self.dir}: another process delivers these calls (the job is still running); "
                 "try again when it has ended"
             ) from None
         self._lock_fd = fd
+        self._load()
+
+    def _load(self) -> None:
+        """Take up what the journal holds beyond the delivered mark."""
         self.state = self._read_state()
         self._queue.extend(self.journalled())
         self._seq = max([self.state.get("seq", 0), *(op["seq"] for op in self._queue)])
