@@ -141,8 +141,9 @@ def run_app(spec: RunSpec) -> int:
             mlflow.log_text("\n".join(spec.overrides) + "\n", "maelstrom/overrides.txt")
             if spec.git and spec.git.get("diff"):
                 mlflow.log_text(spec.git["diff"], "maelstrom/git.diff")
-        entry = load_entry(spec.entry, spec.code_dir)
+        # before the entry's module is imported: it may import deep500 at its top
         session = benchmarking.Session.start(spec, run_dir.path)
+        entry = load_entry(spec.entry, spec.code_dir)
         metrics = entry(ctx) or {}
         session.finish(ctx.timer.samples())
         final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
