@@ -229,7 +229,10 @@ def _context(spec: RunSpec, **extra: Any) -> Any:
 def run_rank(spec: RunSpec) -> int:
     """A rank > 0 of a multi-task job: the same entry point, reporting nothing (rank 0 tracks the run)."""
 
+    from .tracking.deep500_capture import make_importable
+
     ctx = _context(spec, requeues=RunDir(spec.run_dir).requeues(), rank=_rank())
+    make_importable()  # the app's Deep500 timers work on every rank; rank 0 records its own
     try:
         load_entry(spec.entry, spec.code_dir)(ctx)
     except Requeue:
