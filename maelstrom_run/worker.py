@@ -148,8 +148,9 @@ def run_app(spec: RunSpec) -> int:
             tracking.log_text("\n".join(spec.overrides) + "\n", "maelstrom/overrides.txt")
             if spec.git and spec.git.get("diff"):
                 tracking.log_text(spec.git["diff"], "maelstrom/git.diff")
-        entry = load_entry(spec.entry, spec.code_dir)
+        # before the entry's module is imported: it may import deep500 at its top
         session = benchmarking.Session.start(spec, run_dir.path, tracking)
+        entry = load_entry(spec.entry, spec.code_dir)
         metrics = entry(ctx) or {}
         session.finish(ctx.timer.samples())
         final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
@@ -352,7 +353,10 @@ def _context(spec: RunSpec, **extra: Any) -> Any:
 def run_rank(spec: RunSpec) -> int:
     """A rank > 0 of a multi-task job: the same entry point, reporting nothing (rank 0 tracks the run)."""
 
+    from .tracking.deep500_capture import make_importable
+
     ctx = _context(spec, requeues=RunDir(spec.run_dir).requeues(), rank=_rank())
+    make_importable()  # the app's Deep500 timers work on every rank; rank 0 records its own
     try:
         load_entry(spec.entry, spec.code_dir)(ctx)
     except Requeue:

@@ -248,3 +248,26 @@ def test_keras_timer_callback(d500: Any) -> None:
     assert len(tmr.get_time(timer_tf.TimeType.EPOCH)) == 2
     assert len(tmr.get_time(timer_tf.TimeType.BATCH)) == 6  # 3 batches per epoch
     assert len(tmr.get_time(timer_tf.TimeType.BATCH, gpu=True)) == 6  # wall clock without a GPU
+
+
+@pytest.mark.slow
+def test_python_entry_point_feeds_one_record(
+    tmp_path: Path, run_cli: Any, cli_env: dict[str, str], maelstrom_home: Path
+) -> None:
+    project = tmp_path / "inproc"
+    shutil.copytree(DATA / "inproc", project)
+    result = run_cli(["--config-dir", "conf", "app=toyd"], cwd=project, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (maelstrom_home / "runs").iterdir()
+    outcome = json.loads((run_dir / "result.json").read_text())
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=outcome["tracking_uri"])
+    rec = record.load(client, outcome["mlflow_run_id"])
+    assert rec is not None
+    assert {n: (p.source, len(p.samples)) for n, p in rec.phases.items()} == {
+        "io": ("maelstrom-run", 6),
+        "deep500.EPOCH": ("deep500", 2),
+        "deep500.IO": ("deep500", 6),
+    }
+    assert {"d5/EPOCH", "d5/IO"} <= set(client.get_run(outcome["mlflow_run_id"]).data.metrics)

@@ -136,18 +136,24 @@ def prepare(run_dir: Path | str) -> Path:
     they report into."""
     directory = Path(run_dir) / "deep500"
     directory.mkdir(parents=True, exist_ok=True)
-    root = str(FALLBACK_ROOT)
     os.environ.update(
         {DIR_ENV: str(directory), WORKER_ENV: str(os.getpid()), OBSERVER_ENV: f"{__name__}:install"}
     )
+    make_importable()
+    install()
+    return directory
+
+
+def make_importable() -> None:
+    """``import deep500.utils.timer`` works here and in the processes started from here (the ranks
+    after the first of a job, which report nothing, need only this)."""
+    root = str(FALLBACK_ROOT)
     if root not in sys.path:
         sys.path.append(root)  # after site-packages: an installed fork comes first
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if root not in parts:
         # on PYTHONPATH it precedes site-packages, so the stand-in hands over to an installed fork itself
         os.environ["PYTHONPATH"] = os.pathsep.join([*parts, root])
-    install()
-    return directory
 
 
 def snapshot() -> list[dict[str, Any]]:
