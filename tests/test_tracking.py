@@ -248,7 +248,8 @@ def test_sweep_page_table_links_best_and_plots() -> None:
     ]
     assert parser.best[:2] == ["1", "ap2-b"]
     assert parser.links == [
-        f"http://127.0.0.1:5111/#/experiments/7/runs/{r}" for r in ("m0", "m1", "m2", "p0")
+        f"http://127.0.0.1:5111/#/experiments/7/runs/{r}?workflowType=machine_learning"
+        for r in ("m0", "m1", "m2", "p0")
     ]
     assert parser.images == 2
     rows = list(csv.DictReader(io.StringIO(sweep_page.summary_csv(page))))

@@ -18,6 +18,9 @@ from typing import Any
 
 #: Where ``mlflow ui`` serves an embedded (sqlite) store unless told otherwise.
 DEFAULT_UI = "http://127.0.0.1:5000"
+#: MLflow 3.x UIs open pages in the GenAI view unless the link asks for the classic one (newer ones
+#: read the choice from the link, not the experiment's ``mlflow.experimentKind`` tag).
+CLASSIC_VIEW = "workflowType=machine_learning"
 #: Metrics where larger is better; for every other main metric smaller is.
 _HIGHER_IS_BETTER = ("accuracy", "auc", "f1", "r2", "skill", "precision", "recall")
 #: At most this many metric columns beside the main one (the rest are in each child run).
@@ -71,10 +74,20 @@ class SweepPage:
         return uri.rstrip("/") if uri.startswith(("http://", "https://")) else DEFAULT_UI
 
     def run_url(self, mlflow_run_id: str) -> str:
-        return f"{self.ui_base()}/#/experiments/{self.experiment_id}/runs/{mlflow_run_id}"
+        return run_url(self.ui_base(), str(self.experiment_id), mlflow_run_id)
 
     def label(self, job: SweepJob) -> str:
         return " ".join(f"{k}={v}" for k, v in job.overrides.items()) or f"job {job.index}"
+
+
+def experiment_url(ui: str, experiment_id: str) -> str:
+    """The experiment's runs in the MLflow UI at ``ui``, in the classic (model training) view."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}?{CLASSIC_VIEW}"
+
+
+def run_url(ui: str, experiment_id: str, mlflow_run_id: str) -> str:
+    """A run's page in the MLflow UI at ``ui``, in the classic view."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{mlflow_run_id}?{CLASSIC_VIEW}"
 
 
 def main_metric(names: Sequence[str]) -> str | None:
