@@ -178,6 +178,15 @@ def test_record_merges_phases_and_deep500_timers() -> None:
     assert record.TimingRecord.from_json(rec.to_json()) == rec
 
 
+def _only_run(maelstrom_home: Path) -> tuple[Any, str]:
+    """The MLflow client and run id of the one run under ``maelstrom_home``."""
+    import mlflow
+
+    (run_dir,) = (maelstrom_home / "runs").iterdir()
+    outcome = json.loads((run_dir / "result.json").read_text())
+    return mlflow.MlflowClient(tracking_uri=outcome["tracking_uri"]), outcome["mlflow_run_id"]
+
+
 @pytest.mark.slow
 def test_mlproject_using_deep500_runs_and_reaches_mlflow(
     tmp_path: Path, run_cli: Any, cli_env: dict[str, str], maelstrom_home: Path
@@ -210,10 +219,7 @@ def test_mlproject_using_deep500_runs_and_reaches_mlflow(
     assert result.returncode == 0, result.stderr
     assert "benchmark against fast-1: time_to_solution_s=" in result.stdout
     assert "CPU\nEPOCH\nmin: " in result.stdout  # the script's own report
-    (run_dir,) = (maelstrom_home / "runs").iterdir()
-    outcome = json.loads((run_dir / "result.json").read_text())
-    client = mlflow.MlflowClient(tracking_uri=outcome["tracking_uri"])
-    run_id = outcome["mlflow_run_id"]
+    client, run_id = _only_run(maelstrom_home)
     run = client.get_run(run_id)
     metrics, tags = run.data.metrics, run.data.tags
     # where it ran, MLflow's system metrics, and no energy figure without a sensor
@@ -254,20 +260,15 @@ def test_keras_timer_callback(d500: Any) -> None:
 def test_python_entry_point_feeds_one_record(
     tmp_path: Path, run_cli: Any, cli_env: dict[str, str], maelstrom_home: Path
 ) -> None:
-    project = tmp_path / "inproc"
-    shutil.copytree(DATA / "inproc", project)
-    result = run_cli(["--config-dir", "conf", "app=toyd"], cwd=project, env=cli_env)
+    shutil.copytree(DATA / "inproc", tmp_path / "inproc")
+    result = run_cli(["--config-dir", "conf", "app=toyd"], cwd=tmp_path / "inproc", env=cli_env)
     assert result.returncode == 0, result.stderr
-    (run_dir,) = (maelstrom_home / "runs").iterdir()
-    outcome = json.loads((run_dir / "result.json").read_text())
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=outcome["tracking_uri"])
-    rec = record.load(client, outcome["mlflow_run_id"])
+    client, run_id = _only_run(maelstrom_home)
+    rec = record.load(client, run_id)
     assert rec is not None
     assert {n: (p.source, len(p.samples)) for n, p in rec.phases.items()} == {
         "io": ("maelstrom-run", 6),
         "deep500.EPOCH": ("deep500", 2),
         "deep500.IO": ("deep500", 6),
     }
-    assert {"d5/EPOCH", "d5/IO"} <= set(client.get_run(outcome["mlflow_run_id"]).data.metrics)
+    assert {"d5/EPOCH", "d5/IO"} <= set(client.get_run(run_id).data.metrics)
