@@ -195,6 +195,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def add_commands(groups: Any) -> None:
+    from .completion import run_or_sweep_ids, schedule_ids
+
     bench = groups.add_parser("bench", help="compare runs: phase times, throughput, time to solution, energy")
     sub = bench.add_subparsers(dest="command", required=True)
 
@@ -204,17 +206,23 @@ def add_commands(groups: Any) -> None:
         )
 
     compare = sub.add_parser("compare", help="runs or sweeps side by side, ratios to a baseline")
-    compare.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP")
+    compare.add_argument(
+        "runs", nargs="+", metavar="RUN_OR_SWEEP", help="runs, sweeps or schedules (ids or unique prefixes)"
+    ).completer = run_or_sweep_ids  # type: ignore[attr-defined]
     compare.add_argument("--baseline", help="the run the ratios are against (default: the first)")
     compare.add_argument("--out", help="directory for report.html and the PNGs")
     common(compare)
     compare.set_defaults(func=cmd_compare)
     report = sub.add_parser("report", help="the report of one run or sweep, logged to its MLflow run")
-    report.add_argument("runs", nargs=1, metavar="RUN_OR_SWEEP")
+    report.add_argument(
+        "runs", nargs=1, metavar="RUN_OR_SWEEP", help="a run or sweep (id or unique prefix)"
+    ).completer = run_or_sweep_ids  # type: ignore[attr-defined]
     report.add_argument("--out", help="directory for report.html and the PNGs")
     common(report)
     report.set_defaults(func=cmd_report)
     history = sub.add_parser("history", help="a benchmark schedule's firings against its baseline")
-    history.add_argument("schedule", metavar="SCHEDULE_ID")
+    history.add_argument(
+        "schedule", metavar="SCHEDULE_ID", help="schedule id (a unique prefix will do)"
+    ).completer = schedule_ids  # type: ignore[attr-defined]
     common(history)
     history.set_defaults(func=cmd_history, runs=[])
