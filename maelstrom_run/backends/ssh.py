@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import hashlib
 import io
 import os
@@ -227,8 +228,19 @@ class Connection:
         """The shared connection up (started once; a new one when it has gone): credentials checked."""
         if self._opened:  # a master that went meanwhile: commands connect on their own
             return
+        # one command at a time starts it: a second master on a socket in use would stay in the
+        # background as a connection of its own, never ending
+        name = hashlib.sha256(
+            f"{self.conf.host}:{self.conf.port}:{self.conf.user}:{self._identity()}".encode()
+        )
+        lock = os.path.join(self._control_dir(), f"{name.hexdigest()[:16]}.lock")
+        with open(lock, "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            self._start()
+        self._opened = True
+
+    def _start(self) -> None:
         if self._alive():  # one of an earlier command, still persisting
-            self._opened = True
             return
 
         def attempt() -> None:
@@ -261,7 +273,6 @@ class Connection:
             self.retry.call(attempt, transient=lambda exc: isinstance(exc, _Unreachable))
         except GaveUp as exc:
             raise exc.last.error from None  # type: ignore[attr-defined]
-        self._opened = True
 
     def _alive(self) -> bool:
         check = subprocess.run(
