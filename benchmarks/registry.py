@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from submit_overhead import _cancel_all, _timed, bench_project  # noqa: E402
+from submit_overhead import _cancel_all, _timed, bench_project, held_sweep  # noqa: E402
 
 BIN = Path(sys.executable).parent
 #: (target seconds, seconds measured before, on this machine's local Slurm).
@@ -191,14 +191,7 @@ def main() -> int:
             if not args.skip_held:
                 console.print(f"a {args.held}-job held sweep until squeue -r shows every job ...")
                 rates = ",".join(f"{0.00001 * (i + 1):.5f}" for i in range(args.held))
-                held = [
-                    str(BIN / "maelstrom-run"),
-                    "-m",
-                    "app=bench",
-                    "backend=slurm",
-                    "backend.sbatch_options=[--hold]",
-                    f"model.learning_rate={rates}",
-                ]
+                held = held_sweep(rates)
                 try:
                     figures["held"] = _timed(held, project, env, args.held, "sweep-bench-")
                 finally:

@@ -94,6 +94,18 @@ def bench_project(root: Path) -> Path:
     return project
 
 
+def held_sweep(rates: str) -> list[str]:
+    """The maelstrom-run command of the benchmark's sweep (every job held, so none runs)."""
+    return [
+        str(BIN / "maelstrom-run"),
+        "-m",
+        "app=bench",
+        "backend=slurm",
+        "backend.sbatch_options=[--hold]",
+        f"model.learning_rate={rates}",
+    ]
+
+
 def _queued(name_prefix: str) -> int:
     out = subprocess.run(
         ["squeue", "-h", "-r", "-o", "%j"], capture_output=True, text=True, check=True
@@ -168,14 +180,7 @@ def main() -> int:
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         env.pop("MLFLOW_TRACKING_URI", None)
-        ours_cmd = [
-            str(BIN / "maelstrom-run"),
-            "-m",
-            "app=bench",
-            "backend=slurm",
-            "backend.sbatch_options=[--hold]",
-            f"model.learning_rate={rates}",
-        ]
+        ours_cmd = held_sweep(rates)
         # one small sweep first: creates the MLflow store and warms the page cache
         warm = [*ours_cmd[:-1], "model.learning_rate=0.1"]
         _timed(warm, project, env, 1, "sweep-bench-")

@@ -320,14 +320,15 @@ def test_killed_submitter_and_restarted_controller_lose_and_duplicate_nothing(
     )
     _wait_for(gates / "at-g1", watch, timeout=180)  # jobs are running
 
-    def finish_jobs_while_down() -> None:
-        (gates / "g1").touch()
-        (gates / "g2").touch()
-        time.sleep(8)  # the jobs end (or come near it) while no controller hears of it
+    def train_while_down() -> None:
+        (gates / "g1").touch()  # the jobs train on while no controller hears of them
+        time.sleep(8)  # the watch asks Slurm several times meanwhile
 
-    _restart_slurmctld(finish_jobs_while_down)
+    _restart_slurmctld(train_while_down)
+    (gates / "g2").touch()
     _, err = watch.communicate(timeout=240)
     assert watch.returncode == 0, err
+    assert "still watching" in err and "runs resume" not in err  # the outage, and no wrong hint
     assert "3 succeeded" in err
     rows = registry.list(sweep_id=sweep_id, limit=None)
     assert [r.state for r in rows] == ["succeeded"] * 3
