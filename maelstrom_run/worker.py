@@ -376,9 +376,9 @@ def _log_outputs(spec: RunSpec, ctx: Any, epochs: Any, tracking: Any) -> None:
     tracking.log_metrics(mlflow_run.run_totals(summary))
     if epochs.phase_rows or summary:
         tracking.log_text(epochs.phase_table(summary), mlflow_run.PHASE_TABLE)
-    dataset = mlflow_run.dataset_input(spec.config, ctx.cache_dir)
-    if dataset is not None:
-        tracking.log_input(dataset, context="training")
+    datasets = sys.modules.get("maelstrom_run.data.datasets")  # imported only by apps that load one
+    for found in datasets.loaded() if datasets is not None else []:
+        tracking.log_input(mlflow_run.dataset_input(found), context="training")
     if spec.tracking.get("plots", True):
         _log_plots(spec, epochs, ctx.timer.samples(), ctx.units, tracking)
 

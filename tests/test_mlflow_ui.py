@@ -68,6 +68,13 @@ def browser() -> Iterator[object]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def _open(driver, url: str) -> None:
+    """Open ``url`` as a new page load (as a person following a link does): from one MLflow page to
+    another by its hash alone the UI keeps the previous run's artefact state."""
+    driver.get("about:blank")
+    driver.get(url)
+
+
 def _text(driver) -> str:
     return driver.find_element("tag name", "body").text
 
@@ -99,7 +106,8 @@ def _open_artifact(driver, folder: str | None, name: str) -> None:
 
     def item(text: str):
         found = driver.find_elements("xpath", f"//*[normalize-space(text())='{text}']")
-        return found[0] if found else None
+        shown = [e for e in found if e.is_displayed()]
+        return shown[0] if shown else None
 
     if folder is not None and item(name) is None:
         _wait(driver, lambda d: item(folder), f"the folder {folder}").click()
@@ -161,7 +169,7 @@ def test_sweep_in_the_mlflow_ui(run_cli, cli_env, tmp_path, mlflow_server, brows
 
     # the experiment: the classic runs table (not the GenAI overview), the sweep's parent run and
     # the dataset its children trained on
-    browser.get(f"{ui}?{CLASSIC}")
+    _open(browser, f"{ui}?{CLASSIC}")
     text = _wait_text(browser, "Runs", parent.info.run_name)
     assert "Model training" in text and "Evaluation runs" not in text and "Token Usage" not in text
     assert "2 matching runs" not in text  # the children are nested under their parent
@@ -169,7 +177,7 @@ def test_sweep_in_the_mlflow_ui(run_cli, cli_env, tmp_path, mlflow_server, brows
 
     # a child run: its metrics and params (the phase percentiles are in a table, not among them)
     child = children[0]
-    browser.get(f"{ui}/runs/{child.info.run_id}?{CLASSIC}")
+    _open(browser, f"{ui}/runs/{child.info.run_id}?{CLASSIC}")
     text = _wait_text(browser, child.info.run_name, f"Metrics ({len(child.data.metrics)})")
     assert "val_loss" in text and "phase.forward.total_s" in text and "final.val_loss" in text
     assert "p50_ms" not in text and ".share" not in text
@@ -177,7 +185,7 @@ def test_sweep_in_the_mlflow_ui(run_cli, cli_env, tmp_path, mlflow_server, brows
     assert "tweets (sample, tiny)" in text  # the dataset input
 
     # ... as charts: a person searches for the validation loss
-    browser.get(f"{ui}/runs/{child.info.run_id}/model-metrics?{CLASSIC}")
+    _open(browser, f"{ui}/runs/{child.info.run_id}/model-metrics?{CLASSIC}")
     search = _wait(
         browser,
         lambda d: d.find_elements("css selector", "input[placeholder='Search metric charts']"),
@@ -187,7 +195,7 @@ def test_sweep_in_the_mlflow_ui(run_cli, cli_env, tmp_path, mlflow_server, brows
     _wait_text(browser, "Model metrics\n(2)", "final.val_loss", f"{child.info.run_name} (val_loss)")
 
     # its plots and its phase table, opened in the artefact tree as a person does
-    browser.get(f"{ui}/runs/{child.info.run_id}/artifacts?{CLASSIC}")
+    _open(browser, f"{ui}/runs/{child.info.run_id}/artifacts?{CLASSIC}")
     _open_artifact(browser, "plots", "training_curves.png")
     _wait(browser, lambda d: _images_shown(d) >= 1, "the training curves")
     _open_artifact(browser, "plots", "phase_times.png")
@@ -199,7 +207,7 @@ def test_sweep_in_the_mlflow_ui(run_cli, cli_env, tmp_path, mlflow_server, brows
     assert re.search(rf"^all forward {2 * STEPS} ", text, re.M), text
 
     # the sweep's page, inside the MLflow UI's artefact view
-    browser.get(f"{ui}/runs/{parent.info.run_id}/artifacts?{CLASSIC}")
+    _open(browser, f"{ui}/runs/{parent.info.run_id}/artifacts?{CLASSIC}")
     _open_artifact(browser, None, "sweep_summary.html")
     frame = _wait(browser, lambda d: d.find_elements("css selector", "iframe"), "the sweep page's frame")[0]
     browser.switch_to.frame(frame)
@@ -222,7 +230,7 @@ def test_sweep_in_the_mlflow_ui(run_cli, cli_env, tmp_path, mlflow_server, brows
     browser.switch_to.default_content()
 
     # a link of the page leads to the child run
-    browser.get(links[1])
+    _open(browser, links[1])
     _wait_text(browser, children[1].info.run_name, "Overview")
 
     # the same page, written by `maelstrom runs list --sweep ID --html FILE`
@@ -231,7 +239,7 @@ def test_sweep_in_the_mlflow_ui(run_cli, cli_env, tmp_path, mlflow_server, brows
         ["maelstrom", "runs", "list", "--sweep", sweep_id, "--html", page], env=cli_env, check=True
     )
     assert str(page) in listed.stdout
-    browser.get(page.as_uri())
+    _open(browser, page.as_uri())
     _wait(browser, lambda d: d.find_elements("id", "jobs"), "the jobs table")
     head, rows, links = _jobs_table(browser)
     assert (head, rows) == in_mlflow

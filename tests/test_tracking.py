@@ -275,3 +275,26 @@ def test_experiments_are_created_as_classic_ml_experiments(tmp_path: Path) -> No
     experiment_id = ensure_experiment("ap2", uri)
     experiment = mlflow.MlflowClient(uri).get_experiment(experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_loaded_dataset_is_the_run_s_mlflow_input(tmp_path: Path) -> None:
+    import mlflow
+
+    from maelstrom_run.data.cache import Cache
+    from maelstrom_run.data.datasets import load_dataset, loaded
+    from maelstrom_run.tracking.mlflow_run import dataset_input, ensure_experiment
+
+    dataset = load_dataset("ap2", "tiny", cache=Cache(tmp_path / "cache"))
+    assert dataset in loaded()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(ensure_experiment("ap2", uri))
+    entity = dataset_input(dataset)._to_mlflow_entity()
+    client.log_inputs(run.info.run_id, [mlflow.entities.DatasetInput(entity, [])])
+    (logged,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert logged.dataset.name == f"{dataset.name} (sample, tiny)"
+    assert str(Path(dataset.files[0]).parent) in logged.dataset.source
+    before = logged.dataset.digest
+    with open(dataset.files[0], "a") as fh:  # other bytes: another digest
+        fh.write("\n")
+    assert dataset_input(dataset).digest != before

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maelstrom_run.data.samples import ensure_ap2
+from maelstrom_run.data import load_dataset
+from maelstrom_run.data.cache import Cache
 from maelstrom_run.tracking.context import RunContext
 
 from ..common import seed_all
@@ -31,11 +32,11 @@ def _path(cfg: Any, cache_dir: Path) -> Path:
     if dataset.source == "sample":
         if cfg.train.tier not in dataset.tiers:
             raise ValueError(f"dataset.tiers: no sizes for the tier {cfg.train.tier!r}")
-        # the data stay the same when a sweep varies train.seed
-        return ensure_ap2(cache_dir, dataset.tiers[cfg.train.tier].samples, seed=0)
-    if not dataset.path or not Path(dataset.path).expanduser().is_file():
+    elif not dataset.path or not Path(dataset.path).expanduser().is_file():
         raise FileNotFoundError(f"dataset.path: {dataset.path!r} is not a CSV file (columns text, raining)")
-    return Path(dataset.path).expanduser()
+    # through load_dataset, so the run records it as its input; samples are generated with seed 0,
+    # so the data stay the same when a sweep varies train.seed
+    return Path(load_dataset(dataset, str(cfg.train.tier), cache=Cache(cache_dir)).files[0])
 
 
 @torch.no_grad()

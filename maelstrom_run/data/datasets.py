@@ -538,7 +538,23 @@ def load_dataset(
         )
         for path in files:
             open_file(path, decode=False, hint=hint).close()
-    return Dataset(name=name, kind=str(config["kind"]), tier=tier, source=source, files=files, config=config)
+    dataset = Dataset(
+        name=name, kind=str(config["kind"]), tier=tier, source=source, files=files, config=config
+    )
+    _LOADED.append(dataset)
+    return dataset
+
+
+#: The datasets this process loaded, in order (the worker logs them as the run's MLflow inputs).
+_LOADED: list[Dataset] = []
+
+
+def loaded() -> list[Dataset]:
+    """The datasets :func:`load_dataset` returned in this process, each once (by name, tier, source)."""
+    seen: dict[tuple[str, str, str], Dataset] = {}
+    for dataset in _LOADED:
+        seen.setdefault((dataset.name, dataset.tier, dataset.source), dataset)
+    return list(seen.values())
 
 
 __all__ = ["Dataset", "available", "dataset_config", "load_dataset", "local_dataset", "open_file"]

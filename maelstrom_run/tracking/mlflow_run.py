@@ -294,39 +294,28 @@ def streams_data(config: dict[str, Any]) -> bool:
     return loader.get("kind") == "gridded" and bool(loader.get("prefetch") or loader.get("preprocessed"))
 
 
-def dataset_input(config: dict[str, Any], cache_dir: Path) -> Any | None:
-    """The run's dataset as an MLflow input (where its files come from, a digest of their names and
-    sizes), or None when the run has no dataset or its files are not there."""
-    dataset = config.get("dataset")
-    if not isinstance(dataset, dict) or not dataset.get("kind"):
-        return None
+def dataset_input(found: Any) -> Any:
+    """A dataset the run loaded (a :class:`~maelstrom_run.data.datasets.Dataset`) as an MLflow input:
+    where its files come from (the remote URL, else their directory) and a digest of their names
+    and sizes."""
     import hashlib
 
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    from ..data import load_dataset
-    from ..data.cache import Cache
-
-    tier = str((config.get("train") or {}).get("tier") or "tiny")
-    try:
-        found = load_dataset(dataset, tier, cache=Cache(cache_dir))
-    except Exception:  # noqa: BLE001 - the input is a record of the run, never a reason to fail it
-        return None
     files = sorted(Path(f) for f in found.files)
     digest = hashlib.sha256()
     for path in files:
-        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-    remote = (dataset.get("remote") or {}).get("url")
+        digest.update(f"{path.name}\0{path.stat().st_size if path.exists() else -1}\0".encode())
+    remote = ((found.config or {}).get("remote") or {}).get("url")
     if found.source == "remote" and remote:
         where = str(remote)
     else:
-        root = Path(os.path.commonpath([str(f) for f in files])) if files else Path(cache_dir)
+        root = Path(os.path.commonpath([str(f) for f in files])) if files else Path(".")
         where = str(root if root.is_dir() else root.parent)
     source = resolve_dataset_source(where)  # an HTTP URL or a local directory
-    return MetaDataset(
-        source=source, name=f"{found.name} ({found.source}, {tier})", digest=digest.hexdigest()[:16]
-    )
+    name = f"{found.name} ({found.source}, {found.tier})"
+    return MetaDataset(source=source, name=name, digest=digest.hexdigest()[:16])
 
 
 def run_tags(spec: Any) -> dict[str, str]:
