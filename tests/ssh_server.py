@@ -11,9 +11,11 @@ reason, when Debian's ``openssh-server`` is not installed. Import the fixture fr
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -82,6 +84,17 @@ def _wait_for(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise AssertionError(f"sshd did not answer on port {port}: {log.read_text()}")
 
 
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = status.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(status.parent.name))
+    return found
+
+
 @pytest.fixture(scope="session")
 def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
     if not os.path.exists(SSHD) or not shutil.which("ssh") or not shutil.which("rsync"):
@@ -135,6 +148,11 @@ def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]
             remote_home=remote_home,
         )
     finally:
+        # the sessions first (children of the listener): their connections, and so the clients'
+        # shared connections (ControlMaster), end with them
+        for child in _children(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
         proc.terminate()
         try:
             proc.wait(timeout=10)
