@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
+import sys
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -298,3 +300,23 @@ def test_a_loaded_dataset_is_the_run_s_mlflow_input(tmp_path: Path) -> None:
     with open(dataset.files[0], "a") as fh:  # other bytes: another digest
         fh.write("\n")
     assert dataset_input(dataset).digest != before
+
+
+@pytest.mark.slow
+def test_jobs_starting_together_on_a_new_store_all_connect(tmp_path: Path) -> None:
+    """Four processes connecting at once to an embedded store that does not exist yet: one creates it,
+    the others wait for it (MLflow's own table creation is not safe to run twice at once)."""
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    code = (
+        "import sys; from maelstrom_run.tracking.mlflow_run import connect, ensure_experiment; "
+        "uri = connect({'uri': sys.argv[1]}); print(ensure_experiment('together', uri))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    outcomes = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert all(rc == 0 for rc, _, _ in outcomes), [err[-500:] for rc, _, err in outcomes if rc]
+    assert len({out.strip() for _, out, _ in outcomes}) == 1  # one experiment, found by all

@@ -90,16 +90,30 @@ def connect(tracking: dict[str, Any]) -> str:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout))))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         check_reachable(uri, timeout)
-    elif uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     import mlflow
 
     # store creation and migrations are MLflow's business, not the output of a sweep (set after the
     # import, which configures MLflow's loggers); MLFLOW_LOGGING_LEVEL, when set, decides instead
     if "MLFLOW_LOGGING_LEVEL" not in os.environ:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+    if uri.startswith("sqlite:///"):
+        _create_store(uri, Path(uri.removeprefix("sqlite:///")))
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def _create_store(uri: str, db: Path) -> None:
+    """Create (and migrate) an embedded sqlite store once, under a file lock: jobs that start together
+    on a new store would otherwise create its tables at the same time, and all but one fail
+    (``duplicate column name``)."""
+    import fcntl
+
+    import mlflow
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
 
 
 def check_reachable(uri: str, timeout: float) -> None:
