@@ -9,6 +9,8 @@ and without ``MLFLOW_TRACKING_URI``. Fixtures:
 - ``run_cli``: ``run_cli(args, cwd, env, check=False)`` runs ``maelstrom-run`` (or ``maelstrom``
   when ``args[0] == "maelstrom"``) from this virtualenv and returns the CompletedProcess.
 - ``git``: ``git(cwd, *args, check=True) -> stdout``, with a committer identity set.
+- ``mlflow_server``: the URL of a real ``mlflow server`` on a free loopback port, its store (sqlite)
+  and artefacts in the test's directory; stopped after the test.
 - ``toy_project``: a git repository with ``toyapp.py`` (entry ``toyapp:main``, no framework,
   fails with ``RuntimeError("diverged")`` when ``model.learning_rate > 0.05``) and
   ``conf/app/toy.yaml``; use it with ``MAELSTROM_CONFIG_PATH=<project>/conf`` and cwd=<project>.
@@ -204,3 +206,43 @@ def toy_project(tmp_path: Path) -> Iterator[Path]:
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "toy project")
     yield root
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = tmp_path / "server"
+    store.mkdir()
+    log = open(tmp_path / "mlflow-server.log", "w")  # noqa: SIM115 - open while the server runs
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
+            *("--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}"),
+            *("--artifacts-destination", str(store / "artifacts"), "--workers", "1"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180  # a loaded machine starts it in tens of seconds
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "mlflow-server.log").read_text()
+                assert time.monotonic() < deadline, "mlflow server did not become healthy"
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        log.close()

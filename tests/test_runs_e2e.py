@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -264,51 +263,6 @@ def test_unknown_run_id_is_a_clear_error(run_cli, cli_env):
         result = run_cli(["maelstrom", *command], env=cli_env)
         assert result.returncode == 2, command
         assert result.stderr.startswith("maelstrom: error:") and len(result.stderr.strip().splitlines()) == 1
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store = tmp_path / "server"
-    store.mkdir()
-    log = open(tmp_path / "mlflow-server.log", "w")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(store / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            assert proc.poll() is None, (tmp_path / "mlflow-server.log").read_text()
-            assert time.monotonic() < deadline, "mlflow server did not become healthy"
-            time.sleep(0.5)
-    yield uri
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
-    log.close()
 
 
 def test_remote_tracking_server(run_cli, cli_env, toy_project, maelstrom_home, mlflow_server):

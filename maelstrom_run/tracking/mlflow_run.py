@@ -12,6 +12,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -294,7 +295,9 @@ def dataset_input(found: Any) -> Any:
     else:
         root = Path(os.path.commonpath([str(f) for f in files])) if files else Path(".")
         where = str(root if root.is_dir() else root.parent)
-    source = resolve_dataset_source(where)  # an HTTP URL or a local directory
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(where)  # an HTTP URL or a local directory
     name = f"{found.name} ({found.source}, {found.tier})"
     return MetaDataset(source=source, name=name, digest=digest.hexdigest()[:16])
 
