@@ -118,6 +118,9 @@ def ensure_experiment(name: str, uri: str) -> str:
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if experiment.tags.get(key) is None:  # created before maelstrom-run tagged its experiments
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     location = None
     if uri == paths.default_tracking_uri():
