@@ -80,6 +80,7 @@ def connect(tracking: dict[str, Any]) -> str:
         os.environ[_CREDENTIAL_ENV[name]] = resolve(value)
     timeout = float(tracking.get("timeout_s") or 10)
     if uri.startswith(("http://", "https://")):
+        _quiet_urls()
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout))))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         check_reachable(uri, timeout)
@@ -89,6 +90,11 @@ def connect(tracking: dict[str, Any]) -> str:
 
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def _quiet_urls() -> None:
+    """Keep MLflow's own "View run ... at" lines out of a run's output (the summary names the run)."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def check_reachable(uri: str, timeout: float) -> None:
@@ -383,6 +389,7 @@ def end_parent_run(
     (``sweep_summary.html``)."""
     import mlflow
 
+    _quiet_urls()
     client = mlflow.MlflowClient(uri)
     rows = [{"run_id": rid, "state": state, **metrics.get(rid, {})} for rid, state in states.items()]
     client.log_dict(parent_run_id, {"jobs": rows}, "sweep_summary.json")
