@@ -1,8 +1,10 @@
 """What runs on the target: ``python -m maelstrom_run.worker RUN_DIR/spec.yaml``.
 
-For an application spec: start the MLflow run (child of the sweep's parent run),
-log the resolved config as flattened params, the spec as artefacts, tags, then call
-the app's entry point with a :class:`RunContext`. Success marks the run FINISHED;
+For an application spec: start the MLflow run (child of the sweep's parent run, named
+after the app and the overrides that vary), log the run's params (its resolved config
+without nulls and unused tiers), the spec as artefacts, tags, then call the app's entry
+point with a :class:`RunContext`; at the end the phase table, the datasets it loaded
+(as MLflow inputs) and the plots. Success marks the run FINISHED;
 an exception marks it FAILED and the process exits non-zero. The outcome is also
 written to ``result.json`` in the run directory (the registry is never opened here).
 

@@ -9,6 +9,8 @@ and without ``MLFLOW_TRACKING_URI``. Fixtures:
 - ``run_cli``: ``run_cli(args, cwd, env, check=False)`` runs ``maelstrom-run`` (or ``maelstrom``
   when ``args[0] == "maelstrom"``) from this virtualenv and returns the CompletedProcess.
 - ``git``: ``git(cwd, *args, check=True) -> stdout``, with a committer identity set.
+- ``mlflow_server``: the URL of a real ``mlflow server`` on a free loopback port, its store (sqlite)
+  and artefacts in the test's directory; stopped after the test.
 - ``toy_project``: a git repository with ``toyapp.py`` (entry ``toyapp:main``, no framework,
   fails with ``RuntimeError("diverged")`` when ``model.learning_rate > 0.05``) and
   ``conf/app/toy.yaml``; use it with ``MAELSTROM_CONFIG_PATH=<project>/conf`` and cwd=<project>.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -204,3 +207,15 @@ def toy_project(tmp_path: Path) -> Iterator[Path]:
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "toy project")
     yield root
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    from mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    try:
+        yield server.uri
+    finally:
+        server.stop(signal.SIGTERM)

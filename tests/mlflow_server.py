@@ -28,12 +28,12 @@ class MlflowServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         log = open(self.root / "mlflow-server.log", "a")  # noqa: SIM115 - the server's own
         self.proc = subprocess.Popen(
             [
-                str(Path(sys.executable).parent / "mlflow"),
-                "server",
+                *(sys.executable, "-m", "mlflow", "server"),
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -50,7 +50,7 @@ class MlflowServer:
             start_new_session=True,
             env=env,
         )
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 180  # a loaded machine starts it in tens of seconds
         while True:
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2):

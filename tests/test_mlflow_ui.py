@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.slow
 
@@ -35,17 +32,6 @@ FLAGS = (
 CLASSIC = "workflowType=machine_learning"
 #: Training steps per epoch of the sweep's jobs (two epochs each).
 STEPS = 8
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """``mlflow server`` on a free loopback port, its store and artefacts in the test's directory."""
-    server = MlflowServer(tmp_path)
-    server.start()
-    try:
-        yield server.uri
-    finally:
-        server.stop(signal.SIGTERM)
 
 
 @pytest.fixture

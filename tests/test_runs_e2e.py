@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import git
-from mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.slow
 
@@ -269,14 +267,6 @@ def test_unknown_run_id_is_a_clear_error(run_cli, cli_env):
         result = run_cli(["maelstrom", *command], env=cli_env)
         assert result.returncode == 2, command
         assert result.stderr.startswith("maelstrom: error:") and len(result.stderr.strip().splitlines()) == 1
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    server = MlflowServer(tmp_path)
-    server.start()
-    yield server.uri
-    server.stop(signal.SIGTERM)
 
 
 def test_remote_tracking_server(run_cli, cli_env, toy_project, maelstrom_home, mlflow_server):

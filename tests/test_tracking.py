@@ -275,8 +275,11 @@ def test_experiments_are_created_as_classic_ml_experiments(tmp_path: Path) -> No
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment_id = ensure_experiment("ap2", uri)
-    experiment = mlflow.MlflowClient(uri).get_experiment(experiment_id)
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    client = mlflow.MlflowClient(uri)
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment("made-before")  # without the tag
+    assert ensure_experiment("made-before", uri) == older
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_a_loaded_dataset_is_the_run_s_mlflow_input(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ def connect(tracking: dict[str, Any]) -> str:
         os.environ[_CREDENTIAL_ENV[name]] = resolve(value)
     timeout = float(tracking.get("timeout_s") or 10)
     if uri.startswith(("http://", "https://")):
+        _quiet_urls()
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout))))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         check_reachable(uri, timeout)
@@ -116,6 +118,11 @@ def _create_store(uri: str, db: Path) -> None:
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
 
 
+def _quiet_urls() -> None:
+    """Keep MLflow's own "View run ... at" lines out of a run's output (the summary names the run)."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
 def check_reachable(uri: str, timeout: float) -> None:
     url = uri.rstrip("/") + "/health"
     try:
@@ -143,6 +150,9 @@ def ensure_experiment(name: str, uri: str) -> str:
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if experiment.tags.get(key) is None:  # created before maelstrom-run tagged its experiments
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     location = None
     if uri == paths.default_tracking_uri():
@@ -327,7 +337,9 @@ def dataset_input(found: Any) -> Any:
     else:
         root = Path(os.path.commonpath([str(f) for f in files])) if files else Path(".")
         where = str(root if root.is_dir() else root.parent)
-    source = resolve_dataset_source(where)  # an HTTP URL or a local directory
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(where)  # an HTTP URL or a local directory
     name = f"{found.name} ({found.source}, {found.tier})"
     return MetaDataset(source=source, name=name, digest=digest.hexdigest()[:16])
 
@@ -411,6 +423,7 @@ def end_parent_run(
     (``sweep_summary.html``)."""
     import mlflow
 
+    _quiet_urls()
     client = mlflow.MlflowClient(uri)
     rows = [{"run_id": rid, "state": state, **metrics.get(rid, {})} for rid, state in states.items()]
     client.log_dict(parent_run_id, {"jobs": rows}, "sweep_summary.json")
