@@ -120,10 +120,16 @@ def mlflow_where(uri: str | None, experiment_id: str | None, run_id: str | None)
     and the page to open there."""
     import shlex
 
-    page = f"/#/experiments/{experiment_id}/runs/{run_id}" if experiment_id and run_id else ""
+    from ..tracking.sweep_page import run_url
+
+    def page(base: str) -> str:  # the run in the classic view, or the server's front page
+        return run_url(base, experiment_id, run_id) if experiment_id and run_id else base
+
     if uri and uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}{page}"
-    return f"mlflow ui --backend-store-uri {shlex.quote(uri or '')}   then open http://127.0.0.1:5000{page}"
+        return page(uri)
+    return (
+        f"mlflow ui --backend-store-uri {shlex.quote(uri or '')}   then open {page('http://127.0.0.1:5000')}"
+    )
 
 
 def metric_text(metrics: dict[str, float], limit: int | None = None) -> str:
