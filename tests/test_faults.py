@@ -165,7 +165,11 @@ def test_tracking_server_outage_is_buffered_and_delivered(
             assert rows[run_id]["state"] == "succeeded" and rows[run_id]["mlflow_run_id"] == run.info.run_id
             assert run.info.status == "FINISHED", run_id
             history = client.get_metric_history(run.info.run_id, "loss")
-            assert sorted((m.step, m.value) for m in history) == [(0, 0.5), (1, 0.25), (2, 0.125)]
+            assert sorted((m.step, m.value) for m in history) == [
+                (1, 0.5),
+                (2, 0.25),
+                (3, 0.125),
+            ]  # epochs from 1
             assert run.data.params["app.name"] == "gated"
             assert run.data.metrics["final.loss"] == 0.125
             files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}

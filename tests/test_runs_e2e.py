@@ -67,7 +67,7 @@ def test_local_run_is_tracked_in_the_embedded_store(run_cli, cli_env, toy_projec
     assert "phase_total.forward.total_s" in run.data.metrics and "final.loss" in run.data.metrics
     assert not [name for name in run.data.metrics if name.endswith(("_ms", ".share", ".count"))]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "timing")}
-    assert artifacts == {"timing/phases.csv"}
+    assert artifacts == {"timing/phases.csv", "timing/record.json"}  # the phase table, the benchmark record
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "maelstrom")}
     assert {"maelstrom/spec.yaml", "maelstrom/overrides.txt", "maelstrom/git.diff"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {

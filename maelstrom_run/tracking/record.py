@@ -87,8 +87,8 @@ def stats_metrics(record: TimingRecord) -> dict[str, float]:
         if not phase.samples:
             continue
         stats = time_stats(phase.samples)
+        # the sample counts are in the record (timing/record.json), not more metrics per phase
         out.update({f"timing.{name}.{k}_s": float(v) for k, v in stats._asdict().items()})
-        out[f"timing.{name}.count"] = float(len(phase.samples))
     if record.time_to_solution_s is not None:
         out["bench.time_to_solution_s"] = float(record.time_to_solution_s)
     return out
