@@ -122,9 +122,15 @@ def run_app(spec: RunSpec) -> int:
     tracking.lock(wait=True)
     if resumed and not tracking.has_run():  # a run directory from before the outbox
         tracking.state.update(run_id=resumed, experiment_id=previous.experiment_id)
-    reopened = tracking.has_run()
+    # started inside an MLflow run (`mlflow run` of an exported MLproject): track into that run
+    adopted = None if resumed or tracking.has_run() else os.environ.get("MLFLOW_RUN_ID")
+    if adopted:
+        tracking.state.update(run_id=adopted, experiment_id=os.environ.get("MLFLOW_EXPERIMENT_ID") or None)
+    reopened = tracking.has_run() and not adopted
     if reopened:  # started again after a requeue: continue the same MLflow run
         tracking.reopen(requeues)
+    elif adopted:
+        tracking.set_tags(mlflow_run.run_tags(spec))
     else:
         tracking.create(
             mlflow_run.experiment_name(spec),
