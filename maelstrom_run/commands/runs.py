@@ -489,6 +489,14 @@ def cmd_freeze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_id(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    """The ``id`` argument of a command about one run, completed from the registry."""
+    from .completion import run_ids
+
+    arg = p.add_argument("id", nargs="?" if optional else None, help="run id (a unique prefix will do)")
+    arg.completer = run_ids  # type: ignore[attr-defined]
+
+
 def add_commands(groups: Any) -> None:
     """Add the ``runs`` command group to the ``maelstrom`` parser."""
     from .completion import run_ids, run_or_sweep_ids, sweep_ids
@@ -521,7 +529,7 @@ def add_commands(groups: Any) -> None:
         ("cancel", cmd_cancel, "cancel a run or every unfinished job of a sweep"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("id", nargs="?", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
+        _run_id(p, optional=True)
         p.add_argument("--sweep", help="every job of this sweep instead").completer = sweep_ids  # type: ignore[attr-defined]
         if name == "cancel":
             add_yes(p)
@@ -539,30 +547,30 @@ def add_commands(groups: Any) -> None:
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("sync", help="send the tracking a job kept while the MLflow server was away")
-    p.add_argument("id", nargs="?", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
+    _run_id(p, optional=True)
     p.add_argument("--sweep", help="every job of this sweep").completer = sweep_ids  # type: ignore[attr-defined]
     p.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to keep trying while the server is away"
+        "--timeout", type=positive_float, default=30.0, help="seconds to keep trying while the server is away"
     )
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("info", help="everything recorded about a run")
-    p.add_argument("id", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
+    _run_id(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("logs", help="a run's output")
-    p.add_argument("id", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
+    _run_id(p)
     p.add_argument("--stderr", action="store_true", help="show stderr instead of stdout")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("download", help="copy a run's directory here")
-    p.add_argument("id", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
+    _run_id(p)
     p.add_argument("dest", nargs="?", default=".", help="where to put it (default: here)")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("rerun", help="run again with the recorded code and config (same config hash)")
-    p.add_argument("id", nargs="?", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
+    _run_id(p, optional=True)
     p.add_argument("--sweep", help="re-run jobs of this sweep (with --failed)").completer = sweep_ids  # type: ignore[attr-defined]
     p.add_argument("--failed", action="store_true", help="only failed, cancelled or never-submitted jobs")
     p.add_argument(
@@ -593,11 +601,11 @@ def add_commands(groups: Any) -> None:
     p.set_defaults(func=cmd_freeze)
 
     p = sub.add_parser("env", help="a run's package versions as a pip requirements file")
-    p.add_argument("id", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
+    _run_id(p)
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("export", help="write a run's record (spec, diff, packages, result) as one .tar.gz")
-    p.add_argument("id", help="run id (a unique prefix will do)").completer = run_ids  # type: ignore[attr-defined]
+    _run_id(p)
     p.add_argument("file", help="FILE.tar.gz to write")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_export)
