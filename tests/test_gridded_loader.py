@@ -262,7 +262,7 @@ def test_era5_layout_equals_xarray_decoding(tmp_path, storage, threads):
 @pytest.mark.parametrize("zlib", [False, True], ids=["int16", "int16-zlib"])
 @pytest.mark.parametrize("chosen", [None, ("tcc", "t2m", "u10"), ("msl", "tcc")])
 def test_packed_normalised_difference_equals_xarray(tmp_path, zlib, chosen):
-    """Packed predictors, normalised (through normalised lookup tables): xarray's decoded values
+    """Packed predictors, normalised (decoded and normalised in one multiply-add): xarray's decoded values
     normalised with the loader's statistics, the target the difference of the raw values, also
     when the raw forecast is not among the predictors picked."""
     paths = [
@@ -374,3 +374,35 @@ def test_unsigned_bytes_big_endian_and_float64_equal_xarray(tmp_path):
         want = np.stack([ds[n].values for n in ("cover", "big", "double")], -1).astype(np.float32)
         np.testing.assert_allclose(got_x, want, rtol=1e-6)
         np.testing.assert_allclose(got_t, ds["target"].values, rtol=1e-6)
+
+
+def test_unsigned_packed_bytes_normalised_equal_xarray(tmp_path):
+    """Bytes with ``_Unsigned`` (as satellite and radar products store them), packed and with a
+    fill value, decoded and normalised in the patch: xarray's decoded values, normalised."""
+    import netCDF4
+
+    path, rng = tmp_path / "bytes.nc", np.random.default_rng(3)
+    with netCDF4.Dataset(path, "w") as nc:
+        for name, size in (("time", 2), ("latitude", 20), ("longitude", 24)):
+            nc.createDimension(name, size)
+        dims = ("time", "latitude", "longitude")
+        for name in ("a", "b"):
+            var = nc.createVariable(name, "i1", dims, fill_value=np.int8(-1))
+            var.set_auto_maskandscale(False)
+            var._Unsigned, var.scale_factor, var.add_offset = "true", np.float32(0.5), np.float32(-20.0)
+            var[:] = rng.integers(0, 256, (2, 20, 24)).astype(np.uint8).view(np.int8)  # 255 = the fill
+        nc.createVariable("goal", "f4", dims)[:] = rng.normal(size=(2, 20, 24)).astype(np.float32)
+    layout = {"sample_dim": "time", "y_dim": "latitude", "x_dim": "longitude", "predictors": ["a", "b"],
+              "predictor_names": None, "target": "goal", "base": None, "static": None, "leadtime": None}  # fmt: skip
+    options = GriddedOptions(batch_size=4, patch_size=8, shuffle=False, normalise=True, features=(),
+                             target="mean", layout=Layout.from_config(layout))  # fmt: skip
+    loader = GriddedLoader([path], options)
+    assert loader._fused
+    got_x, _ = collect(loader)
+    with xr.open_dataset(path) as ds:
+        values = np.stack([ds[n].values for n in ("a", "b")], -1)
+    want = np.array([values[t, y : y + 8, x : x + 8] for t in range(2) for y in (0, 8) for x in (0, 8, 16)])
+    mean, std = loader.stats.predictors
+    want = ((want - mean) / std).astype(np.float32)
+    assert np.isnan(want).any() and np.array_equal(np.isnan(got_x), np.isnan(want))
+    np.testing.assert_allclose(got_x, want, rtol=1e-5, atol=1e-5)

@@ -319,13 +319,6 @@ class Decoding:
         """Decoded through a lookup table (8- and 16-bit integers)."""
         return self.dtype is not None and self.dtype.kind in "iu" and self.dtype.itemsize <= 2
 
-    def normalised(self, scale: np.float32, shift: np.float32) -> np.ndarray:
-        """The lookup table of the decoded values normalised, ``decoded * scale + shift`` in float32:
-        the very operations (and roundings) the loader applies to decoded values, done once per
-        bit pattern instead of once per value."""
-        assert self.table is not None
-        return np.add(np.multiply(self.table, np.float32(scale)), np.float32(shift))
-
     @functools.cached_property
     def table(self) -> np.ndarray | None:
         """For 8- and 16-bit integers (packed data): the decoded value of every stored bit pattern,
@@ -338,11 +331,10 @@ class Decoding:
         self._compute(patterns, out)
         return out
 
-    def apply(self, raw: np.ndarray, out: np.ndarray, table: np.ndarray | None = None) -> None:
+    def apply(self, raw: np.ndarray, out: np.ndarray) -> None:
         """``out`` (float32, any strides) = the decoded ``raw``, in blocks of rows that stay in the
-        core's cache: scaled, offset and masked in a contiguous block, then one copy into ``out``.
-        ``table``: another lookup table to use (:meth:`normalised`)."""
-        table = self.table if table is None else table
+        core's cache: scaled, offset and masked in a contiguous block, then one copy into ``out``."""
+        table = self.table
         if table is not None and raw.ndim:
             bits = raw.view(f"u{raw.dtype.itemsize}")
             if out.flags.c_contiguous and out.dtype == np.float32 and out.shape == raw.shape:
@@ -657,7 +649,8 @@ class AP1Files:
                 values.append(part.reshape(-1, part.shape[-1]))
                 nbytes += values[-1].size * first.dtype.itemsize
         predictors = np.concatenate(values)
-        static = self.static.reshape(-1, self.static.shape[-1])
+        # no static fields: (0, 0), as reshape cannot infer a length from an empty array
+        static = self.static.reshape(-1, self.static.shape[-1]) if self.static.size else np.zeros((0, 0))
 
         def moments(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             a = a.astype(np.float64)
@@ -690,7 +683,7 @@ class _Reader:
             self.datasets[name] = self.h5[name]
         return self.datasets[name]
 
-    def _raw_buffer(self, var: _Variable) -> np.ndarray:
+    def raw_buffer(self, var: _Variable) -> np.ndarray:
         """A per-thread buffer for one stored slab of ``var``."""
         shape, key = var.shape[1:], (var.shape[1:], var.dtype.str)
         cache = getattr(self._scratch, "buffers", None)
@@ -700,26 +693,30 @@ class _Reader:
             cache[key] = np.empty(shape, var.dtype)
         return cache[key]
 
-    def read(self, name: str, lead: int, out: np.ndarray, table: np.ndarray | None = None) -> int:
-        """Slab ``lead`` of variable ``name``, decoded, into ``out`` (float32, any strides);
-        ``table``: the lookup table to decode it with instead of its own (:meth:`Decoding.normalised`)."""
+    def read(self, name: str, lead: int, out: np.ndarray) -> int:
+        """Slab ``lead`` of variable ``name``, decoded, into ``out`` (float32, any strides)."""
         var = self.variables[name]
         if var.direct and out.flags.c_contiguous:
             return self._pread(var, lead, out)
-        raw = self._raw_buffer(var)
-        if var.offset is not None:
-            nbytes = self._pread(var, lead, raw)
-        elif var.chunks is not None:
-            nbytes = self._read_chunks(var, lead, raw)
-        else:
-            with _H5_LOCK:
-                self._dataset(name).read_direct(raw, np.s_[lead] if var.along else np.s_[...])
-            nbytes = var.slab_bytes
+        raw = self.raw_buffer(var)
+        nbytes = self.read_stored(name, lead, raw)
         if var.decoding is None:
             np.copyto(out, raw, casting="unsafe")
         else:
-            var.decoding.apply(raw, out, table)
+            var.decoding.apply(raw, out)
         return nbytes
+
+    def read_stored(self, name: str, lead: int, raw: np.ndarray) -> int:
+        """Slab ``lead`` of variable ``name`` as stored (not decoded) into ``raw`` (C-contiguous,
+        the stored dtype); returns the bytes read from storage."""
+        var = self.variables[name]
+        if var.offset is not None:
+            return self._pread(var, lead, raw)
+        if var.chunks is not None:
+            return self._read_chunks(var, lead, raw)
+        with _H5_LOCK:
+            self._dataset(name).read_direct(raw, np.s_[lead] if var.along else np.s_[...])
+        return var.slab_bytes
 
     def _pread(self, var: _Variable, lead: int, out: np.ndarray) -> int:
         with self.lock:
@@ -864,6 +861,9 @@ class _Buffers:
         self.predictors = np.empty((p, ny, nx) if planar else (ny, nx, p), np.float32)
         self.target = np.empty((ny, nx), np.float32)
         self.static = np.empty((ny, nx, s), np.float32)
+        #: packed predictors: their planes hold the stored integers as floats, and a patch is
+        #: decoded and normalised in one multiply-add over (x, selected) rows: ``x * a + b``
+        self.a = self.b = np.empty(0, np.float32)
 
 
 class GriddedLoader:
@@ -943,7 +943,7 @@ class GriddedLoader:
                 (1 / std).astype(np.float32),
                 (-mean / std).astype(np.float32),
             )
-        #: predictors decoded through lookup tables normalised once (:meth:`_read_fused`): every
+        #: packed predictors decoded while a patch is assembled (:meth:`_read_fused`): every
         #: predictor a separate 8- or 16-bit packed variable in every file, and normalisation on
         self._fused = (
             self.stats is not None
@@ -956,7 +956,6 @@ class GriddedLoader:
         )
         #: predictor channel -> its position among the selected ones
         self._channel_of = {int(i): j for j, i in enumerate(self.selected)}
-        self._tables: dict[tuple[Decoding, int], np.ndarray] = {}
         self._pool: list[_Buffers] = []
         self._ring: list[Batch] = []
         self._readers = [_Reader(p, v) for p, v in zip(self.layout.paths, self.layout.variables, strict=True)]
@@ -1109,32 +1108,36 @@ class GriddedLoader:
         buf.target[...] = buf.predictors[list(lay.predictors).index(lay.target)]
         return nbytes
 
-    def _normalised_table(self, decoding: Decoding, channel: int) -> np.ndarray:
-        """The lookup table of ``decoding`` normalised as selected predictor ``channel`` is."""
-        key = (decoding, channel)
-        with self._lock:
-            table = self._tables.get(key)
-        if table is None:
-            table = decoding.normalised(self._scale[0, channel], self._shift[0, channel])
-            with self._lock:
-                if len(self._tables) >= 64:  # many files packed differently: a few MB at most
-                    self._tables.clear()
-                self._tables[key] = table
-        return table
-
     def _read_fused(self, reader: _Reader, lead: int, buf: _Buffers) -> int:
-        """read for predictors decoded through lookup tables, with normalisation: the selected
-        ones decoded straight into normalised values (the table normalised once: the same float32
-        operations, so the same values), the others raw; the target (a difference with the raw
-        forecast) finished here, so a patch is only copied."""
+        """read for packed predictors, with normalisation: the selected ones kept as stored (half
+        the bytes of floats), decoded and normalised together when a patch is assembled; the
+        others decoded; the target (a difference with the raw forecast) finished here."""
         lay = self.options.layout
         names = list(lay.predictors)
         nbytes = 0
+        a, b = np.ones(len(self.selected)), np.zeros(len(self.selected))
         for c, name in enumerate(names):
             var = reader.variables[name]
             j = self._channel_of.get(c)
-            table = None if j is None else self._normalised_table(var.decoding, j)
-            nbytes += reader.read(name, lead, buf.predictors[c], table)
+            if j is None:  # not delivered: decoded, for the target's difference
+                nbytes += reader.read(name, lead, buf.predictors[c])
+                continue
+            dec, plane = var.decoding, buf.predictors[c]
+            stored = reader.raw_buffer(var)
+            nbytes += reader.read_stored(name, lead, stored)
+            stored = stored if dec.unsigned is None else stored.view(dec.unsigned)
+            np.copyto(plane, stored, casting="unsafe")  # integers: exact in float32
+            if dec.fills:  # min and max are cheap: a fill outside them is in no point
+                low, high = stored.min(), stored.max()
+                for fill in dec.fills:
+                    if low <= fill <= high:
+                        np.copyto(plane, np.float32(np.nan), where=stored == fill)
+            # decoded and normalised in one multiply-add, its factors combined in float64: within
+            # a float32 rounding of decoding then normalising (a lookup table cost 1 ns a value)
+            scale, shift = float(self._scale[0, j]), float(self._shift[0, j])
+            a[j], b[j] = dec.scale * scale, dec.offset * scale + shift
+        buf.a = np.tile(a, (self.patch[1], 1)).astype(np.float32)
+        buf.b = np.tile(b, (self.patch[1], 1)).astype(np.float32)
         if self._n_static:
             if isinstance(lay.static, tuple):
                 nbytes += sum(reader.read(n, lead, buf.static[..., c]) for c, n in enumerate(lay.static))
@@ -1192,7 +1195,9 @@ class GriddedLoader:
                 else:
                     for j, i in enumerate(self.selected):
                         dest[..., j] = buf.predictors[window][..., i]
-                if fused:  # normalised when decoded, the target finished when read
+                if fused:  # decoded and normalised here, in the cache; the target finished when read
+                    np.multiply(dest, buf.a, out=dest)
+                    np.add(dest, buf.b, out=dest)
                     target[r:r1] = buf.target[window]
                     continue
                 if difference:  # the raw forecast: from the copy, in the cache, before normalising
