@@ -387,6 +387,22 @@ def _lookup(table: np.ndarray, bits: np.ndarray, out: np.ndarray) -> None:
         np.take(table, index[:n], out=out[i : i + n], mode="clip")
 
 
+def _read_as_floats(reader: _Reader, name: str, lead: int, plane: np.ndarray) -> int:
+    """Slab ``lead`` of packed variable ``name``: its stored integers as float32 (exact) into
+    ``plane``, NaN at the fill values, scale and offset not applied; returns the bytes read."""
+    var = reader.variables[name]
+    dec, stored = var.decoding, reader.raw_buffer(var)
+    nbytes = reader.read_stored(name, lead, stored)
+    stored = stored if dec.unsigned is None else stored.view(dec.unsigned)
+    np.copyto(plane, stored, casting="unsafe")
+    if dec.fills:  # min and max are cheap: a fill outside them is in no point
+        low, high = stored.min(), stored.max()
+        for fill in dec.fills:
+            if low <= fill <= high:
+                np.copyto(plane, np.float32(np.nan), where=stored == fill)
+    return nbytes
+
+
 def _attr(attrs: Any, key: str, default: Any) -> Any:
     value = attrs.get(key, default)
     if isinstance(value, bytes):
@@ -864,6 +880,8 @@ class _Buffers:
         #: packed predictors: their planes hold the stored integers as floats, and a patch is
         #: decoded and normalised in one multiply-add over (x, selected) rows: ``x * a + b``
         self.a = self.b = np.empty(0, np.float32)
+        #: the target's scale and offset when its plane holds stored integers too
+        self.target_scale: tuple[np.float32, np.float32] | None = None
 
 
 class GriddedLoader:
@@ -1122,16 +1140,8 @@ class GriddedLoader:
             if j is None:  # not delivered: decoded, for the target's difference
                 nbytes += reader.read(name, lead, buf.predictors[c])
                 continue
-            dec, plane = var.decoding, buf.predictors[c]
-            stored = reader.raw_buffer(var)
-            nbytes += reader.read_stored(name, lead, stored)
-            stored = stored if dec.unsigned is None else stored.view(dec.unsigned)
-            np.copyto(plane, stored, casting="unsafe")  # integers: exact in float32
-            if dec.fills:  # min and max are cheap: a fill outside them is in no point
-                low, high = stored.min(), stored.max()
-                for fill in dec.fills:
-                    if low <= fill <= high:
-                        np.copyto(plane, np.float32(np.nan), where=stored == fill)
+            nbytes += _read_as_floats(reader, name, lead, buf.predictors[c])
+            dec = var.decoding
             # decoded and normalised in one multiply-add, its factors combined in float64: within
             # a float32 rounding of decoding then normalising (a lookup table cost 1 ns a value)
             scale, shift = float(self._scale[0, j]), float(self._shift[0, j])
@@ -1143,8 +1153,15 @@ class GriddedLoader:
                 nbytes += sum(reader.read(n, lead, buf.static[..., c]) for c, n in enumerate(lay.static))
             else:
                 nbytes += reader.read(str(lay.static), lead, buf.static)
+        goal = reader.variables[lay.target].decoding
+        buf.target_scale = None
         if lay.target in names and names.index(lay.target) not in self._channel_of:
             buf.target[...] = buf.predictors[names.index(lay.target)]
+        elif self.options.target != "difference" and goal is not None and goal.has_table:
+            # packed too: decoded in the patch, in float32 (within 2 float32 roundings)
+            counted = _read_as_floats(reader, lay.target, lead, buf.target)
+            nbytes += 0 if lay.target in names else counted
+            buf.target_scale = (np.float32(goal.scale), np.float32(goal.offset))
         else:  # read raw (again when it is a normalised predictor: counted once)
             counted = reader.read(lay.target, lead, buf.target)
             nbytes += 0 if lay.target in names else counted
@@ -1198,7 +1215,11 @@ class GriddedLoader:
                 if fused:  # decoded and normalised here, in the cache; the target finished when read
                     np.multiply(dest, buf.a, out=dest)
                     np.add(dest, buf.b, out=dest)
-                    target[r:r1] = buf.target[window]
+                    if buf.target_scale is None:
+                        target[r:r1] = buf.target[window]
+                    else:
+                        np.multiply(buf.target[window], buf.target_scale[0], out=target[r:r1])
+                        np.add(target[r:r1], buf.target_scale[1], out=target[r:r1])
                     continue
                 if difference:  # the raw forecast: from the copy, in the cache, before normalising
                     if base is not None:
