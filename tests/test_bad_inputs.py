@@ -146,6 +146,10 @@ def _state(home: Path) -> dict[str, str]:
 
 
 CASES: list[Case] = [
+    # -- Hydra's own flags ---------------------------------------------------------------------
+    R("app=ap1", "--nope", expected="unrecognized arguments: --nope; overrides are key=value"),
+    R("--cfg", "bogus", expected="argument --cfg/-c: invalid choice: 'bogus'"),
+    R("app=ap1", "--cfg", "job", "train.epochs=2", expected="put all key=value overrides together"),
     # -- app -----------------------------------------------------------------------------------
     R("app=nope", expected="app=nope: no such option"),
     R("app=ap1", "~app", expected="app: missing config group"),

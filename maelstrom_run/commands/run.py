@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..core.errors import EXIT_FAILED, EXIT_USER_ERROR
 from ..core.paths import user_config_dirs
@@ -188,6 +188,26 @@ def _validate_shown_config() -> None:
     Hydra.show_cfg = show_cfg  # type: ignore[method-assign]
 
 
+def _check_arguments(argv: list[str]) -> None:
+    """Hydra's own argument parser, run first with its errors as one line (argparse prints its
+    usage block and then the error)."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def error(message: str) -> NoReturn:
+        print(f"{PROGRAM}: error: {message}; see {PROGRAM} --help", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+    parser.error = error  # type: ignore[method-assign]
+    _, unknown = parser.parse_known_args(argv)
+    flags = [a for a in unknown if a.startswith("-")]
+    if flags:
+        error(f"unrecognized arguments: {' '.join(flags)}; overrides are key=value")
+    if unknown:  # argparse takes the overrides as one run of arguments
+        error(f"unrecognized arguments: {' '.join(unknown)}; put all key=value overrides together")
+
+
 def main() -> None:
     """Console entry point of ``maelstrom-run``."""
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
@@ -211,6 +231,7 @@ def main() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     # relative to this module's package: maelstrom_run/conf, as Hydra's main config source
     app = hydra.main(config_path="../conf", config_name="config", version_base="1.3")(task)
+    _check_arguments(sys.argv[1:])
     _mode_from_the_command_line(sys.argv[1:])
     _validate_shown_config()
     if {"--multirun", "-m"} & set(sys.argv[1:]) and any(
