@@ -387,22 +387,6 @@ def _lookup(table: np.ndarray, bits: np.ndarray, out: np.ndarray) -> None:
         np.take(table, index[:n], out=out[i : i + n], mode="clip")
 
 
-def _read_as_floats(reader: _Reader, name: str, lead: int, plane: np.ndarray) -> int:
-    """Slab ``lead`` of packed variable ``name``: its stored integers as float32 (exact) into
-    ``plane``, NaN at the fill values, scale and offset not applied; returns the bytes read."""
-    var = reader.variables[name]
-    dec, stored = var.decoding, reader.raw_buffer(var)
-    nbytes = reader.read_stored(name, lead, stored)
-    stored = stored if dec.unsigned is None else stored.view(dec.unsigned)
-    np.copyto(plane, stored, casting="unsafe")
-    if dec.fills:  # min and max are cheap: a fill outside them is in no point
-        low, high = stored.min(), stored.max()
-        for fill in dec.fills:
-            if low <= fill <= high:
-                np.copyto(plane, np.float32(np.nan), where=stored == fill)
-    return nbytes
-
-
 def _attr(attrs: Any, key: str, default: Any) -> Any:
     value = attrs.get(key, default)
     if isinstance(value, bytes):
@@ -720,6 +704,21 @@ class _Reader:
             np.copyto(out, raw, casting="unsafe")
         else:
             var.decoding.apply(raw, out)
+        return nbytes
+
+    def read_as_floats(self, name: str, lead: int, plane: np.ndarray) -> int:
+        """Slab ``lead`` of packed variable ``name``: its stored integers as float32 (exact) into
+        ``plane``, NaN at the fill values, scale and offset not applied; returns the bytes read."""
+        var = self.variables[name]
+        dec, stored = var.decoding, self.raw_buffer(var)
+        nbytes = self.read_stored(name, lead, stored)
+        stored = stored if dec.unsigned is None else stored.view(dec.unsigned)
+        np.copyto(plane, stored, casting="unsafe")
+        if dec.fills:  # min and max are cheap: a fill outside them is in no point
+            low, high = stored.min(), stored.max()
+            for fill in dec.fills:
+                if low <= fill <= high:
+                    np.copyto(plane, np.float32(np.nan), where=stored == fill)
         return nbytes
 
     def read_stored(self, name: str, lead: int, raw: np.ndarray) -> int:
@@ -1127,9 +1126,10 @@ class GriddedLoader:
         return nbytes
 
     def _read_fused(self, reader: _Reader, lead: int, buf: _Buffers) -> int:
-        """read for packed predictors, with normalisation: the selected ones kept as stored (half
-        the bytes of floats), decoded and normalised together when a patch is assembled; the
-        others decoded; the target (a difference with the raw forecast) finished here."""
+        """read for packed predictors, with normalisation: the selected ones read as stored (half
+        the bytes of floats) and held as those integers in float32, decoded and normalised
+        together when a patch is assembled; the others decoded; the target finished here, or
+        (packed, not a difference) decoded in the patch too."""
         lay = self.options.layout
         names = list(lay.predictors)
         nbytes = 0
@@ -1140,7 +1140,7 @@ class GriddedLoader:
             if j is None:  # not delivered: decoded, for the target's difference
                 nbytes += reader.read(name, lead, buf.predictors[c])
                 continue
-            nbytes += _read_as_floats(reader, name, lead, buf.predictors[c])
+            nbytes += reader.read_as_floats(name, lead, buf.predictors[c])
             dec = var.decoding
             # decoded and normalised in one multiply-add, its factors combined in float64: within
             # a float32 rounding of decoding then normalising (a lookup table cost 1 ns a value)
@@ -1159,7 +1159,7 @@ class GriddedLoader:
             buf.target[...] = buf.predictors[names.index(lay.target)]
         elif self.options.target != "difference" and goal is not None and goal.has_table:
             # packed too: decoded in the patch, in float32 (within 2 float32 roundings)
-            counted = _read_as_floats(reader, lay.target, lead, buf.target)
+            counted = reader.read_as_floats(lay.target, lead, buf.target)
             nbytes += 0 if lay.target in names else counted
             buf.target_scale = (np.float32(goal.scale), np.float32(goal.offset))
         else:  # read raw (again when it is a normalised predictor: counted once)
@@ -1212,7 +1212,7 @@ class GriddedLoader:
                 else:
                     for j, i in enumerate(self.selected):
                         dest[..., j] = buf.predictors[window][..., i]
-                if fused:  # decoded and normalised here, in the cache; the target finished when read
+                if fused:  # decoded and normalised here, in the cache
                     np.multiply(dest, buf.a, out=dest)
                     np.add(dest, buf.b, out=dest)
                     if buf.target_scale is None:
