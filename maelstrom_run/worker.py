@@ -132,10 +132,15 @@ def run_app(spec: RunSpec) -> int:
     elif adopted:
         tracking.set_tags(mlflow_run.run_tags(spec))
     else:
+        keys = spec.sweep_varying
+        if keys is None:  # a spec of an earlier version: the parent run has them
+            keys = [] if down else mlflow_run.sweep_varying_keys(spec.parent_run_id, uri)
+        # a job submitted before its sweep's parent run existed looks the parent up when its run is made
         tracking.create(
             mlflow_run.experiment_name(spec),
             mlflow_run.run_tags(spec),
-            mlflow_run.run_name(spec, [] if down else mlflow_run.sweep_varying_keys(spec.parent_run_id, uri)),
+            mlflow_run.run_name(spec, keys),
+            sweep_id=spec.sweep_id if not spec.parent_run_id else None,
         )
     tracking.start()
     if not down:  # the run's id in result.json while it runs, unless the server fails meanwhile

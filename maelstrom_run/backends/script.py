@@ -30,6 +30,9 @@ class Target:
 
     run_dir: str | None = None
     map_file: str | None = None
+    #: An array's specs, one JSON line per task: the task writes its own ``spec.yaml`` from its line
+    #: (a sweep of 5,000 jobs is then three files at submission, not 10,000 files and directories).
+    specs_file: str | None = None
     #: ``0-N%throttle`` for an array.
     array: str | None = None
 
@@ -109,6 +112,12 @@ def render_batch_script(
         out.append(
             '[ -n "$RUN_DIR" ] || { echo "no run for array task $SLURM_ARRAY_TASK_ID in $MAP" >&2; exit 2; }'
         )
+        if target.specs_file:
+            out.append(f"SPECS={shlex.quote(target.specs_file)}")
+            out.append(
+                'mkdir -p "$RUN_DIR" && sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$SPECS" >"$RUN_DIR/spec.yaml"'
+                ' || { echo "cannot write $RUN_DIR/spec.yaml" >&2; exit 2; }'
+            )
     elif target.run_dir is None:
         out.append('RUN_DIR="$PWD"')
     else:

@@ -5,8 +5,9 @@ Layout on the shared filesystem (``backend.workdir``, default ``$MAELSTROM_HOME/
 - ``RUN_ID/``  the run directory: spec.yaml, job.sbatch (single runs), stdout.log, stderr.log,
   result.json, requeues.log, ``code/`` (the code snapshot of a single run)
 - ``SWEEP_ID/``  a sweep's shared files: ``code/`` (one snapshot for all its jobs),
-  ``arrays/NNN.txt`` (one run directory per array task), ``arrays/NNN.sbatch``, ``slurm/`` (Slurm's
-  own output of each task, before the job redirects to its run directory)
+  ``arrays/NNN.txt`` (one run directory per array task), ``arrays/NNN.jsonl`` (the spec of each
+  task, which the task writes into its run directory when it starts), ``arrays/NNN.sbatch``,
+  ``slurm/`` (Slurm's own output of each task, before the job redirects to its run directory)
 
 A sweep is one job array (several when it has more tasks than the cluster's ``MaxArraySize``),
 named ``SWEEP_ID.NNN`` so that a later ``maelstrom runs resume`` finds what the cluster already
@@ -397,6 +398,7 @@ class SlurmBackend(Backend):
             target = Target(
                 run_dir=self._remote(spec, target.run_dir) if target.run_dir else None,
                 map_file=self._remote(spec, target.map_file) if target.map_file else None,
+                specs_file=self._remote(spec, target.specs_file) if target.specs_file else None,
                 array=target.array,
             )
         return render_batch_script(
@@ -425,9 +427,7 @@ class SlurmBackend(Backend):
             share = self._share_dir(chunk[0])
             target = self._target(share, number, chunk)
             text = self._script(chunk[0], target, share)
-            staged = [str(Path(s.run_dir) / SPEC_FILE) for s in chunk] + [
-                str(share / "code" / f) for f in files
-            ]
+            staged = [str(target.specs_file)] + [str(share / "code" / f) for f in files]
             staged = [self._remote(chunk[0], f) for f in staged]
             rendered = Rendered(text=text, files=staged, meta={"array": target.array, "map": target.map_file})
             out.append(self.transport.shown(rendered, str(Path(str(target.map_file)).parent), chunk))
@@ -448,7 +448,12 @@ class SlurmBackend(Backend):
     def _target(self, share: Path, number: int, chunk: Sequence[RunSpec]) -> Target:
         throttle = max(1, self.conf.max_parallel)
         array = f"0-{len(chunk) - 1}" + (f"%{throttle}" if throttle < len(chunk) else "")
-        return Target(map_file=str(share / "arrays" / f"{number:03d}.txt"), array=array)
+        arrays = share / "arrays"
+        return Target(
+            map_file=str(arrays / f"{number:03d}.txt"),
+            specs_file=str(arrays / f"{number:03d}.jsonl"),
+            array=array,
+        )
 
     # -- submitting ------------------------------------------------------------------------------
 
@@ -463,9 +468,8 @@ class SlurmBackend(Backend):
         secrets = job_environment([s.config for s in specs])
         staged: set[Path] = set()
         ids: dict[int, str] = {}
-        for spec in specs:
-            Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
         for spec in (s for s in specs if not s.sweep_id):  # single runs: one job each
+            Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
             # rendered from the spec as submitted, before staging
             text = self._script(spec, Target(run_dir=spec.run_dir), self._share_dir(spec))
             self._stage(spec, staged)
@@ -482,17 +486,16 @@ class SlurmBackend(Backend):
             text = self._script(chunk[0], target, share)  # before staging points the specs at the copy
             for spec in chunk:
                 self._stage(spec, staged)
-                spec.write()
             (share / "slurm").mkdir(parents=True, exist_ok=True)
-            write_atomic(
-                Path(str(target.map_file)), "".join(f"{self._remote(s, s.run_dir)}\n" for s in chunk)
-            )
-            script = Path(str(target.map_file)).with_suffix(".sbatch")
+            map_file, specs_file = Path(str(target.map_file)), Path(str(target.specs_file))
+            write_atomic(map_file, "".join(f"{self._remote(s, s.run_dir)}\n" for s in chunk))
+            write_atomic(specs_file, "".join(self._on_cluster(s).to_json() + "\n" for s in chunk))
+            script = map_file.with_suffix(".sbatch")
             write_atomic(script, text)
-            sent = [Path(s.run_dir) for s in chunk] + [Path(str(target.map_file)), script, share / "slurm"]
+            sent = [map_file, specs_file, script, share / "slurm"]
             if share not in self._sent:
                 sent.append(share / "code")
-            self._send(chunk[0], chunk, [p for p in sent if p.exists()])
+            self._send(chunk[0], [], [p for p in sent if p.exists()])
             self._sent.add(share)
             array_id = self.transport.submit(Path(self._remote(chunk[0], script)), secrets)
             chunk_ids = [f"{array_id}_{i}" for i in range(len(chunk))]
@@ -508,14 +511,21 @@ class SlurmBackend(Backend):
         if mirror is None:
             return
         root = Path(first.run_dir).parent
-        data = {}
-        for spec in specs:
-            code = spec.code_dir
-            if code and not os.path.relpath(code, root).startswith(".."):
-                code = os.path.relpath(code, spec.run_dir)
-            remote = dataclasses.replace(spec, run_dir=".", code_dir=code)
-            data[os.path.relpath(Path(spec.run_dir) / SPEC_FILE, root)] = remote.to_yaml().encode()
+        data = {
+            os.path.relpath(Path(spec.run_dir) / SPEC_FILE, root): self._on_cluster(spec).to_yaml().encode()
+            for spec in specs
+        }
         mirror.send(root, paths, data)
+
+    def _on_cluster(self, spec: RunSpec) -> RunSpec:
+        """The spec as the worker reads it on the cluster: over SSH its run directory ``.`` and its code
+        relative to it (both resolved against the directory of its ``spec.yaml``)."""
+        if self.transport.mirror is None:
+            return spec
+        code, root = spec.code_dir, Path(spec.run_dir).parent
+        if code and not os.path.relpath(code, root).startswith(".."):
+            code = os.path.relpath(code, spec.run_dir)
+        return dataclasses.replace(spec, run_dir=".", code_dir=code)
 
     def _stage(self, spec: RunSpec, done: set[Path]) -> None:
         """Copy the snapshot (once per sweep) and point the spec at it."""
@@ -625,8 +635,7 @@ class SlurmBackend(Backend):
         if not jobs:
             return
         for job in jobs:  # a job that starts after this sees the marker and does nothing
-            if Path(job.run_dir).is_dir():
-                RunDir(job.run_dir).mark_cancelled()
+            RunDir(job.run_dir).mark_cancelled()
         if self.transport.mirror:
             for root in {Path(j.run_dir).parent for j in jobs}:
                 marks = [Path(j.run_dir) / CANCELLED for j in jobs if (Path(j.run_dir) / CANCELLED).exists()]

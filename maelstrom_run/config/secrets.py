@@ -82,13 +82,21 @@ def env_name(ref: str) -> str:
     return ENV_PREFIX + hashlib.sha256(ref.encode()).hexdigest()[:16].upper()
 
 
-def references(node: Any) -> set[str]:
-    """Every secret reference in a config container."""
-    if isinstance(node, dict):
-        return set().union(*(references(v) for v in node.values())) if node else set()
-    if isinstance(node, list):
-        return set().union(*(references(v) for v in node)) if node else set()
-    return {node} if is_reference(node) else set()
+def references(*nodes: Any) -> set[str]:
+    """Every secret reference in config containers; a subtree they share (the jobs of a sweep share
+    all but the values they change) is looked at once."""
+    seen: set[int] = set()
+    found: set[str] = set()
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict | list):
+            if id(node) not in seen:
+                seen.add(id(node))
+                stack.extend(node.values() if isinstance(node, dict) else node)
+        elif isinstance(node, str) and node.startswith("${secret:") and is_reference(node):
+            found.add(node)
+    return found
 
 
 def job_environment(configs: list[dict[str, Any]], *, resolved: bool = True) -> dict[str, str]:
@@ -101,19 +109,21 @@ def job_environment(configs: list[dict[str, Any]], *, resolved: bool = True) -> 
     ``resolved=False`` each value is the reference itself (what a dry run may show).
     """
     out: dict[str, str] = {}
+    rests, variables = [], {}
     for config in configs:
         backend = config.get("backend") or {}
-        variables = (backend.get("environment") or {}).get("variables") or {}
+        variables.update((backend.get("environment") or {}).get("variables") or {})
         rest = {k: v for k, v in config.items() if k != "backend"}
         rest["backend"] = {k: v for k, v in backend.items() if k != "credentials"}
-        for ref in sorted(references(rest)):
-            kind = _kind(ref)
-            if kind == "file" or (kind == "env" and ref[len("${secret:env:") : -1] not in os.environ):
-                continue
-            out[env_name(ref)] = resolve(ref) if resolved else ref
-        for name, value in variables.items():
-            if is_reference(value) and env_name(value) in out:
-                out[name] = out[env_name(value)]
+        rests.append(rest)
+    for ref in sorted(references(*rests)):
+        kind = _kind(ref)
+        if kind == "file" or (kind == "env" and ref[len("${secret:env:") : -1] not in os.environ):
+            continue
+        out[env_name(ref)] = resolve(ref) if resolved else ref
+    for name, value in variables.items():
+        if is_reference(value) and env_name(value) in out:
+            out[name] = out[env_name(value)]
     return out
 
 

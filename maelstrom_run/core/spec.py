@@ -91,8 +91,11 @@ class RunSpec:
     sweep_id: str | None = None
     sweep_index: int | None = None
     sweep_size: int | None = None
-    #: MLflow run id of the sweep's parent run.
+    #: MLflow run id of the sweep's parent run, where it existed when the job was submitted (else
+    #: the job finds it by the sweep's id when it starts, or the sweep's close links it).
     parent_run_id: str | None = None
+    #: The override keys whose values differ between the sweep's jobs (for run names).
+    sweep_varying: list[str] | None = None
     rerun_of: str | None = None
     #: For ``kind: hydra``: the pickled task (relative to run_dir).
     payload: str | None = None

@@ -12,6 +12,7 @@ unusual, so the outcome is always what Hydra itself would compose.
 
 from __future__ import annotations
 
+import collections
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -77,12 +78,18 @@ def _copy(node: Any) -> Any:
     return node
 
 
-def _set(config: dict[str, Any], key: str, value: Any) -> None:
+def _with(config: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """``config`` with ``key`` set to a copy of ``value``: only the mappings on the key's path are
+    copied, the rest is shared with ``config`` (a job's config is read, never changed in place, and
+    a 5,000-job sweep would otherwise copy every node of the config 5,000 times)."""
     *parents, last = key.split(".")
-    node = config
+    top = dict(config)
+    node = top
     for part in parents:
+        node[part] = dict(node[part])
         node = node[part]
-    node[last] = value
+    node[last] = _copy(value)
+    return top
 
 
 def compose_jobs(config_loader: Any, master: Any, job_overrides: Sequence[Sequence[str]]) -> Iterator[Job]:
@@ -119,14 +126,20 @@ def compose_jobs(config_loader: Any, master: Any, job_overrides: Sequence[Sequen
             bases[key] = _Base(cfg, config, _interpolations(plain))
         return bases[key]
 
+    # values every job sets alike are set once, on a config the jobs share: the most common first
+    counts = collections.Counter(text for overrides in job_overrides for text in overrides)
+    derived: dict[tuple[int, str], dict[str, Any]] = {}  # (id of config, override) -> config
+
     for overrides in job_overrides:
         overrides = list(overrides)
         structural: list[str] = []
         values: dict[str, Any] = {}
+        texts: dict[str, str] = {}
         for text in overrides:
             number = _NUMBER.match(text)
             if number and repository is not None and not is_group(number["key"]):
                 values[number["key"]] = _number(number["value"])
+                texts[number["key"]] = text
                 continue
             o = parse(text)
             value = o.value() if not o.is_sweep_override() else None
@@ -141,6 +154,7 @@ def compose_jobs(config_loader: Any, master: Any, job_overrides: Sequence[Sequen
             )
             if simple:
                 values[o.key_or_group] = value
+                texts[o.key_or_group] = text
             else:
                 structural.append(text)
         base = base_of(structural)
@@ -154,9 +168,12 @@ def compose_jobs(config_loader: Any, master: Any, job_overrides: Sequence[Sequen
             validate(config)
             yield Job(overrides, config, cfg, {})
             continue
-        config = _copy(base.config)
-        for key, value in values.items():
-            _set(config, key, _copy(value))
+        config = base.config
+        for key in sorted(values, key=lambda k: -counts[texts[k]]):
+            step = (id(config), texts[key])
+            if step not in derived:  # each entry keeps its config alive: the id stays its own
+                derived[step] = _with(config, key, values[key])
+            config = derived[step]
         validate_changes(config, values)
         yield Job(overrides, config, base.cfg, values)
 

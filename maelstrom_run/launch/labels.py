@@ -19,22 +19,32 @@ CREATE TABLE IF NOT EXISTS run_labels (
 
 def record(db: sqlite3.Connection, specs: Sequence[Any]) -> None:
     """Write the labels of ``specs`` inside the registry's open transaction (replacing earlier rows)."""
-    from ..config.taxonomy import flatten
+    import json
+
+    from ..config.taxonomy import flatten, load
     from ..core.errors import ConfigError
 
     db.execute(_SCHEMA)
+    taxonomy = load()
+    flat: dict[str, list[tuple[str, str, str]] | None] = {}  # a sweep's jobs share their labels
+    ids, rows = [], []
     for spec in specs:
         if getattr(spec, "kind", "app") != "app" or not isinstance(spec.labels, dict):
             continue  # a plain Hydra app's ``labels`` (if any) are its own
-        try:
-            rows = flatten(spec.labels)
-        except ConfigError:  # validated when composed; a taxonomy changed since must not lose the run
+        key = json.dumps(spec.labels, sort_keys=True, default=str)
+        if key not in flat:
+            try:
+                flat[key] = flatten(spec.labels, taxonomy)
+            except ConfigError:  # validated when composed; a taxonomy changed since must not lose the run
+                flat[key] = None
+        if flat[key] is None:
             continue
-        db.execute("DELETE FROM run_labels WHERE run_id = ?", (spec.run_id,))
-        db.executemany(
-            "INSERT OR IGNORE INTO run_labels (run_id, scope, category, value) VALUES (?, ?, ?, ?)",
-            [(spec.run_id, *row) for row in rows],
-        )
+        ids.append((spec.run_id,))
+        rows += [(spec.run_id, *row) for row in flat[key]]
+    db.executemany("DELETE FROM run_labels WHERE run_id = ?", ids)
+    db.executemany(
+        "INSERT OR IGNORE INTO run_labels (run_id, scope, category, value) VALUES (?, ?, ?, ?)", rows
+    )
 
 
 def labels_of(

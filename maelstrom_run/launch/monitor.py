@@ -83,30 +83,63 @@ def refresh(registry: Registry, records: Sequence[RunRecord]) -> list[RunRecord]
 
 
 def close_sweep_if_done(registry: Registry, sweep_id: str) -> None:
+    """Close the MLflow parent run of a sweep whose jobs have all ended (making it first where the
+    tracking server was away when the sweep was submitted), its jobs' runs its children."""
     sweep = registry.sweep(sweep_id)
-    if not sweep.mlflow_parent_run_id or sweep.parent_closed:
+    # a sweep of plain Hydra apps has no tracking URI: no parent run
+    if sweep.parent_closed or not (sweep.mlflow_parent_run_id or sweep.tracking_uri):
         return
     jobs = latest_jobs(registry, sweep_id)  # a re-run replaces the failed job of its index
     if len(jobs) < sweep.size or any(j.state not in TERMINAL for j in jobs):
         return
-    if registry.close_parent(sweep_id):
-        from ..tracking.mlflow_run import end_parent_run
+    parent = sweep.mlflow_parent_run_id
+    try:
+        if parent is None:
+            parent = _late_parent(registry, sweep, jobs)
+        if parent is None or not registry.close_parent(sweep_id):
+            return
+        from ..tracking.mlflow_run import end_parent_run, link_children
 
+        link_children(parent, sweep.tracking_uri, sweep_id)  # jobs that started before it existed
         metrics = {}
         for job in jobs:
             result = RunDir(job.run_dir).read_result()
             metrics[job.run_id] = result.metrics if result else {}
-        try:
-            end_parent_run(
-                sweep.mlflow_parent_run_id,
-                sweep.tracking_uri,
-                {j.run_id: j.state for j in jobs},
-                metrics,
-                page=sweep_page(registry, sweep_id, jobs),
-            )
-        except Exception as exc:  # noqa: BLE001 - closing the parent must not lose the jobs' states
-            # a warning, not output: without logging configured Python writes the bare line to stderr
-            log.warning("maelstrom: could not close the sweep's MLflow parent run: %s", exc)
+        end_parent_run(
+            parent,
+            sweep.tracking_uri,
+            {j.run_id: j.state for j in jobs},
+            metrics,
+            page=sweep_page(registry, sweep_id, jobs),
+        )
+    except Exception as exc:  # noqa: BLE001 - closing the parent must not lose the jobs' states
+        # a warning, not output: without logging configured Python writes the bare line to stderr
+        log.warning("maelstrom: could not close the sweep's MLflow parent run: %s", exc)
+
+
+def _late_parent(registry: Registry, sweep: Any, jobs: Sequence[RunRecord]) -> str | None:
+    """The parent run of a sweep submitted while the tracking server was away (or by a process
+    killed before it recorded the parent): found by its tags, else made now; None while the server
+    is still away."""
+    from ..tracking import mlflow_run
+
+    spec = RunSpec.parse(jobs[0].spec)
+    try:
+        uri = mlflow_run.connect(spec.tracking)
+    except mlflow_run.TrackingUnreachable:
+        return None  # tried again at the next refresh
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(mlflow_run.experiment_name(spec))
+    found = experiment and mlflow_run.find_sweep_parent(client, sweep.sweep_id, [experiment.experiment_id])
+    if found:
+        parent = found
+    else:
+        swept = mlflow_run.varying(json.loads(sweep.overrides or "[]"))
+        parent, _ = mlflow_run.start_parent_run(spec, sweep.size, swept)
+    registry.set_parent(sweep.sweep_id, parent, uri)
+    return parent
 
 
 @dataclass

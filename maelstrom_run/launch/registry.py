@@ -234,14 +234,21 @@ class Registry:
 
     def update_many(self, changes: list[tuple[str, dict[str, Any]]]) -> None:
         """Several ``update``s in one transaction (a sweep's job ids as they are accepted)."""
+        # consecutive changes of the same columns as one statement, in the order given
+        batches: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]] = []
+        for run_id, values in changes:
+            unknown = set(values) - set(_RUN_FIELDS)
+            if unknown:
+                raise KeyError(f"unknown registry fields {sorted(unknown)}")
+            if not values:
+                continue
+            if not batches or batches[-1][0] != tuple(values):
+                batches.append((tuple(values), []))
+            batches[-1][1].append((*values.values(), run_id))
         with self._connect() as db:
-            for run_id, values in changes:
-                unknown = set(values) - set(_RUN_FIELDS)
-                if unknown:
-                    raise KeyError(f"unknown registry fields {sorted(unknown)}")
-                if values:
-                    cols = ", ".join(f"{k} = ?" for k in values)
-                    db.execute(f"UPDATE runs SET {cols} WHERE run_id = ?", (*values.values(), run_id))
+            for columns, rows in batches:
+                cols = ", ".join(f"{k} = ?" for k in columns)
+                db.executemany(f"UPDATE runs SET {cols} WHERE run_id = ?", rows)
 
     def set_parent(self, sweep_id: str, parent_run_id: str, tracking_uri: str) -> None:
         """Record the sweep's MLflow parent run (created once the sweep itself was recorded)."""

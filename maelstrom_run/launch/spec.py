@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,17 @@ def build(cfg: Any, overrides: list[str], **options: Any) -> RunSpec:
     config = resolve_config(cfg)
     validate(config)
     return from_config(config, overrides, **options)
+
+
+@functools.lru_cache(maxsize=64)
+def _runs_root(workdir: str | None, home: str | None, user_home: str | None, cwd: str) -> str:
+    """Where run directories go, for the environment named in the arguments (a sweep asks 5,000 times)."""
+    return str(Path(workdir).expanduser() if workdir else paths.runs_dir())
+
+
+@functools.lru_cache(maxsize=64)
+def _absolute(code_dir: str | None, cwd: str) -> Path:
+    return Path(code_dir or cwd).absolute()
 
 
 def from_config(
@@ -39,9 +52,9 @@ def from_config(
     """
     app = config["app"]
     run_id = run_id or new_id(app["name"])
-    workdir = config["backend"].get("workdir")
-    run_dir = Path(workdir).expanduser() / run_id if workdir else paths.runs_dir() / run_id
-    code = Path(code_dir or Path.cwd()).absolute()
+    env = os.environ.get("MAELSTROM_HOME"), os.environ.get("HOME"), os.getcwd()
+    run_dir = os.path.join(_runs_root(config["backend"].get("workdir"), *env), run_id)
+    code = _absolute(str(code_dir) if code_dir else None, env[2])
     if git is ...:  # not captured by the caller (a sweep captures once for all its jobs)
         from .gitinfo import capture
 
@@ -53,7 +66,7 @@ def from_config(
         entry=app["entry"],
         config=config,
         overrides=list(overrides),
-        run_dir=str(run_dir),
+        run_dir=run_dir,
         config_hash=config_hash(config),
         code_dir=str(code),
         git=git,

@@ -43,12 +43,12 @@ def connect(specs: Sequence[RunSpec], known: dict[str, Backend] | None = None) -
 def preflight(specs: Sequence[RunSpec]) -> None:
     """What can fail before a job exists, checked before the registry or MLflow is touched: every
     secret reference resolves (in memory, the values dropped), and local run directories can be made."""
-    references: set[str] = set()
-    parents: set[Path] = set()
-    for spec in specs:
-        references |= secrets.references(spec.config)
-        if spec.backend.get("kind", "local") in LOCAL_RUN_DIRS:
-            parents.add(Path(spec.run_dir).parent)
+    references = secrets.references(*(spec.config for spec in specs))
+    parents = {
+        Path(os.path.dirname(spec.run_dir))
+        for spec in specs
+        if spec.backend.get("kind", "local") in LOCAL_RUN_DIRS
+    }
     try:
         for ref in sorted(references):
             secrets.resolve(ref)

@@ -12,12 +12,15 @@ Two kinds of task function arrive here:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
+import logging
 import os
 import sys
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +32,8 @@ from ..core.spec import RunSpec, config_hash, new_id, package_versions
 from .monitor import WaitView
 from .registry import Registry, RunRecord
 from .spec import from_config
+
+log = logging.getLogger(__name__)
 
 
 class JobFailed(JobError):
@@ -72,6 +77,20 @@ def launch(
     return _launch_hydra_tasks(launcher, job_overrides, initial_job_idx, reporter)
 
 
+@contextlib.contextmanager
+def _uncollected() -> Iterator[None]:
+    """No cyclic garbage collection meanwhile: a sweep's configs and specs are many small containers
+    that all live until it is submitted, and the collector would only walk them again and again (a
+    tenth of a 5,000-job submission)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def _sweep_id(launcher: Any, app: str) -> str:
     # one id for all batches a sweeper hands to the same launcher
     if getattr(launcher, "sweep_id", None) is None:
@@ -85,7 +104,7 @@ def _launch_apps(
     initial_job_idx: int,
     reporter: SweepReporter | None,
 ) -> list[Any]:
-    from ..tracking.mlflow_run import TrackingError, start_parent_run_async, varying
+    from ..tracking.mlflow_run import start_parent_run_async, tracking_uri, varying
     from .compose import compose_jobs
     from .gitinfo import capture
     from .submit import connect, default_wait, submit
@@ -93,38 +112,46 @@ def _launch_apps(
     registry = Registry()
     size = initial_job_idx + len(job_overrides)
     git = capture(Path.cwd())  # every job of the sweep runs the same code
+    swept = varying(job_overrides)
     jobs, specs = [], []
-    parent, error, pending = getattr(launcher, "parent_run", None), None, None
+    parent, pending = getattr(launcher, "parent_run", None), None
     backends: dict[str, Any] = {}
-    for index, job in enumerate(compose_jobs(launcher.config_loader, launcher.config, job_overrides)):
-        sweep_id = _sweep_id(launcher, job.config["app"]["name"])
-        spec = from_config(
-            job.config,
-            job.overrides,
-            sweep_id=sweep_id,
-            sweep_index=initial_job_idx + index,
-            sweep_size=size,
-            git=git,
-        )
-        jobs.append(job)
-        specs.append(spec)
-        if index == 0 and not spec.config.get("dry_run"):
-            backends = connect([spec])  # refused credentials: nothing recorded, no MLflow run
-            if parent is None:
+    with _uncollected():
+        for index, job in enumerate(compose_jobs(launcher.config_loader, launcher.config, job_overrides)):
+            sweep_id = _sweep_id(launcher, job.config["app"]["name"])
+            spec = from_config(
+                job.config,
+                job.overrides,
+                sweep_id=sweep_id,
+                sweep_index=initial_job_idx + index,
+                sweep_size=size,
+                git=git,
+            )
+            spec.sweep_varying = list(swept)
+            if parent is not None:  # a later batch of the same sweep (a sweeper's next trials)
+                spec.parent_run_id = parent[0]
+            jobs.append(job)
+            specs.append(spec)
+            if index == 0 and not spec.config.get("dry_run"):
+                backends = connect([spec])  # refused credentials: nothing recorded, no MLflow run
                 # recorded before its parent run exists, so a submitter killed from now on leaves a
-                # sweep that `maelstrom runs resume` finds (and with it the parent run, by its tag)
+                # sweep that `maelstrom runs resume` finds; the URI says the sweep has a parent run
+                uri = parent[1] if parent else tracking_uri(spec.tracking)
                 registry.add_sweep(
                     sweep_id,
                     spec.app,
                     size,
                     spec.backend.get("name", ""),
                     [list(o) for o in job_overrides],
-                    None,
-                    None,
+                    parent[0] if parent else None,
+                    uri,
                 )
-                # in parallel with composing the others; the parent records what the sweep varies
-                pending = start_parent_run_async(spec, size, varying(job_overrides))
-    app, sweep_id = specs[0].app, specs[0].sweep_id
+                if parent is None:
+                    # made and recorded by another process while this one composes and submits: jobs
+                    # never wait for it (they find it when they start, or the sweep's close links them)
+                    then = functools.partial(_record_parent, registry.path, sweep_id)
+                    pending = start_parent_run_async(spec, size, swept, then)
+    sweep_id = specs[0].sweep_id
     if any(s.config.get("dry_run") for s in specs):
         if pending is not None:
             _discard(pending)
@@ -135,30 +162,20 @@ def _launch_apps(
             for job, spec in zip(jobs, specs, strict=True)
         ]
     wait = default_wait(specs[0].backend, launcher.wait)
-    if pending is not None:
-        try:
-            parent = pending()
-        except TrackingError as exc:
-            error = exc
-        else:
-            registry.set_parent(sweep_id, *parent)
-    else:
-        registry.add_sweep(
-            sweep_id,
-            app,
-            size,
-            specs[0].backend.get("name", ""),
-            [list(o) for o in job_overrides],
-            *(parent or (None, None)),
-        )
-    if error is not None:  # recorded as failed, nothing submitted
-        registry.add_runs(specs, state="failed", message=str(error))
-        raise error
-    launcher.parent_run = parent
-    for spec in specs:
-        spec.parent_run_id = parent[0]
-    view = reporter.wait_view() if reporter is not None else None
-    records = submit(specs, wait=wait, registry=registry, backends=backends, view=view)
+    try:
+        with _uncollected():
+            records = submit(specs, wait=False, registry=registry, backends=backends)
+    except BaseException:
+        parent = _settle(launcher, pending, parent)
+        if parent is not None and pending is not None and not registry.count(sweep_id=sweep_id):
+            _abandon(registry, sweep_id, parent)
+        raise
+    _settle(launcher, pending, parent)
+    if wait:
+        from .monitor import wait as wait_for
+
+        view = reporter.wait_view() if reporter is not None else None
+        records = wait_for(registry, [s.run_id for s in specs], view=view)
     results = [(RunDir(r.run_dir).read_result() or Result()) if wait else Result() for r in records]
     if reporter is not None:
         reporter.summary(SweepSummary(sweep_id, records, [list(o) for o in job_overrides], results, wait))
@@ -183,6 +200,40 @@ def _launch_apps(
             )
             returns.append(_job_return(launcher, job, record.run_dir, error, failed=True))
     return returns
+
+
+def _settle(launcher: Any, pending: Any, parent: tuple[str, str] | None) -> tuple[str, str] | None:
+    """The sweep's parent run once its making (``pending``, if any) is over; None where the tracking
+    server could not be reached (the sweep's close makes it later)."""
+    from ..tracking.mlflow_run import TrackingError
+
+    if pending is not None:
+        try:
+            parent = pending()
+        except TrackingError as exc:
+            log.warning(
+                "maelstrom: the sweep's MLflow parent run is not made yet (%s); it is made when the "
+                "sweep has ended and the server answers (`maelstrom runs status --sweep`)",
+                str(exc).split("; ")[0],
+            )
+        launcher.parent_run = parent
+    return parent
+
+
+def _abandon(registry: Registry, sweep_id: str, parent: tuple[str, str]) -> None:
+    """Close the parent run of a sweep whose jobs were refused before any was recorded."""
+    from ..tracking.mlflow_run import kill_parent_run
+
+    if registry.close_parent(sweep_id):
+        try:
+            kill_parent_run(*parent)
+        except Exception as exc:  # noqa: BLE001 - the refusal is what the user must see
+            log.warning("maelstrom: could not close the sweep's MLflow parent run: %s", exc)
+
+
+def _record_parent(path: Path, sweep_id: str, run_id: str, uri: str) -> None:
+    """Record a sweep's parent run, in the process that made it (picklable, for that process)."""
+    Registry(path).set_parent(sweep_id, run_id, uri)
 
 
 def _discard(pending: Any) -> None:

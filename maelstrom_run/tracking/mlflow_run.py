@@ -21,6 +21,11 @@ from ..config.secrets import resolve
 from ..core import paths
 from ..core.errors import ConfigError, JobError
 
+#: The tag that marks a sweep's parent run (beside ``maelstrom.sweep_id``, which its children carry too).
+SWEEP_PARENT_TAG = "maelstrom.sweep.parent"
+#: How much later than its sweep's parent run a job's run may say it started (its node's clock) and
+#: still be looked at when the sweep's orphaned runs are linked to the parent.
+_CLOCK_MARGIN_MS = 10 * 60 * 1000
 #: MLflow's limits on a param's key and value.
 MAX_KEY, MAX_VALUE = 250, 6000
 #: MLflow 3's UI opens experiments of this kind as classic ML experiments (runs, metrics, artefacts),
@@ -201,16 +206,20 @@ def override_key(override: str) -> str:
 
 def varying(job_overrides: Iterable[Iterable[str]]) -> dict[str, list[str]]:
     """The overrides whose values differ between a sweep's jobs: ``{key: [value of each distinct]}``."""
-    values: dict[str, list[str]] = {}
-    jobs = [list(o) for o in job_overrides]
-    for overrides in jobs:
+    values: dict[str, dict[str, None]] = {}
+    counts: dict[str, int] = {}
+    jobs = 0
+    for overrides in job_overrides:
+        jobs += 1
+        keys = set()
         for override in overrides:
-            seen = values.setdefault(override_key(override), [])
-            value = override.split("=", 1)[1] if "=" in override else ""
-            if value not in seen:
-                seen.append(value)
-    counts = {key: sum(any(override_key(o) == key for o in job) for job in jobs) for key in values}
-    return {k: v for k, v in values.items() if len(v) > 1 or counts[k] < len(jobs)}
+            key, value = override_key(override), override.partition("=")[2]
+            values.setdefault(key, {})[value] = None
+            keys.add(key)
+        for key in keys:
+            counts[key] = counts.get(key, 0) + 1
+    # a key set by only some jobs varies too (the others have the config's value)
+    return {k: list(v) for k, v in values.items() if len(v) > 1 or counts[k] < jobs}
 
 
 def run_name(spec: Any, varying_keys: Iterable[str] | None = None) -> str:
@@ -368,9 +377,14 @@ def run_tags(spec: Any) -> dict[str, str]:
     return tags
 
 
-def start_parent_run(spec: Any, size: int, swept: dict[str, list[str]] | None = None) -> tuple[str, str]:
+def start_parent_run(
+    spec: Any,
+    size: int,
+    swept: dict[str, list[str]] | None = None,
+    then: Callable[[str, str], None] | None = None,
+) -> tuple[str, str]:
     """Create the sweep's parent run (on the submitting side), with what the sweep varies as params
-    (``sweep.<key>``: its values); returns (run id, tracking URI)."""
+    (``sweep.<key>``: its values); ``then(run id, URI)`` records it. Returns (run id, tracking URI)."""
     import mlflow
 
     swept = swept or {}
@@ -380,6 +394,7 @@ def start_parent_run(spec: Any, size: int, swept: dict[str, list[str]] | None = 
     name = f"{spec.app} sweep: {', '.join(swept)}" if swept else f"{spec.app} sweep {spec.sweep_id[-6:]}"
     tags = {
         "maelstrom.sweep_id": spec.sweep_id,
+        SWEEP_PARENT_TAG: "true",
         "maelstrom.app": spec.app,
         "maelstrom.backend": spec.backend.get("name", ""),
         "maelstrom.sweep.varying": json.dumps(list(swept)),
@@ -389,18 +404,25 @@ def start_parent_run(spec: Any, size: int, swept: dict[str, list[str]] | None = 
     params = {"sweep.size": str(size)}
     params.update(flatten({"sweep": {k: ", ".join(v) for k, v in swept.items()}}))
     client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+    if then is not None:
+        then(run.info.run_id, uri)
     return run.info.run_id, uri
 
 
 def start_parent_run_async(
-    spec: Any, size: int, swept: dict[str, list[str]] | None = None
+    spec: Any,
+    size: int,
+    swept: dict[str, list[str]] | None = None,
+    then: Callable[[str, str], None] | None = None,
 ) -> Callable[[], tuple[str, str]]:
-    """Create the parent run in a forked process while the sweep is composed (importing MLflow
-    alone takes seconds); returns a function that waits for ``(run id, tracking URI)``."""
+    """Create (and with ``then``, a picklable function, record) the parent run in a forked process
+    while the sweep is composed and submitted (importing MLflow alone takes seconds); returns a
+    function that waits for ``(run id, tracking URI)``. A submitter killed meanwhile leaves the
+    process to finish and record it."""
     import multiprocessing
 
     pool = multiprocessing.get_context("fork").Pool(1)
-    pending = pool.apply_async(start_parent_run, (spec, size, swept))
+    pending = pool.apply_async(start_parent_run, (spec, size, swept, then))
 
     def result() -> tuple[str, str]:
         try:
@@ -410,6 +432,48 @@ def start_parent_run_async(
             pool.join()
 
     return result
+
+
+def find_sweep_parent(client: Any, sweep_id: str, experiment_ids: list[str] | None = None) -> str | None:
+    """The MLflow run id of a sweep's parent run, found by its tags (in every experiment when
+    ``experiment_ids`` is None); None where there is none yet."""
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+    if not experiment_ids:
+        return None
+    runs = client.search_runs(
+        experiment_ids,
+        filter_string=f"tags.`maelstrom.sweep_id` = '{sweep_id}' AND tags.`{SWEEP_PARENT_TAG}` = 'true'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def link_children(parent_run_id: str, uri: str, sweep_id: str) -> int:
+    """Make the sweep's MLflow runs that were created before ``parent_run_id`` existed (and so have
+    no parent) its children; returns how many were linked. A job's run made later found the parent
+    itself; the margin allows for the clock of the node it ran on."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    parent = client.get_run(parent_run_id).info
+    before = int(parent.start_time) + _CLOCK_MARGIN_MS
+    linked, token = 0, None
+    while True:
+        page = client.search_runs(
+            [parent.experiment_id],
+            filter_string=f"tags.`maelstrom.sweep_id` = '{sweep_id}' AND attributes.start_time < {before}",
+            max_results=1000,
+            page_token=token,
+        )
+        for run in page:
+            tags = run.data.tags
+            if not tags.get("mlflow.parentRunId") and not tags.get(SWEEP_PARENT_TAG):
+                client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_run_id)
+                linked += 1
+        token = page.token
+        if not token:
+            return linked
 
 
 def end_parent_run(

@@ -181,8 +181,13 @@ class Outbox:
             return str(source.absolute())
         return str(target.relative_to(self.dir))
 
-    def create(self, experiment: str, tags: dict[str, str], run_name: str) -> None:
-        self.record("create", experiment=experiment, tags=tags, run_name=run_name, start=_now_ms())
+    def create(
+        self, experiment: str, tags: dict[str, str], run_name: str, sweep_id: str | None = None
+    ) -> None:
+        """The run, made when it is delivered; with ``sweep_id``, a child of the sweep's parent run
+        if the parent exists by then."""
+        fields = {"sweep": sweep_id} if sweep_id else {}
+        self.record("create", experiment=experiment, tags=tags, run_name=run_name, start=_now_ms(), **fields)
 
     def reopen(self, requeues: int) -> None:
         """The job started again after a requeue: the same MLflow run goes on."""
@@ -251,12 +256,15 @@ class Outbox:
         client = self._mlflow()
         op = ops[0]
         if op["op"] == "create":
-            from .mlflow_run import ensure_experiment
+            from .mlflow_run import ensure_experiment, find_sweep_parent
 
             experiment_id = ensure_experiment(op["experiment"], self.uri)
-            run = client.create_run(
-                experiment_id, start_time=op["start"], tags=op["tags"], run_name=op["run_name"]
-            )
+            tags = dict(op["tags"])
+            if op.get("sweep") and "mlflow.parentRunId" not in tags:
+                parent = find_sweep_parent(client, op["sweep"], [experiment_id])
+                if parent:
+                    tags["mlflow.parentRunId"] = parent
+            run = client.create_run(experiment_id, start_time=op["start"], tags=tags, run_name=op["run_name"])
             self.state.update(run_id=run.info.run_id, experiment_id=experiment_id)
             return
         run_id = self.run_id
