@@ -184,6 +184,67 @@ def test_tracking_server_outage_is_buffered_and_delivered(
         server.stop()
 
 
+def test_sweep_submitted_while_the_tracking_server_is_down(
+    run_cli, cli_env, toy_project, maelstrom_home, tmp_path
+):
+    """The jobs run and report through their run directories; once the server answers, `runs sync`
+    delivers them and makes the sweep's parent run, with every job's run its child, closed."""
+    import mlflow
+
+    from maelstrom_run.launch.registry import Registry
+
+    server = MlflowServer(tmp_path / "server")
+    env = _env(cli_env, toy_project, MLFLOW_TRACKING_URI=server.uri)
+    try:
+        sweep = run_cli(
+            [
+                "-m",
+                "app=toy",
+                "tracking.timeout_s=2",
+                "tracking.experiment=down",
+                "model.learning_rate=0.01,0.02",
+            ],
+            cwd=toy_project,
+            env=env,
+            timeout=300,
+        )
+        assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+        assert "Traceback" not in sweep.stderr
+        assert "parent run is not made yet" in sweep.stderr and "runs sync --sweep" in sweep.stderr
+        registry = Registry(maelstrom_home / "registry.db")
+        rows = registry.list(limit=None)
+        assert sorted(r.state for r in rows) == ["succeeded", "succeeded"]
+        sweep_id = rows[0].sweep_id
+        assert registry.sweep(sweep_id).mlflow_parent_run_id is None
+        # still down: nothing is made, nothing is lost
+        again = run_cli(["maelstrom", "runs", "status", "--sweep", sweep_id], env=env, timeout=120)
+        assert again.returncode == 0 and registry.sweep(sweep_id).mlflow_parent_run_id is None
+
+        server.start()
+        sync = run_cli(["maelstrom", "runs", "sync", "--sweep", sweep_id], env=env, timeout=180)
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+        run_cli(["maelstrom", "runs", "status", "--sweep", sweep_id], env=env, check=True)  # made once
+        parent = registry.sweep(sweep_id).mlflow_parent_run_id
+        assert parent
+        client = mlflow.MlflowClient(server.uri)
+        experiment = client.get_experiment_by_name("down")
+        runs = client.search_runs([experiment.experiment_id], f"tags.`maelstrom.sweep_id` = '{sweep_id}'")
+        parents = [r for r in runs if r.data.tags.get("maelstrom.sweep.parent") == "true"]
+        children = [r for r in runs if r.info.run_id != parent]
+        assert [r.info.run_id for r in parents] == [parent]
+        assert parents[0].info.status == "FINISHED" and parents[0].data.params["sweep.size"] == "2"
+        assert sorted(r.data.tags["maelstrom.run_id"] for r in children) == sorted(r.run_id for r in rows)
+        assert all(r.data.tags.get("mlflow.parentRunId") == parent for r in children)
+        assert all(r.info.status == "FINISHED" for r in children)
+        # a job's run is named after what the sweep varies, without asking the parent
+        assert sorted(r.info.run_name for r in children) == [
+            "toy model.learning_rate=0.01",
+            "toy model.learning_rate=0.02",
+        ]
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def tmpfs(tmp_path: Path):
     """``tmpfs(path, size)`` mounts a small tmpfs at ``path`` (unmounted after the test)."""

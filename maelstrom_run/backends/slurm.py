@@ -492,7 +492,13 @@ class SlurmBackend(Backend):
             write_atomic(specs_file, "".join(self._on_cluster(s).to_json() + "\n" for s in chunk))
             script = map_file.with_suffix(".sbatch")
             write_atomic(script, text)
-            sent = [map_file, specs_file, script, share / "slurm"]
+            # the run directories exist here only for what a job takes along (a Hydra task's payload)
+            sent = [Path(s.run_dir) for s in chunk if s.payload] + [
+                map_file,
+                specs_file,
+                script,
+                share / "slurm",
+            ]
             if share not in self._sent:
                 sent.append(share / "code")
             self._send(chunk[0], [], [p for p in sent if p.exists()])

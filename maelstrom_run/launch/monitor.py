@@ -123,21 +123,12 @@ def _late_parent(registry: Registry, sweep: Any, jobs: Sequence[RunRecord]) -> s
     is still away."""
     from ..tracking import mlflow_run
 
-    spec = RunSpec.parse(jobs[0].spec)
-    try:
-        uri = mlflow_run.connect(spec.tracking)
-    except mlflow_run.TrackingUnreachable:
-        return None  # tried again at the next refresh
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name(mlflow_run.experiment_name(spec))
-    found = experiment and mlflow_run.find_sweep_parent(client, sweep.sweep_id, [experiment.experiment_id])
-    if found:
-        parent = found
-    else:
-        swept = mlflow_run.varying(json.loads(sweep.overrides or "[]"))
-        parent, _ = mlflow_run.start_parent_run(spec, sweep.size, swept)
+    spec = RunSpec.parse(jobs[0].spec).derive(sweep_id=sweep.sweep_id)
+    swept = mlflow_run.varying(json.loads(sweep.overrides or "[]"))
+    made = mlflow_run.late_parent_run(spec, sweep.size, swept)
+    if made is None:
+        return None  # the server is still away: tried again at the next refresh
+    parent, uri = made
     registry.set_parent(sweep.sweep_id, parent, uri)
     return parent
 
@@ -181,6 +172,8 @@ def sync_tracking(registry: Registry, records: Sequence[RunRecord], timeout: flo
             values["message"] = None
         registry.update(record.run_id, **values)
         out.append(Synced(record, sent, left, box.run_id, box.last_error if left else ""))
+    for sweep_id in sorted({r.sweep_id for r in records if r.sweep_id}):
+        close_sweep_if_done(registry, sweep_id)  # a parent run the server missed is made now
     return out
 
 

@@ -212,9 +212,10 @@ def _settle(launcher: Any, pending: Any, parent: tuple[str, str] | None) -> tupl
             parent = pending()
         except TrackingError as exc:
             log.warning(
-                "maelstrom: the sweep's MLflow parent run is not made yet (%s); it is made when the "
-                "sweep has ended and the server answers (`maelstrom runs status --sweep`)",
+                "maelstrom: %s; the sweep's MLflow parent run is not made yet: it is made once the "
+                "server answers (`maelstrom runs sync --sweep %s`)",
                 str(exc).split("; ")[0],
+                launcher.sweep_id,
             )
         launcher.parent_run = parent
     return parent

@@ -434,6 +434,22 @@ def start_parent_run_async(
     return result
 
 
+def late_parent_run(spec: Any, size: int, swept: dict[str, list[str]]) -> tuple[str, str] | None:
+    """The parent run of ``spec``'s sweep where it was not recorded (the server was away, or the
+    submitter was killed before recording it): found by its tags, else made now; None while the
+    server is still away. Returns (run id, tracking URI)."""
+    import mlflow
+
+    try:
+        uri = connect(spec.tracking)
+    except TrackingUnreachable:
+        return None
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(experiment_name(spec))
+    found = experiment and find_sweep_parent(client, spec.sweep_id, [experiment.experiment_id])
+    return (found, uri) if found else start_parent_run(spec, size, swept)
+
+
 def find_sweep_parent(client: Any, sweep_id: str, experiment_ids: list[str] | None = None) -> str | None:
     """The MLflow run id of a sweep's parent run, found by its tags (in every experiment when
     ``experiment_ids`` is None); None where there is none yet."""
