@@ -25,7 +25,10 @@ def record(db: sqlite3.Connection, specs: Sequence[Any]) -> None:
     from ..core.errors import ConfigError
 
     db.execute(_SCHEMA)
-    taxonomy = load()
+    try:
+        taxonomy = load()
+    except ConfigError:  # validated when composed; a taxonomy broken since must not lose the runs
+        return
     flat: dict[str, list[tuple[str, str, str]] | None] = {}  # a sweep's jobs share their labels
     ids, rows = [], []
     for spec in specs:
