@@ -282,7 +282,7 @@ def _job_return(launcher: Any, job: Any, working_dir: str, value: Any, failed: b
 
 @functools.cache
 def _lazy_job_return_class() -> type:
-    from hydra.core.utils import JobReturn
+    from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import OmegaConf, open_dict
 
     class LazyJobReturn(JobReturn):
@@ -315,6 +315,17 @@ def _lazy_job_return_class() -> type:
         @cfg.setter
         def cfg(self, value: Any) -> None:
             self._task = value
+
+        @property  # type: ignore[override]
+        def return_value(self) -> Any:
+            # the sweep's summary has named the failed job: no "Error executing job" line of Hydra's
+            if self.status == JobStatus.FAILED:
+                raise self._return_value
+            return self._return_value
+
+        @return_value.setter
+        def return_value(self, value: Any) -> None:
+            self._return_value = value
 
     return LazyJobReturn
 
