@@ -450,13 +450,9 @@ def late_parent_run(spec: Any, size: int, swept: dict[str, list[str]]) -> tuple[
     return (found, uri) if found else start_parent_run(spec, size, swept)
 
 
-def find_sweep_parent(client: Any, sweep_id: str, experiment_ids: list[str] | None = None) -> str | None:
-    """The MLflow run id of a sweep's parent run, found by its tags (in every experiment when
-    ``experiment_ids`` is None); None where there is none yet."""
-    if experiment_ids is None:
-        experiment_ids = [e.experiment_id for e in client.search_experiments(max_results=1000)]
-    if not experiment_ids:
-        return None
+def find_sweep_parent(client: Any, sweep_id: str, experiment_ids: list[str]) -> str | None:
+    """The MLflow run id of a sweep's parent run in these experiments, found by its tags; None where
+    there is none yet."""
     runs = client.search_runs(
         experiment_ids,
         filter_string=f"tags.`maelstrom.sweep_id` = '{sweep_id}' AND tags.`{SWEEP_PARENT_TAG}` = 'true'",
